@@ -63,6 +63,9 @@ float float_at(const Tensor& t, int64_t i) {
 Tensor to_f32(const Tensor& t) {
   check(dtype_is_float(t.dtype()), "to_f32: tensor of dtype " + std::string(dtype_name(t.dtype())) +
                                        " is not a float tensor");
+  // A default-constructed Tensor has shape [] (numel 1) but no storage; copying from it would
+  // read through a null pointer.
+  check(!t.empty(), "to_f32: tensor has no storage");
   Tensor out(DType::F32, t.shape());
   float* o = out.data_mut<float>();
   const int64_t n = t.numel();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
+#include <utility>
 
 namespace qserve {
 
@@ -33,8 +35,17 @@ bool ThreadPool::run_one_chunk() {
   next_ = end;
   const auto* fn = job_;
   mu_.unlock();
-  (*fn)(begin, end);
+  // An exception must not escape here: in a worker it would terminate the process, and in the
+  // caller it would leave the job half-done with workers still pointing at fn. Keep the first
+  // one and rethrow it from parallel_for once every chunk has finished.
+  std::exception_ptr err;
+  try {
+    (*fn)(begin, end);
+  } catch (...) {
+    err = std::current_exception();
+  }
   mu_.lock();
+  if (err && !error_) error_ = err;
   if (--chunks_left_ == 0) cv_done_.notify_all();
   return true;
 }
@@ -75,6 +86,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   t_in_pool_worker = false;
   cv_done_.wait(lk, [this] { return chunks_left_ == 0; });
   job_ = nullptr;
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void ThreadPool::set_global_threads(int n) { g_requested_threads = n; }

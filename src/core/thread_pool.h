@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -23,7 +24,8 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }  // workers + caller
 
   // Runs fn(begin, end) over [0, n) split into chunks of at least `grain` items; blocks until
-  // all chunks are done. The calling thread works too.
+  // all chunks are done. The calling thread works too. If fn throws, the remaining chunks still
+  // run and the first exception is rethrown here.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
   // The process-wide pool (size from QSERVE_THREADS or the core count), created on first use.
@@ -47,6 +49,7 @@ class ThreadPool {
   int64_t next_ = 0;
   int64_t chunks_left_ = 0;
   uint64_t generation_ = 0;
+  std::exception_ptr error_;  // first exception thrown by a chunk of the current job
   std::mutex job_mu_;  // serialises concurrent parallel_for callers
 };
 

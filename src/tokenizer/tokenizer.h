@@ -27,6 +27,9 @@ class Tokenizer {
   virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
   virtual std::string id_to_token(int32_t id) const = 0;  // the vocab string; "" if out of range
   virtual bool is_special(int32_t id) const = 0;
+  // Whether id is a byte-fallback token (<0xNN>) whose run of byte tokens decodes as one group:
+  // its text can still change with the next token, so IncrementalDetokenizer waits after it.
+  virtual bool is_byte_fallback(int32_t /*id*/) const { return false; }
 
   std::optional<int32_t> bos_id() const { return bos_id_; }
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
@@ -38,12 +41,22 @@ class Tokenizer {
   std::vector<int32_t> eos_ids_;
   std::string chat_template_;
   friend std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
+
+  // Loads a tokenizer.json held in memory (no config files: bos_id and eos_ids stay unset). source
+  // names it in error messages. Throws qserve::Error for anything malformed, including bad JSON.
+  std::unique_ptr<Tokenizer> load_tokenizer_json_string(std::string_view json,
+                                                        const std::string& source);
 };
 
 // Loads DIR/tokenizer.json if present, else DIR/tokenizer.model; reads tokenizer_config.json (bos,
 // eos, chat_template) and generation_config.json (eos_token_id list) when present. Throws
 // qserve::Error naming the file on malformed input.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
+
+// Loads a tokenizer.json held in memory (no config files: bos_id and eos_ids stay unset). source
+// names it in error messages. Throws qserve::Error for anything malformed, including bad JSON.
+std::unique_ptr<Tokenizer> load_tokenizer_json_string(std::string_view json,
+                                                      const std::string& source);
 
 // Emits text only once it forms complete UTF-8 and is stable under the next tokens (the
 // prefix/read-offset algorithm): feeding every id of a sequence and then flush() yields exactly
@@ -55,12 +68,16 @@ class IncrementalDetokenizer {
   std::string flush();           // whatever is left (replacement chars for broken UTF-8)
 
  private:
+  std::string advance(bool final);
+
   const Tokenizer& tok_;
   bool skip_special_;
   std::vector<int32_t> ids_;
+  // ids_[prefix_offset_, read_offset_) decode to text already emitted; it is decoded again with
+  // the new ids so that context-dependent decoding (a leading space, byte groups) stays right.
   size_t prefix_offset_ = 0;
   size_t read_offset_ = 0;
-  std::string emitted_;
+  bool in_byte_run_ = false;  // the last id decode() keeps is a byte-fallback token
 };
 
 }  // namespace qserve

@@ -2,6 +2,7 @@
 // exact, multi-threaded through ThreadPool::global() where it matters (GEMM, attention).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -50,8 +51,13 @@ struct KVCacheF32 {
   std::vector<float> k, v;
   void allocate(int64_t layers_, int64_t slots_, int64_t max_len_, int64_t kv_heads_,
                 int64_t head_dim_);
+  // The [kv_heads, head_dim] row of (layer, slot, pos); throws qserve::Error when out of range.
   float* k_at(int64_t layer, int64_t slot, int64_t pos);
   float* v_at(int64_t layer, int64_t slot, int64_t pos);
+  const float* k_at(int64_t layer, int64_t slot, int64_t pos) const;
+  const float* v_at(int64_t layer, int64_t slot, int64_t pos) const;
+  // Index of that row's first float in k / v.
+  size_t offset(int64_t layer, int64_t slot, int64_t pos) const;
 };
 
 // Writes this step's K/V rows [T, kv_heads, head_dim] into the cache at each sequence's

@@ -1,0 +1,65 @@
+// qserve perplexity: the windowed perplexity protocol over a text file.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+#include "eval/perplexity.h"
+
+namespace qserve::cli {
+
+void add_perplexity(CLI::App& app) {
+  struct Args {
+    std::string model, text, separator, eot;
+    int64_t window = 512;
+    int64_t max_windows = 0;
+    bool json = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity over non-overlapping windows");
+  cmd->add_option("--model", args->model, "HuggingFace model folder")->required();
+  cmd->add_option("--text", args->text, "Text file")->required();
+  cmd->add_option("--window", args->window, "Window length in tokens")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--doc-separator", args->separator,
+                  "Split the text into documents at this string (escapes like \\n allowed); "
+                  "each becomes BOS + ids + end-of-text");
+  cmd->add_option("--eot-token", args->eot, "End-of-text token for --doc-separator");
+  cmd->add_option("--max-windows", args->max_windows, "Evaluate at most K windows (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", args->json, "Print the result as JSON");
+  cmd->callback([args] {
+    std::ifstream in(args->text, std::ios::binary);
+    check(static_cast<bool>(in), args->text + ": cannot open text file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    LoadedModel m = load_model(args->model, /*need_tokenizer=*/true);
+    const std::vector<int32_t> stream =
+        perplexity_stream(*m.tokenizer, ss.str(), unescape(args->separator), args->eot);
+    const bool tty = !args->json;
+    PerplexityResult r = perplexity(*m.model, stream, args->window, args->max_windows,
+                                    [tty](int64_t done, int64_t total) {
+                                      if (tty && (done % 10 == 0 || done == total)) {
+                                        std::fprintf(stderr, "\rwindow %lld/%lld",
+                                                     static_cast<long long>(done),
+                                                     static_cast<long long>(total));
+                                      }
+                                    });
+    if (tty) std::fprintf(stderr, "\n");
+    if (args->json) {
+      nlohmann::json j = {{"ppl", r.ppl},          {"mean_nll", r.mean_nll}, {"windows", r.windows},
+                          {"tokens", r.tokens},    {"window", args->window},
+                          {"seconds", r.seconds}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("perplexity %.4f over %lld windows of %lld tokens (%lld tokens in the stream), "
+                  "%.1f s\n",
+                  r.ppl, static_cast<long long>(r.windows), static_cast<long long>(args->window),
+                  static_cast<long long>(r.tokens), r.seconds);
+    }
+  });
+}
+
+}  // namespace qserve::cli

@@ -1,0 +1,20 @@
+// The CUDA backend's entry points that exist so far: device discovery and the embedding gather.
+// The full ops contract on the GPU is the CUDA-backend issue's work.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace qserve::cuda {
+
+// Number of visible CUDA devices (0 when there is no driver or no GPU; never throws).
+int device_count();
+// "NVIDIA H200 (sm_90, 139.8 GiB)" for device 0, or the reason there is none.
+std::string device_summary();
+
+// out[t, :] = fp32(table[ids[t], :]) for an fp16 table [vocab, hidden]; device pointers.
+// Throws qserve::Error naming the op if the launch fails.
+void embedding_f16(const uint16_t* table, const int32_t* ids, int64_t tokens, int64_t hidden,
+                   float* out, void* stream);
+
+}  // namespace qserve::cuda

@@ -1,0 +1,55 @@
+// Random-weight models with real shapes, so benchmarks and tests run without a download.
+#include <cmath>
+#include <random>
+
+#include "model/llama_model.h"
+
+namespace qserve {
+
+namespace {
+
+std::vector<float> random_vec(std::mt19937_64& rng, int64_t n, float stddev) {
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+cpu::LinearF32 random_linear(std::mt19937_64& rng, int64_t n, int64_t k, bool bias) {
+  cpu::LinearF32 l;
+  l.n = n;
+  l.k = k;
+  // 1/sqrt(k) keeps activations at unit scale through the residual stream.
+  l.w = random_vec(rng, n * k, 1.0f / std::sqrt(static_cast<float>(k)));
+  if (bias) l.bias = random_vec(rng, n, 0.02f);
+  return l;
+}
+
+}  // namespace
+
+std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+  LlamaWeights w;
+  w.embed = random_vec(rng, V * H, 1.0f);
+  w.layers.resize(static_cast<size_t>(cfg.num_layers));
+  for (auto& L : w.layers) {
+    L.input_norm.assign(static_cast<size_t>(H), 1.0f);
+    L.post_norm.assign(static_cast<size_t>(H), 1.0f);
+    L.qkv = random_linear(rng, cfg.q_dim() + 2 * cfg.kv_dim(), H, cfg.qkv_bias);
+    L.o = random_linear(rng, H, cfg.q_dim(), cfg.o_bias);
+    L.gate_up = random_linear(rng, 2 * I, H, cfg.mlp_bias);
+    L.down = random_linear(rng, H, I, cfg.mlp_bias);
+  }
+  w.final_norm.assign(static_cast<size_t>(H), 1.0f);
+  if (cfg.tie_word_embeddings) {
+    w.lm_head.n = V;
+    w.lm_head.k = H;
+    w.lm_head.w = w.embed;
+  } else {
+    w.lm_head = random_linear(rng, V, H, false);
+  }
+  return std::unique_ptr<LlamaModel>(new LlamaModel(cfg, std::move(w)));
+}
+
+}  // namespace qserve
