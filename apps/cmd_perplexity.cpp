@@ -1,7 +1,5 @@
 // qserve perplexity: the windowed perplexity protocol over a text file.
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +15,7 @@ void add_perplexity(CLI::App& app) {
     int64_t window = 512;
     int64_t max_windows = 0;
     bool json = false;
+    bool raw_newlines = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity over non-overlapping windows");
@@ -30,14 +29,13 @@ void add_perplexity(CLI::App& app) {
   cmd->add_option("--max-windows", args->max_windows, "Evaluate at most K windows (0 = all)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", args->json, "Print the result as JSON");
+  cmd->add_flag("--raw-newlines", args->raw_newlines,
+                "Keep CR/CRLF line ends (default: read as Python's text mode, CRLF -> LF)");
   cmd->callback([args] {
-    std::ifstream in(args->text, std::ios::binary);
-    check(static_cast<bool>(in), args->text + ": cannot open text file");
-    std::stringstream ss;
-    ss << in.rdbuf();
+    const std::string text = read_text_file(args->text, !args->raw_newlines);
     LoadedModel m = load_model(args->model, /*need_tokenizer=*/true);
     const std::vector<int32_t> stream =
-        perplexity_stream(*m.tokenizer, ss.str(), unescape(args->separator), args->eot);
+        perplexity_stream(*m.tokenizer, text, unescape(args->separator), args->eot);
     const bool tty = !args->json;
     PerplexityResult r = perplexity(*m.model, stream, args->window, args->max_windows,
                                     [tty](int64_t done, int64_t total) {

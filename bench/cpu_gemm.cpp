@@ -29,8 +29,7 @@ struct Shape {
 };
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Best-of time of fn over ~0.3 s, in milliseconds.
@@ -76,8 +75,9 @@ void bench_ops() {
   const qserve::SeqSpan decode{0, 1, T - 1, 0};
 
   const double attn_flop = 4.0 * heads * hd * (T * (T + 1) / 2);
-  const double t_attn =
-      time_ms([&] { cpu::attention(q.data(), cache, 0, {&prefill, 1}, heads, 0, out.data()); });
+  const double t_attn = time_ms([&] {
+    cpu::attention(q.data(), cache, 0, {&prefill, 1}, heads, 0, out.data());
+  });
   std::printf("attention prefill T=512     %8.3f ms  %6.1f GFLOP/s\n", t_attn,
               attn_flop / t_attn * 1e-6);
   std::printf("attention decode ctx=511    %8.3f ms\n", time_ms([&] {
@@ -117,8 +117,8 @@ int main(int argc, char** argv) {
                           {8192, 512, "lm_head"}};
   std::printf("threads=%d kernels=%s\n", qserve::ThreadPool::global().size(),
               qserve::cpu::detail::use_avx2() ? "avx2" : "portable");
-  std::printf("%6s %6s %6s %-8s %10s %10s %10s\n", "M", "N", "K", "shape", "best GF/s",
-              "med GF/s", "B GB/s");
+  std::printf("%6s %6s %6s %-8s %10s %10s %10s\n", "M", "N", "K", "shape", "best GF/s", "med GF/s",
+              "B GB/s");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (int64_t m : ms) {

@@ -2,10 +2,33 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 
 namespace qserve {
+
+std::string read_text_file(const std::string& path, bool universal_newlines) {
+  std::ifstream in(path, std::ios::binary);
+  check(static_cast<bool>(in), path + ": cannot open text file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  check(!in.bad(), path + ": read error");
+  std::string raw = ss.str();
+  if (!universal_newlines) return raw;
+  std::string text;
+  text.reserve(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] == '\r') {
+      text += '\n';
+      if (i + 1 < raw.size() && raw[i + 1] == '\n') ++i;
+    } else {
+      text += raw[i];
+    }
+  }
+  return text;
+}
 
 double token_nll(const float* logits, int64_t vocab, int32_t target) {
   float mx = logits[0];

@@ -36,6 +36,10 @@ std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& 
                                        const std::string& doc_separator,
                                        const std::string& eot_token = "");
 
+// Reads a text file as Python's text mode does (universal newlines: CRLF and lone CR become LF),
+// which is how the reference perplexities were computed. Throws naming the file if unreadable.
+std::string read_text_file(const std::string& path, bool universal_newlines = true);
+
 // Log-sum-exp based negative log-likelihood of `target` under one row of logits (double).
 double token_nll(const float* logits, int64_t vocab, int32_t target);
 

@@ -34,9 +34,9 @@ History random_history(int64_t len, const Dims& d, uint64_t seed) {
 
 // Puts positions [0, context_len) of each history straight into the cache (earlier steps),
 // then appends this step's rows with kv_append, and runs attention.
-std::vector<float> run_step(cpu::KVCacheF32& cache, int64_t layer,
-                            const std::vector<SeqSpan>& seqs, const std::vector<History>& hist,
-                            const std::vector<float>& q, const Dims& d, int64_t window) {
+std::vector<float> run_step(cpu::KVCacheF32& cache, int64_t layer, const std::vector<SeqSpan>& seqs,
+                            const std::vector<History>& hist, const std::vector<float>& q,
+                            const Dims& d, int64_t window) {
   const int64_t row = d.kv_heads * d.hd;
   int64_t total = 0;
   for (const SeqSpan& s : seqs) total = std::max(total, s.token_offset + s.num_tokens);
@@ -97,8 +97,7 @@ TEST_P(Attention, PrefillMatchesReference) {
 TEST_P(Attention, VarlenBatchWithContextMatchesReference) {
   const Dims d{4, 2, 64};
   // A fresh prefill, a second chunk on top of 50 cached tokens, and two decode steps.
-  const std::vector<SeqSpan> seqs = {
-      {0, 40, 0, 2}, {40, 7, 50, 0}, {47, 1, 99, 1}, {48, 1, 0, 3}};
+  const std::vector<SeqSpan> seqs = {{0, 40, 0, 2}, {40, 7, 50, 0}, {47, 1, 99, 1}, {48, 1, 0, 3}};
   std::vector<History> hist;
   for (size_t i = 0; i < seqs.size(); ++i) {
     hist.push_back(random_history(seqs[i].context_len + seqs[i].num_tokens, d, 10 * i));

@@ -31,8 +31,8 @@ void expect_close(const std::vector<float>& c, const std::vector<double>& ref, d
       worst_i = i;
     }
   }
-  EXPECT_LE(worst, tol) << what << ": element " << worst_i << " = " << c[worst_i]
-                        << ", reference " << ref[worst_i];
+  EXPECT_LE(worst, tol) << what << ": element " << worst_i << " = " << c[worst_i] << ", reference "
+                        << ref[worst_i];
 }
 
 class GemmNt : public KernelModeTest {};
@@ -46,9 +46,9 @@ TEST_P(GemmNt, OddSizesMatchDoubleReference) {
         const auto b = test::random_floats(static_cast<size_t>(n * k), ++seed);
         std::vector<float> c(static_cast<size_t>(m * n), NAN);
         cpu::gemm_nt(a.data(), b.data(), c.data(), m, n, k);
-        expect_close(c, test::ref_gemm_nt(a.data(), b.data(), m, n, k), 1e-5,
-                     "m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                         " k=" + std::to_string(k));
+        expect_close(
+            c, test::ref_gemm_nt(a.data(), b.data(), m, n, k), 1e-5,
+            "m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
         if (HasFailure()) return;
       }
     }
@@ -62,8 +62,7 @@ TEST_P(GemmNt, LongKStaysWithinRelativeTolerance) {
     const auto b = test::random_floats(static_cast<size_t>(n * k), 8 + k);
     std::vector<float> c(static_cast<size_t>(m * n));
     cpu::gemm_nt(a.data(), b.data(), c.data(), m, n, k);
-    expect_close(c, test::ref_gemm_nt(a.data(), b.data(), m, n, k), 1e-5,
-                 "k=" + std::to_string(k));
+    expect_close(c, test::ref_gemm_nt(a.data(), b.data(), m, n, k), 1e-5, "k=" + std::to_string(k));
   }
 }
 
@@ -80,9 +79,9 @@ TEST_P(GemmNt, ModelShapesMatchDoubleReference) {
       const auto b = test::random_floats(static_cast<size_t>(s.n * s.k), ++seed);
       std::vector<float> c(static_cast<size_t>(m * s.n), NAN);
       cpu::gemm_nt(a.data(), b.data(), c.data(), m, s.n, s.k);
-      expect_close(c, test::ref_gemm_nt(a.data(), b.data(), m, s.n, s.k), 1e-5,
-                   "m=" + std::to_string(m) + " n=" + std::to_string(s.n) +
-                       " k=" + std::to_string(s.k));
+      expect_close(
+          c, test::ref_gemm_nt(a.data(), b.data(), m, s.n, s.k), 1e-5,
+          "m=" + std::to_string(m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k));
     }
   }
   // More than one M tile.
@@ -128,8 +127,7 @@ TEST_P(GemmNt, StridedSerialNtAndNnMatchReference) {
         const auto c0 = test::random_floats(static_cast<size_t>(m * ldc), 5);
         // NT with accumulate: C += A B^T, untouched padding.
         std::vector<float> c = c0;
-        cpu::detail::gemm_nt_serial(a.data(), lda, b.data(), ldb_nt, c.data(), ldc, m, n, k,
-                                    true);
+        cpu::detail::gemm_nt_serial(a.data(), lda, b.data(), ldb_nt, c.data(), ldc, m, n, k, true);
         for (int64_t i = 0; i < m; ++i) {
           for (int64_t j = 0; j < ldc; ++j) {
             double ref = c0[static_cast<size_t>(i * ldc + j)];

@@ -66,15 +66,16 @@ TEST(MakeLinear, KeepsBias) {
 
 TEST(MakeLinear, RejectsBadShapesAndDtypesNamingThem) {
   const Tensor w = f32_tensor({3, 4}, std::vector<float>(12, 1.0f));
-  expect_error_mentioning([&] { cpu::make_linear(Tensor(DType::F32, {12}), Tensor()); },
-                          {"[12]"});
-  expect_error_mentioning([&] { cpu::make_linear(Tensor(DType::F32, {2, 3, 2}), Tensor()); },
-                          {"[2, 3, 2]"});
+  expect_error_mentioning([&] { cpu::make_linear(Tensor(DType::F32, {12}), Tensor()); }, {"[12]"});
+  expect_error_mentioning(
+      [&] {
+        cpu::make_linear(Tensor(DType::F32, {2, 3, 2}), Tensor());
+      },
+      {"[2, 3, 2]"});
   expect_error_mentioning([&] { cpu::make_linear(w, Tensor(DType::F32, {4})); },
                           {"[3]", "[3, 4]", "[4]"});
   expect_error_mentioning([&] { cpu::make_linear(w, Tensor(DType::F32, {3, 1})); }, {"[3, 1]"});
-  expect_error_mentioning([&] { cpu::make_linear(Tensor(DType::I32, {3, 4}), Tensor()); },
-                          {"I32"});
+  expect_error_mentioning([&] { cpu::make_linear(Tensor(DType::I32, {3, 4}), Tensor()); }, {"I32"});
   expect_error_mentioning([&] { cpu::make_linear(Tensor(), Tensor()); }, {"empty"});
 }
 
@@ -104,8 +105,8 @@ TEST(Linear, IsGemmPlusBias) {
       const auto w = test::random_floats(static_cast<size_t>(n * k), 5);
       const auto bias = test::random_floats(static_cast<size_t>(n), 6);
       const auto x = test::random_floats(static_cast<size_t>(m * k), 7);
-      const cpu::LinearF32 l = cpu::make_linear(
-          f32_tensor({n, k}, w), with_bias ? f32_tensor({n}, bias) : Tensor());
+      const cpu::LinearF32 l =
+          cpu::make_linear(f32_tensor({n, k}, w), with_bias ? f32_tensor({n}, bias) : Tensor());
       std::vector<float> y(static_cast<size_t>(m * n));
       cpu::linear(x.data(), m, l, y.data());
       const std::vector<double> ref = test::ref_gemm_nt(x.data(), w.data(), m, n, k);

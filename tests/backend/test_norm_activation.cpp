@@ -59,7 +59,7 @@ TEST(SiluMul, MatchesDoubleReference) {
   for (int64_t inter : {1, 3, 17, 1024}) {
     for (int64_t t : {1, 4, 37}) {
       auto gu = test::random_floats(static_cast<size_t>(t * 2 * inter), inter + t, -8, 8);
-      gu[0] = 100.0f;  // exp(-g) underflows to 0: silu(g) = g
+      gu[0] = 100.0f;                  // exp(-g) underflows to 0: silu(g) = g
       if (inter > 1) gu[1] = -100.0f;  // exp(-g) overflows to inf: silu(g) = -0, not NaN
       std::vector<float> out(static_cast<size_t>(t * inter));
       cpu::silu_mul(gu.data(), t, inter, out.data());

@@ -61,17 +61,17 @@ TEST(RopeInvFreq, Llama3MatchesHandComputedValues) {
     double expected;  // region
   };
   const Case cases[] = {
-      {0, 1.0},                  // keep
-      {1, 8.146172339e-01},      // keep
-      {16, 3.760603093e-02},     // keep
-      {28, 3.211445995e-03},     // keep: wavelen 1956.5 < 2048
-      {29, 2.166570764e-03},     // smooth 0.803621 (unscaled 2.616099253e-03)
-      {30, 1.371893568e-03},     // smooth 0.592849
-      {32, 5.248461610e-04},     // smooth 0.281283 (unscaled 1.414213562e-03)
-      {34, 1.785078128e-04},     // smooth 0.074527
-      {35, 9.556212354e-05},     // divided: 7.644969883e-04 / 8, wavelen 8218.7 > 8192
-      {40, 3.428102196e-05},     // divided
-      {63, 3.068925989e-07},     // divided
+      {0, 1.0},               // keep
+      {1, 8.146172339e-01},   // keep
+      {16, 3.760603093e-02},  // keep
+      {28, 3.211445995e-03},  // keep: wavelen 1956.5 < 2048
+      {29, 2.166570764e-03},  // smooth 0.803621 (unscaled 2.616099253e-03)
+      {30, 1.371893568e-03},  // smooth 0.592849
+      {32, 5.248461610e-04},  // smooth 0.281283 (unscaled 1.414213562e-03)
+      {34, 1.785078128e-04},  // smooth 0.074527
+      {35, 9.556212354e-05},  // divided: 7.644969883e-04 / 8, wavelen 8218.7 > 8192
+      {40, 3.428102196e-05},  // divided
+      {63, 3.068925989e-07},  // divided
   };
   for (const Case& cs : cases) {
     EXPECT_NEAR(inv[cs.i], cs.expected, 2e-6 * cs.expected) << "i=" << cs.i;

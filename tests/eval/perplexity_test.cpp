@@ -14,12 +14,7 @@
 namespace qserve {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_file(const std::string& path) { return read_text_file(path); }
 
 class PerplexityDocLlama : public ::testing::Test {
  protected:
@@ -84,6 +79,17 @@ TEST_F(PerplexityDocLlama, RejectsImpossibleWindows) {
   EXPECT_THROW(perplexity(*model_, stream, 1, 0), Error);
   EXPECT_THROW(perplexity(*model_, stream, 4096, 0), Error);  // beyond the 2048 context
   EXPECT_THROW(perplexity(*model_, stream, 200, 0), Error);   // text shorter than one window
+}
+
+TEST(ReadTextFile, UniversalNewlines) {
+  const std::string path = ::testing::TempDir() + "/qserve_crlf.txt";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "a\r\nb\rc\n\r\n";
+  }
+  EXPECT_EQ(read_text_file(path), "a\nb\nc\n\n");
+  EXPECT_EQ(read_text_file(path, false), "a\r\nb\rc\n\r\n");
+  EXPECT_THROW(read_text_file(path + ".missing"), Error);
 }
 
 TEST(TokenNll, UniformLogits) {

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <memory>
+#include <thread>
 
 #include "tokenizer_test_util.h"
 
@@ -115,6 +116,28 @@ TEST_F(DocLlamaTokenizer, HeldoutDocsTokenCount) {
   }
   EXPECT_EQ(docs, 200u);
   EXPECT_EQ(total, 308393u);
+}
+
+// encode is const and shared by request threads: concurrent use (the word cache) must agree
+// with single-threaded results.
+TEST_F(DocLlamaTokenizer, ConcurrentEncodeAgrees) {
+  const std::string text =
+      test::read_text(test::shared_dir() + "/data/eval/doc-heldout.txt").substr(0, 200000);
+  std::vector<std::string> chunks;
+  for (size_t i = 0; i < text.size(); i += 25000) chunks.push_back(text.substr(i, 25000));
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& c : chunks) expected.push_back(tok_->encode(c, true));
+  // A fresh tokenizer, so the threads race on an empty cache.
+  const std::unique_ptr<Tokenizer> fresh = load_tokenizer(test::model_dir("doc-llama-22m"));
+  std::vector<std::vector<int32_t>> got(chunks.size());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < chunks.size(); i += 4) got[i] = fresh->encode(chunks[i], true);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(got, expected);
 }
 
 }  // namespace

@@ -21,8 +21,9 @@ namespace qserve::cpu {
 namespace {
 
 // Query rows per work item: enough to amortise streaming the keys and values through L2, few
-// enough that a 512-token prefill still gives every core dozens of items.
-constexpr int64_t kRowBlock = 32;
+// enough that a 512-token prefill still gives every core dozens of items. A multiple of the
+// AVX2 microkernels' 4 (Q K^T) and 6 (P V) rows, so no partial row panels inside a block.
+constexpr int64_t kRowBlock = 24;
 
 struct Item {
   int64_t seq;
@@ -40,9 +41,9 @@ int64_t first_key(int64_t pos, int64_t window) {
 
 void validate(const KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs,
               int64_t heads) {
-  check(layer >= 0 && layer < cache.layers,
-        "attention: layer " + std::to_string(layer) + " outside the cache's " +
-            std::to_string(cache.layers) + " layers");
+  check(layer >= 0 && layer < cache.layers, "attention: layer " + std::to_string(layer) +
+                                                " outside the cache's " +
+                                                std::to_string(cache.layers) + " layers");
   check(heads > 0 && cache.kv_heads > 0 && heads % cache.kv_heads == 0,
         "attention: " + std::to_string(heads) + " query heads are not a multiple of the cache's " +
             std::to_string(cache.kv_heads) + " KV heads");
@@ -106,10 +107,9 @@ void attention(const float* q, const KVCacheF32& cache, int64_t layer,
           for (int64_t r = 0; r < w.rows; ++r) {
             const int64_t pos = s.context_len + w.row0 + r;
             detail::softmax_row(p + r * w.keys, w.keys, first_key(pos, window) - w.key_lo,
-                        pos - w.key_lo, scale);
+                                pos - w.key_lo, scale);
           }
-          detail::gemm_nn_serial(p, w.keys, v, kv_stride, oi, q_stride, w.rows, hd, w.keys,
-                                 false);
+          detail::gemm_nn_serial(p, w.keys, v, kv_stride, oi, q_stride, w.rows, hd, w.keys, false);
         }
       });
 }

@@ -42,15 +42,25 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
-GemmNtBlockFn nt_block() { return use_avx2() ? gemm_nt_block_avx2 : gemm_nt_block_portable; }
-GemmNnBlockFn nn_block() { return use_avx2() ? gemm_nn_block_avx2 : gemm_nn_block_portable; }
+GemmNtBlockFn nt_block() {
+  return use_avx2() ? gemm_nt_block_avx2 : gemm_nt_block_portable;
+}
+GemmNnBlockFn nn_block() {
+  return use_avx2() ? gemm_nn_block_avx2 : gemm_nn_block_portable;
+}
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+int64_t round_up(int64_t a, int64_t b) {
+  return ceil_div(a, b) * b;
+}
 
 // Splits [0, k) into equal blocks (a multiple of 8, at most kKcMax), so K=1100 becomes 552 +
 // 548 rather than 1024 + 76. Depends on k only, which keeps results independent of M and N.
-int64_t k_block(int64_t k) { return round_up(ceil_div(k, ceil_div(k, kKcMax)), 8); }
+int64_t k_block(int64_t k) {
+  return round_up(ceil_div(k, ceil_div(k, kKcMax)), 8);
+}
 
 // Rows of B per N block for a given K block: a multiple of the microkernel's 3.
 int64_t n_block(int64_t kc) {
@@ -72,11 +82,15 @@ void zero_rows(float* c, int64_t ldc, int64_t m, int64_t n) {
 
 }  // namespace
 
-bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
-void force_portable_kernels(bool on) { g_force_portable.store(on, std::memory_order_relaxed); }
+bool use_avx2() {
+  return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed);
+}
+void force_portable_kernels(bool on) {
+  g_force_portable.store(on, std::memory_order_relaxed);
+}
 
-void gemm_nt_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+void gemm_nt_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, bool accumulate) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate) zero_rows(c, ldc, m, n);
@@ -89,8 +103,8 @@ void gemm_nt_serial(const float* a, int64_t lda, const float* b, int64_t ldb, fl
   }
 }
 
-void gemm_nn_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+void gemm_nn_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, bool accumulate) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate) zero_rows(c, ldc, m, n);

@@ -116,13 +116,17 @@ constexpr MicroNt kMicroNt[kNtMr][kNtNr] = {
 // ---------------------------------------------------------------------------------------------
 // NN: C[MR, 8 NV] (+)= A[MR, k] . B[k, 8 NV]; the last vector is masked when MASKED.
 // ---------------------------------------------------------------------------------------------
+// The last vector's valid lanes travel as a count, not a __m256i: a 256-bit argument makes GCC
+// skip the vzeroupper at return, leaving the upper halves dirty for the SSE code (libm) that
+// runs next, which costs Intel cores dearly.
 using MicroNn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
-                         __m256i, bool);
+                         int64_t, bool);
 
 template <int MR, int NV, bool MASKED>
 QSERVE_AVX2 void micro_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                          int64_t ldc, int64_t k, __m256i last_mask, bool accumulate) {
+                          int64_t ldc, int64_t k, int64_t last_lanes, bool accumulate) {
   constexpr int kAcc = MR * NV;
+  const __m256i last_mask = lane_mask(last_lanes);
   __m256 acc[kAcc];
 #pragma GCC unroll 12
   for (int x = 0; x < kAcc; ++x) acc[x] = _mm256_setzero_ps();
@@ -198,20 +202,21 @@ QSERVE_AVX2 void gemm_nt_block_avx2(const float* a, int64_t lda, const float* b,
 QSERVE_AVX2 void gemm_nn_block_avx2(const float* a, int64_t lda, const float* b, int64_t ldb,
                                     float* c, int64_t ldc, int64_t m, int64_t n, int64_t k,
                                     bool accumulate) {
-  const __m256i full = _mm256_set1_epi32(-1);
   for (int64_t i = 0; i < m; i += kNnMr) {
     const int64_t mr = std::min<int64_t>(kNnMr, m - i);
     const float* ai = a + i * lda;
     float* ci = c + i * ldc;
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) kMicroNn[mr - 1][0](ai, lda, b + j, ldb, ci + j, ldc, k, full, accumulate);
+    for (; j + 16 <= n; j += 16) {
+      kMicroNn[mr - 1][0](ai, lda, b + j, ldb, ci + j, ldc, k, 8, accumulate);
+    }
     const int64_t rem = n - j;
     if (rem > 8) {
-      kMicroNn[mr - 1][1](ai, lda, b + j, ldb, ci + j, ldc, k, lane_mask(rem - 8), accumulate);
+      kMicroNn[mr - 1][1](ai, lda, b + j, ldb, ci + j, ldc, k, rem - 8, accumulate);
     } else if (rem == 8) {
-      kMicroNn[mr - 1][2](ai, lda, b + j, ldb, ci + j, ldc, k, full, accumulate);
+      kMicroNn[mr - 1][2](ai, lda, b + j, ldb, ci + j, ldc, k, 8, accumulate);
     } else if (rem > 0) {
-      kMicroNn[mr - 1][3](ai, lda, b + j, ldb, ci + j, ldc, k, lane_mask(rem), accumulate);
+      kMicroNn[mr - 1][3](ai, lda, b + j, ldb, ci + j, ldc, k, rem, accumulate);
     }
   }
 }

@@ -31,9 +31,9 @@ bool use_avx2();
 void force_portable_kernels(bool on);
 
 // Serial strided GEMMs with the same semantics as the block functions, blocked over K.
-void gemm_nt_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate);
-void gemm_nn_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate);
+void gemm_nt_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, bool accumulate);
+void gemm_nn_serial(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, bool accumulate);
 
 }  // namespace qserve::cpu::detail

@@ -35,9 +35,9 @@ void KVCacheF32::allocate(int64_t layers_, int64_t slots_, int64_t max_len_, int
 size_t KVCacheF32::offset(int64_t layer, int64_t slot, int64_t pos) const {
   check(layer >= 0 && layer < layers && slot >= 0 && slot < slots && pos >= 0 && pos < max_len,
         "KVCacheF32: (layer " + std::to_string(layer) + ", slot " + std::to_string(slot) +
-            ", pos " + std::to_string(pos) + ") is outside the cache of " +
-            std::to_string(layers) + " layers x " + std::to_string(slots) + " slots x " +
-            std::to_string(max_len) + " positions");
+            ", pos " + std::to_string(pos) + ") is outside the cache of " + std::to_string(layers) +
+            " layers x " + std::to_string(slots) + " slots x " + std::to_string(max_len) +
+            " positions");
   return static_cast<size_t>(((layer * slots + slot) * max_len + pos) * kv_heads * head_dim);
 }
 
@@ -56,9 +56,9 @@ const float* KVCacheF32::v_at(int64_t layer, int64_t slot, int64_t pos) const {
 
 void kv_append(KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs, const float* k,
                const float* v) {
-  check(layer >= 0 && layer < cache.layers,
-        "kv_append: layer " + std::to_string(layer) + " outside the cache's " +
-            std::to_string(cache.layers) + " layers");
+  check(layer >= 0 && layer < cache.layers, "kv_append: layer " + std::to_string(layer) +
+                                                " outside the cache's " +
+                                                std::to_string(cache.layers) + " layers");
   const int64_t row = cache.kv_heads * cache.head_dim;
   // Validate all spans first so a bad request leaves the cache untouched.
   for (const SeqSpan& s : seqs) {

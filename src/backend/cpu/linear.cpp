@@ -23,9 +23,9 @@ void copy_as_f32(const Tensor& t, float* dst) {
 
 LinearF32 make_linear(const Tensor& weight, const Tensor& bias) {
   check(!weight.empty(), "make_linear: the weight tensor is empty");
-  check(dtype_is_float(weight.dtype()),
-        "make_linear: weight of dtype " + std::string(dtype_name(weight.dtype())) +
-            " is not a float tensor (F32, F16 or BF16)");
+  check(dtype_is_float(weight.dtype()), "make_linear: weight of dtype " +
+                                            std::string(dtype_name(weight.dtype())) +
+                                            " is not a float tensor (F32, F16 or BF16)");
   check(weight.ndim() == 2 && weight.dim(0) > 0 && weight.dim(1) > 0,
         "make_linear: weight must have shape [N, K] with N, K > 0, got " + weight.shape_str());
   LinearF32 l;
@@ -34,9 +34,9 @@ LinearF32 make_linear(const Tensor& weight, const Tensor& bias) {
   l.w.resize(static_cast<size_t>(l.n * l.k));
   copy_as_f32(weight, l.w.data());
   if (!bias.empty()) {
-    check(dtype_is_float(bias.dtype()),
-          "make_linear: bias of dtype " + std::string(dtype_name(bias.dtype())) +
-              " is not a float tensor (F32, F16 or BF16)");
+    check(dtype_is_float(bias.dtype()), "make_linear: bias of dtype " +
+                                            std::string(dtype_name(bias.dtype())) +
+                                            " is not a float tensor (F32, F16 or BF16)");
     check(bias.ndim() == 1 && bias.dim(0) == l.n,
           "make_linear: bias must have shape [" + std::to_string(l.n) + "] to match weight " +
               weight.shape_str() + ", got " + bias.shape_str());
@@ -54,8 +54,8 @@ LinearF32 concat_linear(std::vector<LinearF32> parts) {
   for (size_t p = 0; p < parts.size(); ++p) {
     const LinearF32& l = parts[p];
     check(l.k == out.k, "concat_linear: part " + std::to_string(p) + " has shape [" +
-                            std::to_string(l.n) + ", " + std::to_string(l.k) + "] but part 0 has K = " +
-                            std::to_string(out.k));
+                            std::to_string(l.n) + ", " + std::to_string(l.k) +
+                            "] but part 0 has K = " + std::to_string(out.k));
     check(static_cast<int64_t>(l.w.size()) == l.n * l.k,
           "concat_linear: part " + std::to_string(p) + " holds " + std::to_string(l.w.size()) +
               " weights, not [" + std::to_string(l.n) + ", " + std::to_string(l.k) + "]");
@@ -87,8 +87,8 @@ void linear(const float* x, int64_t m, const LinearF32& w, float* y) {
         "linear: weight holds " + std::to_string(w.w.size()) + " values, not [" +
             std::to_string(w.n) + ", " + std::to_string(w.k) + "]");
   check(w.bias.empty() || static_cast<int64_t>(w.bias.size()) == w.n,
-        "linear: bias holds " + std::to_string(w.bias.size()) + " values for N = " +
-            std::to_string(w.n));
+        "linear: bias holds " + std::to_string(w.bias.size()) +
+            " values for N = " + std::to_string(w.n));
   gemm_nt(x, w.w.data(), y, m, w.n, w.k);
   if (w.bias.empty() || m <= 0) return;
   const float* b = w.bias.data();

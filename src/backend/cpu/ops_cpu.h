@@ -31,6 +31,8 @@ LinearF32 concat_linear(std::vector<LinearF32> parts);
 void linear(const float* x, int64_t m, const LinearF32& w, float* y);
 
 // Plain GEMM used by linear: C[M,N] = A[M,K] * B[N,K]^T (both row-major, K contiguous).
+// fp32 accumulation. A row of C depends only on its row of A, B and K, never on M, N or the
+// tiling, so a decode step (M=1) reproduces the matching prefill row bit for bit.
 void gemm_nt(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k);
 
 // out[r, :] = x[r, :] / sqrt(mean(x[r,:]^2) + eps) * w   for r < rows. out may alias x.
@@ -42,7 +44,8 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg);
 void rope(float* x, const int64_t* positions, int64_t t, int64_t heads, int64_t head_dim,
           std::span<const float> inv_freq);
 
-// out[t, i] = silu(gu[t, i]) * gu[t, inter + i]  for gate_up rows [T, 2*inter].
+// out[t, i] = silu(gu[t, i]) * gu[t, inter + i]  for gate_up rows [T, 2*inter]. With AVX2 the
+// exp is a vectorised expf within 1 ulp (as PyTorch's Sleef exp); softmax in attention too.
 void silu_mul(const float* gu, int64_t t, int64_t inter, float* out);
 
 // A contiguous fp32 KV cache: [layers][slots][max_len][kv_heads][head_dim] for K and for V.

@@ -11,6 +11,14 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 
+// HF computes q*cos + rotate_half(q)*sin as separately rounded products and a sum; keep the
+// compiler from fusing them into FMAs when built for an FMA target (-march=native).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace qserve::cpu {
 
 namespace {
@@ -28,7 +36,7 @@ float llama3_scale(float inv, const RopeScaling& rs) {
       static_cast<double>(rs.original_max_position_embeddings) / rs.high_freq_factor);
 
   const float wavelen = (1.0f / inv) * static_cast<float>(2.0 * std::numbers::pi);
-  if (wavelen < high_freq_wavelen) return inv;           // high frequency: unchanged
+  if (wavelen < high_freq_wavelen) return inv;          // high frequency: unchanged
   if (wavelen > low_freq_wavelen) return inv / factor;  // low frequency: fully interpolated
   // Medium: blend linearly in 1/wavelen between the two.
   const float smooth = ((1.0f / wavelen) * old_ctx - low) / (high - low);
@@ -60,9 +68,14 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(d);
     float f = 1.0f / std::pow(base, e);
     switch (rs.type) {
-      case RopeScaling::Type::None: break;
-      case RopeScaling::Type::Linear: f = f / static_cast<float>(rs.factor); break;
-      case RopeScaling::Type::Llama3: f = llama3_scale(f, rs); break;
+      case RopeScaling::Type::None:
+        break;
+      case RopeScaling::Type::Linear:
+        f = f / static_cast<float>(rs.factor);
+        break;
+      case RopeScaling::Type::Llama3:
+        f = llama3_scale(f, rs);
+        break;
     }
     inv[static_cast<size_t>(i)] = f;
   }
