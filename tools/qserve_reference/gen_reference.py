@@ -443,10 +443,12 @@ def main():
         manifest["sanity"].update(info)
         log(f"[{time.time()-t0:6.1f}s] sequences built; greedy_32 reproduced by our FP model: "
             f"{info['greedy_32_reproduced']}")
-        fp_logits = fp.forward(ids.to(device)).cpu()
+        fp_logits, fp_hidden = fp.forward(ids.to(device), return_hidden=True)
+        fp_logits, fp_hidden = fp_logits.cpu(), fp_hidden.cpu()
         ids32 = ids.to(torch.int32)
         base = {"input_ids": ids32, "prompt_lengths": torch.tensor(plen, dtype=torch.int32)}
-        save_file({**base, "logits": fp_logits.half()}, os.path.join(args.out, "reference_logits_fp.safetensors"),
+        save_file({**base, "logits": fp_logits.half(), "hidden_states": fp_hidden.half()},
+                  os.path.join(args.out, "reference_logits_fp.safetensors"),
                   metadata=meta_common(args, {"scheme": "fp (no quantisation, HF weights, norms not folded)"}))
 
         # golden prompt 0 positions (prompt "The kernel scheduler")
@@ -469,13 +471,18 @@ def main():
             for kvb, pc_zero, suffix in runs:
                 qo = QuantOpts(kv_bits=kvb, kv4_wrap=not args.no_kv4_wrap)
                 m = build_from_zoo(cfg, zoo, scheme, device, qo, act_quant=True, pc_zero=pc_zero)
-                lq = m.forward(ids.to(device)).cpu()
+                lq, hq = m.forward(ids.to(device), return_hidden=True)
+                lq, hq = lq.cpu(), hq.cpu()
+                stats = m.kv_stats.as_dict()
+                # chaotic sensitivity: same model, embeddings perturbed by a relative 1e-6
+                floor = compare(m.forward(ids.to(device), embed_noise=1e-6, noise_seed=1).cpu(), lq)
                 tag = f"w4a8kv{kvb}{suffix}"
                 s_all = compare(lq, fp_logits)
                 s_gold = compare(lq[0, :g_T], gl["logits"])
                 manifest["sanity"][f"{scheme}_{tag}_vs_fp"] = s_all
                 manifest["sanity"][f"{scheme}_{tag}_vs_golden_prompt"] = s_gold
-                manifest["sanity"][f"{scheme}_{tag}_kv_stats"] = m.kv_stats.as_dict()
+                manifest["sanity"][f"{scheme}_{tag}_kv_stats"] = stats
+                manifest["sanity"][f"{scheme}_{tag}_noise_floor"] = floor
                 meta = meta_common(args, {
                     "scheme": f"W4A8KV{kvb} {scheme}" + (" (g128 progressive, protective range 119)"
                                                          if scheme == "g128" else " (per-channel zint4)"),
@@ -492,14 +499,22 @@ def main():
                              if kvb == 4 else "")
                           + "; position t attends to dequantised K/V of positions < t and to its own "
                             "un-quantised K/V; queries not quantised",
-                    "kv_stats": m.kv_stats.as_dict(),
+                    "kv_stats": stats,
                     "sanity_vs_fp": s_all,
+                    "noise_floor": floor,
+                    "noise_floor_note": "logits of this same reference with the embeddings multiplied by "
+                                        "(1 + 1e-6 N(0,1)) compared to these logits: A8 rounding flips cascade, so "
+                                        "any implementation with different float rounding differs about this much",
+                    "hidden_states": "residual stream [B, L+1, T, H] after the embedding and after each layer "
+                                     "(float16), for locating where an implementation diverges",
                 })
                 fname = f"reference_logits_{scheme}_{tag}.safetensors"
-                save_file({**base, "logits": lq.half()}, os.path.join(args.out, fname), metadata=meta)
+                save_file({**base, "logits": lq.half(), "hidden_states": hq.half()},
+                          os.path.join(args.out, fname), metadata=meta)
                 log(f"[{time.time()-t0:6.1f}s] {fname}: vs FP rel_l2 {s_all['rel_l2']:.4f} top1 "
                     f"{s_all['top1_agreement']:.4f}; vs golden prompt rel_l2 {s_gold['rel_l2']:.4f} top1 "
-                    f"{s_gold['top1_agreement']:.2f}; kv {m.kv_stats.as_dict()}")
+                    f"{s_gold['top1_agreement']:.2f}; noise floor rel_l2 {floor['rel_l2']:.4f} top1 "
+                    f"{floor['top1_agreement']:.4f}; kv {stats}")
 
     # ---- manifest ------------------------------------------------------------------------------
     sizes = {}

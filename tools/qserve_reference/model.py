@@ -238,12 +238,19 @@ class Llama:
         p_past = p.masked_fill(eye, 0.0)
         return p_past @ vh + p_own[..., None] * vr
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids int64 [B, T] -> logits fp32 [B, T, V]."""
+    def forward(self, ids: torch.Tensor, return_hidden: bool = False, embed_noise: float = 0.0,
+                noise_seed: int = 0):
+        """ids int64 [B, T] -> logits fp32 [B, T, V] (and, with return_hidden, the residual stream
+        [B, L+1, T, H]: after the embedding and after every layer). embed_noise > 0 multiplies the
+        embedding rows by (1 + embed_noise * N(0,1)) (seeded) to measure the chaotic sensitivity."""
         cfg = self.cfg
         B, T = ids.shape
         D = cfg.head_dim
         h = self.embed[ids.to(self.dev)]
+        if embed_noise:
+            gen = torch.Generator(device="cpu").manual_seed(noise_seed)
+            h = h * (1 + embed_noise * torch.randn(h.shape, generator=gen).to(self.dev))
+        hidden = [h]
         cos, sin = self.rope(T)
         for i in range(cfg.n_layers):
             L = lambda name: self.lin[f"model.layers.{i}.{name}"]
@@ -259,7 +266,11 @@ class Llama:
             g = L("mlp.gate_proj")(x)
             u = L("mlp.up_proj")(x)
             h = h + L("mlp.down_proj")(torch.nn.functional.silu(g) * u)
-        return self.rms(h, self.norm) @ self.lm_head.t()
+            hidden.append(h)
+        logits = self.rms(h, self.norm) @ self.lm_head.t()
+        if return_hidden:
+            return logits, torch.stack(hidden, dim=1)
+        return logits
 
 
 # --------------------------------------------------------------------------------------------
