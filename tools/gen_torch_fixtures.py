@@ -27,7 +27,9 @@ Hostile or unsupported fixtures (the reader must refuse them with a clear error)
   missing_storage.pt    a tensor whose storage record (data/1) is not in the archive.
   out_of_bounds.pt      a tensor whose size/stride reach past the end of its storage.
   compressed.pt         dtypes.pt's records deflate-compressed (torch never compresses).
-  legacy.pt             torch.save(..., _use_new_zipfile_serialization=False) (torch < 1.6).
+  legacy.pt             torch.save(..., _use_new_zipfile_serialization=False) (torch < 1.6); the
+                        only fixture that is not byte-identical when regenerated (the legacy format
+                        keys storages by object id).
   torchscript.pt        torch.jit.save of a tiny module.
 
 expected.json lists, per valid fixture, every readable tensor (dtype, shape, CRC-32 of its

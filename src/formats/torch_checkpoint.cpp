@@ -2,6 +2,7 @@
 // unpickled dict into names, and resolving each tensor against its storage record.
 #include "formats/torch_checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -18,6 +19,8 @@ namespace {
 
 using formats_detail::printable;
 
+constexpr int64_t kMaxExpandedCopy = int64_t{64} << 20;
+
 constexpr char kConvertHint[] =
     "convert it with torch >= 1.6: python -c \"import torch; "
     "torch.save(torch.load('IN', weights_only=True), 'OUT')\" (or save it as safetensors)";
@@ -32,15 +35,18 @@ void check_container(const uint8_t* b, size_t n, const std::string& source) {
                                     0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
   if (n >= sizeof(kZip) && std::memcmp(b, kZip, sizeof(kZip)) == 0) return;
   if (n >= sizeof(kLegacy) && std::memcmp(b, kLegacy, sizeof(kLegacy)) == 0) {
-    throw Error(source + ": legacy (torch < 1.6, or _use_new_zipfile_serialization=False) "
-                "torch.save format is not supported; " + kConvertHint);
+    throw Error(source +
+                ": legacy (torch < 1.6, or _use_new_zipfile_serialization=False) "
+                "torch.save format is not supported; " +
+                kConvertHint);
   }
   if (n >= 262 && std::memcmp(b + 257, "ustar", 5) == 0) {
     throw Error(source + ": legacy tar-based torch.save format (torch < 0.4) is not supported; " +
                 kConvertHint);
   }
   if (n >= 1 && b[0] == 0x80) {
-    throw Error(source + ": a bare pickle, not a torch.save zip archive; only torch.save "
+    throw Error(source +
+                ": a bare pickle, not a torch.save zip archive; only torch.save "
                 "checkpoints (torch >= 1.6) are supported");
   }
   throw Error(source + ": not a PyTorch checkpoint (torch.save zip archive expected; file is " +
@@ -63,11 +69,14 @@ std::string archive_prefix(const ZipArchive& z) {
     if (rest == "constants.pkl" || rest.starts_with("code/")) torchscript = true;
   }
   if (torchscript) {
-    throw Error(z.source() + ": a TorchScript archive (torch.jit.save), not a torch.save "
+    throw Error(z.source() +
+                ": a TorchScript archive (torch.jit.save), not a torch.save "
                 "checkpoint; save the model's state_dict() with torch.save instead");
   }
-  if (prefix.empty()) throw Error(z.source() + ": zip archive without <archive>/data.pkl: not a "
-                                  "torch.save checkpoint");
+  if (prefix.empty())
+    throw Error(z.source() +
+                ": zip archive without <archive>/data.pkl: not a "
+                "torch.save checkpoint");
   return prefix;
 }
 
@@ -103,7 +112,8 @@ Tensor strided_copy(DType dtype, const std::vector<int64_t>& shape,
       for (int64_t k = 0; k < inner; ++k, dst += es)
         std::memcpy(dst, src + (base + k * inner_stride) * static_cast<int64_t>(es), es);
     }
-    for (size_t d = nd > 0 ? nd - 1 : 0; d-- > 0;) {  // odometer over all but the innermost dimension
+    for (size_t d = nd > 0 ? nd - 1 : 0;
+         d-- > 0;) {  // odometer over all but the innermost dimension
       if (++idx[d] < shape[d]) break;
       idx[d] = 0;
     }
@@ -146,7 +156,8 @@ class TorchCheckpointBuilder {
 
   void claim(const std::string& name) const {
     if (ck_.tensors_.count(name) || ck_.scalars_.count(name) || ck_.unsupported_.count(name)) {
-      throw Error(ck_.source_ + ": name '" + printable(name) + "' occurs twice after flattening "
+      throw Error(ck_.source_ + ": name '" + printable(name) +
+                  "' occurs twice after flattening "
                   "nested dicts with '.'");
     }
   }
@@ -154,12 +165,24 @@ class TorchCheckpointBuilder {
   void add(const std::string& name, uint32_t v, int depth) {
     const PyNode& n = g_.node(v);
     switch (n.kind) {
-      case PyKind::Tensor: claim(name), add_tensor(name, n); break;
-      case PyKind::None: claim(name), ck_.scalars_.emplace(name, std::monostate{}); break;
-      case PyKind::Bool: claim(name), ck_.scalars_.emplace(name, n.i != 0); break;
-      case PyKind::Int: claim(name), ck_.scalars_.emplace(name, n.i); break;
-      case PyKind::Float: claim(name), ck_.scalars_.emplace(name, n.f); break;
-      case PyKind::Str: claim(name), ck_.scalars_.emplace(name, n.s); break;
+      case PyKind::Tensor:
+        claim(name), add_tensor(name, n);
+        break;
+      case PyKind::None:
+        claim(name), ck_.scalars_.emplace(name, std::monostate{});
+        break;
+      case PyKind::Bool:
+        claim(name), ck_.scalars_.emplace(name, n.i != 0);
+        break;
+      case PyKind::Int:
+        claim(name), ck_.scalars_.emplace(name, n.i);
+        break;
+      case PyKind::Float:
+        claim(name), ck_.scalars_.emplace(name, n.f);
+        break;
+      case PyKind::Str:
+        claim(name), ck_.scalars_.emplace(name, n.s);
+        break;
       case PyKind::Dict:
         if (depth > 0) break;  // one level of nesting only
         for (const auto& [k, x] : n.entries) {
@@ -169,9 +192,11 @@ class TorchCheckpointBuilder {
       case PyKind::List:
       case PyKind::Tuple:
         if (depth > 0) break;
-        for (size_t i = 0; i < n.items.size(); ++i) add(name + "." + std::to_string(i), n.items[i], depth + 1);
+        for (size_t i = 0; i < n.items.size(); ++i)
+          add(name + "." + std::to_string(i), n.items[i], depth + 1);
         break;
-      default: break;  // bytes, globals, bare storages: nothing a model loader wants
+      default:
+        break;  // bytes, globals, bare storages: nothing a model loader wants
     }
   }
 
@@ -182,8 +207,10 @@ class TorchCheckpointBuilder {
     const std::string record = prefix_ + "data/" + s.s;
     const ZipEntry* e = zip_.find(record);
     if (e == nullptr) {
-      throw Error(ck_.source_ + ": storage '" + printable(s.s) + "' is missing from the archive (no "
-                  "record '" + printable(record) + "')");
+      throw Error(ck_.source_ + ": storage '" + printable(s.s) +
+                  "' is missing from the archive (no "
+                  "record '" +
+                  printable(record) + "')");
     }
     const std::span<const uint8_t> bytes = zip_.data(*e);
     // numel * elem_size was overflow-checked by the unpickler.
@@ -197,6 +224,27 @@ class TorchCheckpointBuilder {
     return bytes.data();
   }
 
+  // get() copies a strided tensor. With stride 0 (torch keeps expand()ed tensors that way) a tiny
+  // storage can describe an enormous tensor; cap the copy so that a hostile file cannot make us
+  // allocate without bound, while transposed weights (copy no bigger than their storage) and
+  // modest broadcasts still load.
+  void check_copy_size(const std::string& name, const PyNode& n) const {
+    const PyNode& s = g_.node(n.tensor.storage);
+    int64_t bytes = static_cast<int64_t>(dtype_size(n.dtype));
+    bool overflow = false;
+    for (int64_t d : n.tensor.shape)
+      overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes);
+    const int64_t limit = std::max<int64_t>(s.numel * s.elem_size, kMaxExpandedCopy);
+    if (overflow || bytes > limit) {
+      throw Error(ck_.source_ + ": tensor '" + printable(name) +
+                  "' is a strided view of storage '" + printable(s.s) +
+                  "' whose contiguous copy would take " +
+                  (overflow ? std::string("more than 2^63") : std::to_string(bytes)) +
+                  " bytes; refusing copies larger than the storage or " +
+                  std::to_string(kMaxExpandedCopy >> 20) + " MiB");
+    }
+  }
+
   void add_tensor(const std::string& name, const PyNode& n) {
     const TorchTensorRef& t = n.tensor;
     if (!n.unsupported_dtype.empty()) {
@@ -204,14 +252,15 @@ class TorchCheckpointBuilder {
       return;
     }
     TorchCheckpoint::Slot slot;
-    slot.info.dtype = t.dtype;
+    slot.info.dtype = n.dtype;
     slot.info.shape = t.shape;
     slot.info.contiguous = is_contiguous(t.shape, t.stride);
     slot.info.storage_key = g_.node(t.storage).s;
     slot.stride = t.stride;
+    if (!slot.info.contiguous) check_copy_size(name, n);
     // The unpickler checked that offset and every strided element lie inside the declared
     // storage size, and storage_bytes() that the record has exactly that size.
-    slot.data = storage_bytes(t.storage) + t.offset * static_cast<int64_t>(dtype_size(t.dtype));
+    slot.data = storage_bytes(t.storage) + t.offset * static_cast<int64_t>(dtype_size(n.dtype));
     ck_.tensors_.emplace(name, std::move(slot));
   }
 };
@@ -226,7 +275,8 @@ TorchCheckpoint TorchCheckpoint::from_bytes(const uint8_t* bytes, size_t size,
     const std::span<const uint8_t> d = zip.checked_data(*bo);
     const std::string order(d.begin(), d.end());
     if (order != "little") {
-      throw Error(source + ": byte order '" + printable(order) + "' is not supported (only "
+      throw Error(source + ": byte order '" + printable(order) +
+                  "' is not supported (only "
                   "little-endian checkpoints are)");
     }
   }
@@ -278,7 +328,8 @@ std::vector<std::string> TorchCheckpoint::names() const {
 
 const TorchScalar& TorchCheckpoint::scalar(const std::string& name) const {
   auto it = scalars_.find(name);
-  if (it == scalars_.end()) throw Error(source_ + ": no scalar value named '" + printable(name) + "'");
+  if (it == scalars_.end())
+    throw Error(source_ + ": no scalar value named '" + printable(name) + "'");
   return it->second;
 }
 

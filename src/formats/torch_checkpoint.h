@@ -3,8 +3,9 @@
 // goes through a restricted unpickler (torch_pickle.h), and tensors come back as zero-copy views
 // into the mapping. See docs/torch-format.md for what is accepted and refused.
 //
-// Names: the pickled object must be a dict (state_dict() is an OrderedDict). Its entries are exposed
-// under their keys; a value that is itself a dict, list or tuple is flattened one level with '.'
+// Names: the pickled object must be a dict (state_dict() is an OrderedDict). Its entries are
+// exposed under their keys; a value that is itself a dict, list or tuple is flattened one level
+// with '.'
 // ({"model": {"w": t}} gives "model.w", {"s": [t0, t1]} gives "s.0", "s.1"). Deeper values are not
 // exposed. Keys must be strings or ints.
 #pragma once

@@ -58,7 +58,8 @@ TorchGlobalInfo dtype_info(TorchGlobal g, const DTypeName& d) {
 }  // namespace
 
 std::optional<TorchGlobalInfo> find_torch_global(std::string_view module, std::string_view name) {
-  if (module == "collections" && name == "OrderedDict") return TorchGlobalInfo{TorchGlobal::OrderedDict};
+  if (module == "collections" && name == "OrderedDict")
+    return TorchGlobalInfo{TorchGlobal::OrderedDict};
   if (module == "_codecs" && name == "encode") return TorchGlobalInfo{TorchGlobal::CodecsEncode};
   if (module == "torch._utils") {
     if (name == "_rebuild_tensor_v2") return TorchGlobalInfo{TorchGlobal::RebuildTensorV2};
@@ -71,7 +72,7 @@ std::optional<TorchGlobalInfo> find_torch_global(std::string_view module, std::s
   // torch 2.x pickles UntypedStorage under its defining module.
   if ((module == "torch" || module == "torch.storage") && name == "UntypedStorage")
     return TorchGlobalInfo{TorchGlobal::UntypedStorage};
-  // torch 1.x wrote the storage class of the tensor's device: torch.cuda.HalfStorage for CUDA
+  // Older torch wrote the storage class of the tensor's device: torch.cuda.HalfStorage for CUDA
   // tensors. The bytes are the same; we load everything to host memory anyway.
   if (module == "torch" || module == "torch.cuda") {
     for (const DTypeName& d : kDTypes) {

@@ -20,7 +20,15 @@
 namespace qserve {
 
 enum class PyKind : uint8_t {
-  None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict,
+  None,
+  Bool,
+  Int,
+  Float,
+  Str,
+  Bytes,
+  Tuple,
+  List,
+  Dict,
   Global,   // one of the allowed globals (a class or function that was named, not called)
   Storage,  // a persistent-id storage reference: ('storage', type, key, location, numel)
   Tensor,   // the result of torch._utils._rebuild_tensor_v2/_v3 (or _rebuild_parameter)
@@ -45,9 +53,8 @@ enum class TorchGlobal : uint8_t {
 // against the storage's bytes yet (the unpickler has no access to them), only against the
 // storage's declared size.
 struct TorchTensorRef {
-  uint32_t storage = 0;         // node index of the Storage
-  DType dtype = DType::F32;     // element type of the tensor
-  int64_t offset = 0;           // storage_offset, in elements of `dtype`
+  uint32_t storage = 0;  // node index of the Storage
+  int64_t offset = 0;    // storage_offset, in elements of the tensor's dtype (PyNode::dtype)
   std::vector<int64_t> shape;
   std::vector<int64_t> stride;  // in elements
 };
@@ -62,22 +69,22 @@ struct PyNode {
   std::vector<uint32_t> items;  // Tuple, List
   std::vector<std::pair<uint32_t, uint32_t>> entries;  // Dict: (key, value), insertion order
   TorchGlobal global = TorchGlobal::OrderedDict;       // Global
-  DType dtype = DType::U8;      // Global StorageType/DTypeObject, Storage, Tensor
-  int64_t elem_size = 1;        // Global StorageType/DTypeObject, Storage: bytes per element
-  int64_t numel = 0;            // Storage: elements (bytes when untyped)
+  DType dtype = DType::U8;  // Global StorageType/DTypeObject, Storage, Tensor
+  int64_t elem_size = 1;    // Global StorageType/DTypeObject, Storage: bytes per element
+  int64_t numel = 0;        // Storage: elements (bytes when untyped)
   // Global StorageType/DTypeObject, Storage, Tensor: non-empty (e.g. "float64") when the dtype is
   // one torch has but qserve does not; `dtype` is then meaningless. Such tensors are described
   // (so that one stray float64 buffer does not make a whole checkpoint unreadable) but cannot be
   // read.
   std::string unsupported_dtype;
-  TorchTensorRef tensor;        // Tensor
+  TorchTensorRef tensor;  // Tensor
 };
 
 // Upper bounds on what one pickle may make us do. The input size bounds most things already; these
 // stop amplification (one memo get repeated to copy a big object many times) and absurd nesting.
 struct PickleLimits {
-  size_t max_mark_depth = 1000;   // nested MARKs (tuples/lists/dicts under construction)
-  size_t max_ndim = 64;           // tensor dimensions (torch's own limit)
+  size_t max_mark_depth = 1000;  // nested MARKs (tuples/lists/dicts under construction)
+  size_t max_ndim = 64;          // tensor dimensions (torch's own limit)
   size_t max_extra_bytes = size_t{256} << 20;  // allocations beyond what the input itself spells
 };
 

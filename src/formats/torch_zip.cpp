@@ -27,7 +27,9 @@ constexpr size_t kZip64LocatorSize = 20;
 constexpr uint16_t kZip64ExtraId = 0x0001;
 constexpr uint16_t kFlagEncrypted = 0x0001;
 
-uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint16_t le16(const uint8_t* p) {
+  return static_cast<uint16_t>(p[0] | (p[1] << 8));
+}
 uint32_t le32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
          (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
@@ -37,7 +39,9 @@ uint64_t le64(const uint8_t* p) {
 }
 
 // True when [off, off + len) lies inside [0, limit), computed without overflow.
-bool fits(uint64_t off, uint64_t len, uint64_t limit) { return off <= limit && len <= limit - off; }
+bool fits(uint64_t off, uint64_t len, uint64_t limit) {
+  return off <= limit && len <= limit - off;
+}
 
 struct Parser {
   const uint8_t* bytes;
@@ -87,10 +91,12 @@ struct Parser {
       const uint64_t zoff = le64(bytes + loc + 8);
       const uint32_t ndisks = le32(bytes + loc + 16);
       if (zdisk != 0 || ndisks > 1) fail("multi-disk (split) archives are not supported");
-      if (!fits(zoff, kZip64EocdSize, loc)) fail("ZIP64 end-of-central-directory offset out of range");
+      if (!fits(zoff, kZip64EocdSize, loc))
+        fail("ZIP64 end-of-central-directory offset out of range");
       const uint8_t* z = bytes + zoff;
       if (le32(z) != kZip64EocdSig) fail("bad ZIP64 end-of-central-directory signature");
-      if (le32(z + 16) != 0 || le32(z + 20) != 0) fail("multi-disk (split) archives are not supported");
+      if (le32(z + 16) != 0 || le32(z + 20) != 0)
+        fail("multi-disk (split) archives are not supported");
       const uint64_t zdisk_entries = le64(z + 24);
       d.entries = le64(z + 32);
       d.cd_size = le64(z + 40);
@@ -116,17 +122,18 @@ struct Parser {
                         bool need_size, bool need_stored, bool need_offset) const {
     size_t pos = 0;
     while (need_size || need_stored || need_offset) {
-      if (len - pos < 4) fail("entry '" + formats_detail::printable(e.name) +
-                              "': missing ZIP64 extra field for a saturated size or offset");
+      if (len - pos < 4)
+        fail("entry '" + formats_detail::printable(e.name) +
+             "': missing ZIP64 extra field for a saturated size or offset");
       const uint16_t id = le16(extra + pos), n = le16(extra + pos + 2);
-      if (n > len - pos - 4) fail("entry '" + formats_detail::printable(e.name) +
-                                  "': extra field runs past its header");
+      if (n > len - pos - 4)
+        fail("entry '" + formats_detail::printable(e.name) + "': extra field runs past its header");
       if (id == kZip64ExtraId) {
         const uint8_t* f = extra + pos + 4;
         size_t used = 0;
         auto take = [&](uint64_t& out) {
-          if (n - used < 8) fail("entry '" + formats_detail::printable(e.name) +
-                                 "': ZIP64 extra field too short");
+          if (n - used < 8)
+            fail("entry '" + formats_detail::printable(e.name) + "': ZIP64 extra field too short");
           out = le64(f + used);
           used += 8;
         };
@@ -143,7 +150,8 @@ struct Parser {
     const uint64_t cd_end = d.cd_offset + d.cd_size;
     if (!fits(pos, kCentralSize, cd_end)) fail("central directory truncated");
     const uint8_t* c = bytes + pos;
-    if (le32(c) != kCentralSig) fail("bad central directory signature at offset " + std::to_string(pos));
+    if (le32(c) != kCentralSig)
+      fail("bad central directory signature at offset " + std::to_string(pos));
     ZipEntry e;
     e.flags = le16(c + 8);
     e.method = le16(c + 10);
@@ -154,7 +162,8 @@ struct Parser {
     const uint16_t disk = le16(c + 34);
     uint64_t local = le32(c + 42);
     const uint64_t var_len = uint64_t{name_len} + extra_len + comment_len;
-    if (!fits(pos + kCentralSize, var_len, cd_end)) fail("central directory entry runs past its end");
+    if (!fits(pos + kCentralSize, var_len, cd_end))
+      fail("central directory entry runs past its end");
     e.name.assign(reinterpret_cast<const char*>(c + kCentralSize), name_len);
     if (e.name.empty() || e.name.find('\0') != std::string::npos)
       fail("entry with an empty or NUL-containing name");

@@ -18,12 +18,12 @@ namespace qserve {
 
 struct ZipEntry {
   std::string name;
-  uint16_t method = 0;        // 0 = stored; anything else is refused when the data is read
-  uint16_t flags = 0;         // general purpose bit flags from the central directory
-  uint32_t crc32 = 0;         // as recorded in the central directory
-  uint64_t data_offset = 0;   // first byte of the entry's data in the buffer
-  uint64_t size = 0;          // uncompressed size
-  uint64_t stored_size = 0;   // compressed size (== size for stored entries)
+  uint16_t method = 0;       // 0 = stored; anything else is refused when the data is read
+  uint16_t flags = 0;        // general purpose bit flags from the central directory
+  uint32_t crc32 = 0;        // as recorded in the central directory
+  uint64_t data_offset = 0;  // first byte of the entry's data in the buffer
+  uint64_t size = 0;         // uncompressed size
+  uint64_t stored_size = 0;  // compressed size (== size for stored entries)
 };
 
 class ZipArchive {

@@ -21,7 +21,7 @@ using test::Pickle;
 using test::torch_archive;
 using test::torch_fixture;
 
-json expected() {
+const json& expected() {
   static const json j = json::parse(test::read_file(torch_fixture("expected.json")));
   return j;
 }
@@ -33,13 +33,20 @@ uint32_t crc_of(const Tensor& t) {
 // Element i of an integer or bool tensor.
 int64_t int_at(const Tensor& t, int64_t i) {
   switch (t.dtype()) {
-    case DType::I8: return t.data<int8_t>()[i];
-    case DType::U8: return t.data<uint8_t>()[i];
-    case DType::BOOL: return t.data<uint8_t>()[i];
-    case DType::I16: return t.data<int16_t>()[i];
-    case DType::I32: return t.data<int32_t>()[i];
-    case DType::I64: return t.data<int64_t>()[i];
-    default: throw std::runtime_error("not an integer tensor");
+    case DType::I8:
+      return t.data<int8_t>()[i];
+    case DType::U8:
+      return t.data<uint8_t>()[i];
+    case DType::BOOL:
+      return t.data<uint8_t>()[i];
+    case DType::I16:
+      return t.data<int16_t>()[i];
+    case DType::I32:
+      return t.data<int32_t>()[i];
+    case DType::I64:
+      return t.data<int64_t>()[i];
+    default:
+      throw std::runtime_error("not an integer tensor");
   }
 }
 
@@ -63,6 +70,8 @@ void check_scalar(const TorchScalar& got, const json& want, const std::string& n
 }
 
 TEST(TorchCheckpoint, FixturesMatchWhatTorchLoads) {
+  ASSERT_EQ(expected().at("valid").size(), 7u);
+  size_t checked = 0;
   for (const auto& [file, want] : expected().at("valid").items()) {
     SCOPED_TRACE(file);
     const TorchCheckpoint ck = TorchCheckpoint::open(torch_fixture(file));
@@ -73,6 +82,7 @@ TEST(TorchCheckpoint, FixturesMatchWhatTorchLoads) {
       SCOPED_TRACE(name);
       ASSERT_TRUE(ck.has(name));
       const Tensor t = ck.get(name);
+      ++checked;
       EXPECT_EQ(dtype_name(t.dtype()), w.at("dtype").get<std::string>());
       EXPECT_EQ(t.shape(), w.at("shape").get<std::vector<int64_t>>());
       EXPECT_EQ(ck.info(name).shape, t.shape());
@@ -95,9 +105,11 @@ TEST(TorchCheckpoint, FixturesMatchWhatTorchLoads) {
     for (const auto& [name, w] : want.at("unsupported").items()) unsupported[name] = w;
     EXPECT_EQ(ck.unsupported(), unsupported);
   }
+  EXPECT_EQ(checked, 4 * 20 + 9 + 2 + 1u);  // dtypes x 4 variants, state_dict, wrapped, unsupported
 }
 
 TEST(TorchCheckpoint, HostileAndUnsupportedFilesAreRefused) {
+  ASSERT_EQ(expected().at("hostile").size(), 8u);
   for (const auto& [file, needles] : expected().at("hostile").items()) {
     SCOPED_TRACE(file);
     const std::string path = torch_fixture(file);
@@ -155,8 +167,9 @@ TEST(TorchCheckpoint, ViewsOutliveTheCheckpoint) {
   }
   EXPECT_EQ(t.dtype(), DType::F16);
   EXPECT_EQ(t.shape(), (std::vector<int64_t>{10, 8}));
-  const json& w = expected()["valid"]["state_dict.bin"]["tensors"]["model.embed_tokens.weight"];
-  EXPECT_EQ(crc_of(t), w["crc32"].get<uint32_t>());
+  const json& w =
+      expected().at("valid").at("state_dict.bin").at("tensors").at("model.embed_tokens.weight");
+  EXPECT_EQ(crc_of(t), w.at("crc32").get<uint32_t>());
 }
 
 TEST(TorchCheckpoint, LoadStateDict) {
@@ -181,7 +194,8 @@ TEST(TorchCheckpoint, UnsupportedDTypesAreListedNotReadable) {
 
 // ---- crafted archives ----
 
-const std::string kFour = std::string("\x00\x00\x80\x3f\x00\x00\x00\x40\x00\x00\x40\x40\x00\x00\x80\x40", 16);  // 1,2,3,4 f32
+const std::string kFour = std::string(
+    "\x00\x00\x80\x3f\x00\x00\x00\x40\x00\x00\x40\x40\x00\x00\x80\x40", 16);  // 1,2,3,4 f32
 
 std::string dict_of_one(const std::string& key, Pickle& value) {
   Pickle p;
@@ -193,8 +207,9 @@ TEST(TorchCheckpoint, StorageRecordMustMatchTheDeclaredSize) {
   Pickle t;
   t.tensor("FloatStorage", "0", 4, 0, {4}, {1});
   EXPECT_NO_THROW(checkpoint_from(torch_archive(dict_of_one("w", t), {{"0", kFour}})));
-  EXPECT_QSERVE_ERROR(checkpoint_from(torch_archive(dict_of_one("w", t), {{"0", kFour + "x"}})),
-                      "mem.pt: storage '0' holds 17 bytes, but the pickle declares 4 elements of 4 bytes");
+  EXPECT_QSERVE_ERROR(
+      checkpoint_from(torch_archive(dict_of_one("w", t), {{"0", kFour + "x"}})),
+      "mem.pt: storage '0' holds 17 bytes, but the pickle declares 4 elements of 4 bytes");
   EXPECT_QSERVE_ERROR(checkpoint_from(torch_archive(dict_of_one("w", t), {{"1", kFour}})),
                       "mem.pt: storage '0' is missing from the archive", "ck/data/0");
 }
@@ -221,14 +236,24 @@ TEST(TorchCheckpoint, StridedAndMisalignedTensorsAreCopied) {
             (std::vector<int32_t>{1, 2, 1, 2, 1, 2}));
   EXPECT_TRUE(ck.info("flat").contiguous);
 
+  // Expanded views whose copy would dwarf their storage are refused, not allocated.
+  Pickle huge;
+  huge.proto(2).empty_dict().str("e").tensor("IntStorage", "0", 12, 0, {1 << 20, 1 << 20}, {0, 0});
+  huge.setitem().stop();
+  EXPECT_QSERVE_ERROR(checkpoint_from(torch_archive(huge.data(), {{"0", storage}})),
+                      "mem.pt: tensor 'e' is a strided view of storage '0'",
+                      "would take 4398046511104 bytes");
+
   // A storage record at an odd address (another zip writer could do that): copied, since
   // typed access through a misaligned pointer is undefined.
   Pickle t;
   t.tensor("FloatStorage", "0", 4, 0, {4}, {1});
   test::ZipWriter::Options odd;
   odd.misalign = true;
-  const std::string z =
-      test::ZipWriter().add("ck/data.pkl", dict_of_one("w", t)).add("ck/data/0", kFour, odd).build();
+  const std::string z = test::ZipWriter()
+                            .add("ck/data.pkl", dict_of_one("w", t))
+                            .add("ck/data/0", kFour, odd)
+                            .build();
   const TorchCheckpoint mis = checkpoint_from(z);
   const Tensor w = mis.get("w");
   EXPECT_EQ(reinterpret_cast<uintptr_t>(w.raw()) % 4, 0u);
@@ -256,8 +281,9 @@ TEST(TorchCheckpoint, ContainerErrors) {
   test::ZipWriter be;
   be.add("ck/data.pkl", empty.data()).add("ck/byteorder", "big");
   EXPECT_QSERVE_ERROR(checkpoint_from(be.build()), "byte order 'big' is not supported");
-  EXPECT_EQ(checkpoint_from(test::ZipWriter().add("ck/data.pkl", empty.data()).build()).names().size(),
-            0u);  // byteorder is optional (older torch)
+  EXPECT_EQ(
+      checkpoint_from(test::ZipWriter().add("ck/data.pkl", empty.data()).build()).names().size(),
+      0u);  // byteorder is optional (older torch)
   // data.pkl is checksummed: a flipped byte is reported as corruption, not as a pickle error.
   std::string z = torch_archive(empty.data(), {});
   z[z.find("\x80\x02}") + 2] = '~';
@@ -275,11 +301,11 @@ TEST(TorchCheckpoint, NamesAndNesting) {
   const std::string tensor = t.data();
   Pickle p;
   p.proto(2).empty_dict().mark();
-  p.int32(5).raw(tensor);                                    // int key -> "5"
-  p.none().raw(tensor);                                      // None key -> skipped
+  p.int32(5).raw(tensor);  // int key -> "5"
+  p.none().raw(tensor);    // None key -> skipped
   p.str("deep").empty_dict().str("a").empty_dict().str("b").raw(tensor).setitem().setitem();
-  p.str("tup").mark().raw(tensor).float64(0.25).tuple();     // "tup.0", "tup.1"
-  p.str("bytes").bytes("xy");                                // not exposed
+  p.str("tup").mark().raw(tensor).float64(0.25).tuple();  // "tup.0", "tup.1"
+  p.str("bytes").bytes("xy");                             // not exposed
   p.setitems().stop();
   const TorchCheckpoint ck = checkpoint_from(torch_archive(p.data(), {{"0", kFour}}));
   EXPECT_EQ(ck.names(), (std::vector<std::string>{"5", "tup.0"}));

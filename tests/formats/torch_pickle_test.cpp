@@ -86,7 +86,7 @@ TEST(TorchPickle, DictKeysFollowPython) {
   const PickleGraph g = up(p.data());
   const PyNode& d = g.node(g.root());
   ASSERT_EQ(d.entries.size(), 4u);
-  EXPECT_EQ(g.node(d.entries[0].second).i, 2);  // last value wins, first position kept
+  EXPECT_EQ(g.node(d.entries[0].second).i, 2);               // last value wins, first position kept
   EXPECT_EQ(g.node(d.entries[1].first).kind, PyKind::Bool);  // first key object kept
   EXPECT_EQ(g.node(d.entries[1].second).i, 4);
 }
@@ -112,8 +112,8 @@ TEST(TorchPickle, Protocol4And5Opcodes) {
   p.short_str("u8").op(0x8d).raw(std::string("\x02\0\0\0\0\0\0\0ab", 10));  // BINUNICODE8
   p.short_str("b8").op(0x8e).raw(std::string("\x01\0\0\0\0\0\0\0z", 9));    // BINBYTES8
   p.short_str("ba").op(0x96).raw(std::string("\x01\0\0\0\0\0\0\0y", 9));    // BYTEARRAY8
-  p.short_str("bb").op('B').raw(std::string("\x01\0\0\0q", 5));            // BINBYTES
-  p.short_str("again").op('j').raw(std::string("\x00\0\0\0", 4));         // LONG_BINGET 0
+  p.short_str("bb").op('B').raw(std::string("\x01\0\0\0q", 5));             // BINBYTES
+  p.short_str("again").op('j').raw(std::string("\x00\0\0\0", 4));           // LONG_BINGET 0
   p.setitems().stop();
   const PickleGraph g = up(p.data());
   EXPECT_EQ(at_key(g, "u8").s, "ab");
@@ -126,11 +126,26 @@ TEST(TorchPickle, Protocol4And5Opcodes) {
 TEST(TorchPickle, CodecsEncodeMakesBytes) {
   Pickle p;  // _codecs.encode("\xff\x00a", "latin1"), how protocol 2 writes b"\xff\x00a"
   p.proto(2).empty_dict().str("b").global("_codecs", "encode");
-  p.str(std::string("\xc3\xbf\x00" "a", 4)).str("latin1").tuple2().reduce().setitem().stop();
-  EXPECT_EQ(at_key(up(p.data()), "b").s, std::string("\xff\x00" "a", 3));
+  p.str(std::string("\xc3\xbf\x00"
+                    "a",
+                    4))
+      .str("latin1")
+      .tuple2()
+      .reduce()
+      .setitem()
+      .stop();
+  EXPECT_EQ(at_key(up(p.data()), "b").s, std::string("\xff\x00"
+                                                     "a",
+                                                     3));
 
   Pickle bad;
-  bad.proto(2).global("_codecs", "encode").str("\xe2\x82\xac").str("latin1").tuple2().reduce().stop();
+  bad.proto(2)
+      .global("_codecs", "encode")
+      .str("\xe2\x82\xac")
+      .str("latin1")
+      .tuple2()
+      .reduce()
+      .stop();
   EXPECT_PICKLE_ERROR(bad.data(), "outside latin1");
   Pickle enc;
   enc.proto(2).global("_codecs", "encode").str("a").str("utf-8").tuple2().reduce().stop();
@@ -183,7 +198,12 @@ TEST(TorchPickle, EveryStorageClassAndCudaSpelling) {
 TEST(TorchPickle, ParameterIsItsTensor) {
   Pickle p;
   p.proto(2).global("torch._utils", "_rebuild_parameter");
-  p.tensor("FloatStorage", "0", 3, 0, {3}, {1}).boolean(true).ordered_dict().tuple3().reduce().stop();
+  p.tensor("FloatStorage", "0", 3, 0, {3}, {1})
+      .boolean(true)
+      .ordered_dict()
+      .tuple3()
+      .reduce()
+      .stop();
   const PickleGraph g = up(p.data());
   EXPECT_EQ(g.node(g.root()).kind, PyKind::Tensor);
 
@@ -235,10 +255,17 @@ TEST(TorchPickle, RefusesForeignGlobals) {
   EXPECT_PICKLE_ERROR(os.data(), "refusing to load pickle global os.system",
                       "only torch tensor rebuilds are allowed", "at byte 2");
   const std::vector<std::pair<std::string, std::string>> refused = {
-      {"builtins", "eval"}, {"posix", "system"}, {"subprocess", "Popen"},
-      {"torch._utils", "_rebuild_qtensor"}, {"torch", "load"}, {"torch.nn", "Module"},
-      {"collections", "defaultdict"}, {"torch._tensor", "_rebuild_from_type_v2"},
-      {"torch.cuda", "float16"}, {"torch.storage", "FloatStorage"}, {"", ""}};
+      {"builtins", "eval"},
+      {"posix", "system"},
+      {"subprocess", "Popen"},
+      {"torch._utils", "_rebuild_qtensor"},
+      {"torch", "load"},
+      {"torch.nn", "Module"},
+      {"collections", "defaultdict"},
+      {"torch._tensor", "_rebuild_from_type_v2"},
+      {"torch.cuda", "float16"},
+      {"torch.storage", "FloatStorage"},
+      {"", ""}};
   for (const auto& [m, n] : refused) {
     Pickle g;
     g.proto(2).global(m, n).stop();
@@ -260,7 +287,13 @@ TEST(TorchPickle, RefusesToCallNonFunctions) {
   s.proto(2).str("x").empty_tuple().reduce().stop();
   EXPECT_PICKLE_ERROR(s.data(), "REDUCE on a str");
   Pickle a;
-  a.proto(2).ordered_dict().op(0x94).global("collections", "OrderedDict").empty_list().reduce().stop();
+  a.proto(2)
+      .ordered_dict()
+      .op(0x94)
+      .global("collections", "OrderedDict")
+      .empty_list()
+      .reduce()
+      .stop();
   EXPECT_PICKLE_ERROR(a.data(), "REDUCE arguments", "expected tuple");
   Pickle o;
   o.proto(2).global("collections", "OrderedDict").empty_list().tuple1().reduce().stop();
@@ -269,7 +302,9 @@ TEST(TorchPickle, RefusesToCallNonFunctions) {
 
 TEST(TorchPickle, RefusesOpcodesTorchDoesNotWrite) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"\x80\x02i" "os\nsystem\n", "INST"},
+      {"\x80\x02i"
+       "os\nsystem\n",
+       "INST"},
       {"\x80\x02(o", "OBJ"},
       {"\x80\x02\x81", "NEWOBJ"},
       {"\x80\x02\x92", "NEWOBJ_EX"},
@@ -292,13 +327,21 @@ TEST(TorchPickle, MalformedInput) {
   EXPECT_PICKLE_ERROR(S("\x80\x02."s), "stack underflow");
   EXPECT_PICKLE_ERROR(S("\x80\x02Na."s), "stack underflow");
   EXPECT_PICKLE_ERROR(S("\x80\x02](Na."s), "stack underflow");  // a MARK hides what is below
-  EXPECT_PICKLE_ERROR(S("\x80\x02" "X\xe8\x03\x00\x00" "abc."s), "truncated", "1000 more bytes");
-  EXPECT_PICKLE_ERROR(S("\x80\x02" "X\xff\xff\xff\xff" "abc."s), "truncated");
+  EXPECT_PICKLE_ERROR(S("\x80\x02"
+                        "X\xe8\x03\x00\x00"
+                        "abc."s),
+                      "truncated", "1000 more bytes");
+  EXPECT_PICKLE_ERROR(S("\x80\x02"
+                        "X\xff\xff\xff\xff"
+                        "abc."s),
+                      "truncated");
   EXPECT_PICKLE_ERROR(S("\x80\x05\x8d\xff\xff\xff\xff\xff\xff\xff\xff."s), "truncated");
   EXPECT_PICKLE_ERROR(S("\x80\x05\x95\xff\xff\xff\xff\xff\xff\xff\xffN."s), "truncated: frame");
   EXPECT_PICKLE_ERROR(S("\x80\x02X\x02\x00\x00\x00\xc3\x28."s), "not valid UTF-8");
   EXPECT_PICKLE_ERROR(S("\x80\x02X\x02\x00\x00\x00\xc0\x80."s), "not valid UTF-8");  // overlong
-  EXPECT_PICKLE_ERROR(S("\x80\x02\x8a\x09" "123456789."s), "wider than 64 bits");
+  EXPECT_PICKLE_ERROR(S("\x80\x02\x8a\x09"
+                        "123456789."s),
+                      "wider than 64 bits");
   EXPECT_PICKLE_ERROR(S("\x80\x02\x8b\xff\xff\xff\xff."s), "negative LONG4");
   EXPECT_PICKLE_ERROR(S("\x80\x02h\x05."s), "memo key 5 is not defined");
   EXPECT_PICKLE_ERROR(S("\x80\x02q\x00."s), "stack underflow");
@@ -308,10 +351,15 @@ TEST(TorchPickle, MalformedInput) {
   EXPECT_PICKLE_ERROR(S("\x80\x02]N(Ne."s), "APPENDS target");
   EXPECT_PICKLE_ERROR(S("\x80\x02t."s), "no MARK");
   EXPECT_PICKLE_ERROR(S("\x80\x02}]]s."s), "unsupported dict key type list");
-  EXPECT_PICKLE_ERROR(S("\x80\x02}G\x3f\xf8\x00\x00\x00\x00\x00\x00Ns."s), "unsupported dict key type float");
+  EXPECT_PICKLE_ERROR(S("\x80\x02}G\x3f\xf8\x00\x00\x00\x00\x00\x00Ns."s),
+                      "unsupported dict key type float");
   EXPECT_PICKLE_ERROR(S("\x80\x02]}b."s), "BUILD on a list");
-  EXPECT_PICKLE_ERROR(S("\x80\x02" "cos"s), "GLOBAL name without a newline");
-  EXPECT_PICKLE_ERROR(S("\x80\x02" "N\x93."s), "stack underflow");
+  EXPECT_PICKLE_ERROR(S("\x80\x02"
+                        "cos"s),
+                      "GLOBAL name without a newline");
+  EXPECT_PICKLE_ERROR(S("\x80\x02"
+                        "N\x93."s),
+                      "stack underflow");
   EXPECT_PICKLE_ERROR(S("\x80\x04NN\x93."s), "STACK_GLOBAL module", "expected str");
   // POP on an empty MARK frame discards the frame (Python 3 behaviour), then STOP sees None.
   EXPECT_EQ(up(S("\x80\x02N(0."s)).node(0).kind, PyKind::None);
@@ -324,7 +372,11 @@ TEST(TorchPickle, MalformedInput) {
 TEST(TorchPickle, BadTensorDescriptions) {
   auto tensor = [](const std::vector<int64_t>& shape, const std::vector<int64_t>& stride,
                    int64_t offset, int64_t numel) {
-    return Pickle().proto(2).tensor("FloatStorage", "0", numel, offset, shape, stride).stop().data();
+    return Pickle()
+        .proto(2)
+        .tensor("FloatStorage", "0", numel, offset, shape, stride)
+        .stop()
+        .data();
   };
   EXPECT_PICKLE_ERROR(tensor({2, 3}, {3, 1}, 0, 5), "reaches past the end of its storage '0'",
                       "size (2, 3), stride (3, 1)");
@@ -372,20 +424,39 @@ TEST(TorchPickle, BadPersistentIds) {
   b.proto(2).mark().str("storage").global("torch", "HalfStorage").str("0").str("cpu").tuple();
   EXPECT_PICKLE_ERROR(pid(b), "not a ('storage', type, key, location, numel) tuple");
   Pickle c;
-  c.proto(2).mark().str("module").global("torch", "HalfStorage").str("0").str("cpu").int32(1).tuple();
+  c.proto(2)
+      .mark()
+      .str("module")
+      .global("torch", "HalfStorage")
+      .str("0")
+      .str("cpu")
+      .int32(1)
+      .tuple();
   EXPECT_PICKLE_ERROR(pid(c), "not a ('storage'");
   Pickle d;
   d.proto(2).mark().str("storage").global("torch", "float16").str("0").str("cpu").int32(1).tuple();
   EXPECT_PICKLE_ERROR(pid(d), "torch.float16 is not a storage class");
   Pickle e;
-  e.proto(2).mark().str("storage").global("torch", "HalfStorage").str("").str("cpu").int32(1).tuple();
+  e.proto(2)
+      .mark()
+      .str("storage")
+      .global("torch", "HalfStorage")
+      .str("")
+      .str("cpu")
+      .int32(1)
+      .tuple();
   EXPECT_PICKLE_ERROR(pid(e), "storage key or location is empty or too long");
   // One key, two declarations that disagree (torch.save cannot write this).
   Pickle f;
   f.proto(2).mark().storage("HalfStorage", "0", 4).storage("FloatStorage", "0", 4).tuple().stop();
   EXPECT_PICKLE_ERROR(f.data(), "storage '0' is declared twice");
   Pickle same;
-  same.proto(2).mark().storage("HalfStorage", "0", 4).storage("HalfStorage", "0", 4).tuple2().stop();
+  same.proto(2)
+      .mark()
+      .storage("HalfStorage", "0", 4)
+      .storage("HalfStorage", "0", 4)
+      .tuple2()
+      .stop();
   const PickleGraph g = up(same.data());
   EXPECT_EQ(g.node(g.root()).items[0], g.node(g.root()).items[1]);
 }

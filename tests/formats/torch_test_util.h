@@ -27,14 +27,24 @@ inline void put_le(std::string& s, uint64_t v, int bytes) {
 // Writes pickle opcodes. Every method appends one opcode (with its argument) and returns *this.
 class Pickle {
  public:
-  Pickle& raw(std::string_view bytes) { s_ += bytes; return *this; }
-  Pickle& op(uint8_t code) { s_.push_back(static_cast<char>(code)); return *this; }
+  Pickle& raw(std::string_view bytes) {
+    s_ += bytes;
+    return *this;
+  }
+  Pickle& op(uint8_t code) {
+    s_.push_back(static_cast<char>(code));
+    return *this;
+  }
   Pickle& proto(int v) { return op(0x80).op(static_cast<uint8_t>(v)); }
   Pickle& mark() { return op('('); }
   Pickle& stop() { return op('.'); }
   Pickle& none() { return op('N'); }
   Pickle& boolean(bool b) { return op(b ? 0x88 : 0x89); }
-  Pickle& int32(int32_t v) { op('J'); put_le(s_, static_cast<uint32_t>(v), 4); return *this; }
+  Pickle& int32(int32_t v) {
+    op('J');
+    put_le(s_, static_cast<uint32_t>(v), 4);
+    return *this;
+  }
   Pickle& long1(std::string_view le_bytes) {
     op(0x8a).op(static_cast<uint8_t>(le_bytes.size()));
     return raw(le_bytes);
@@ -94,7 +104,12 @@ class Pickle {
   // The persistent id torch.save writes for a storage.
   Pickle& storage(std::string_view type, std::string_view key, int64_t numel,
                   std::string_view module = "torch") {
-    mark().str("storage").global(module, type).str(key).str("cpu").int32(static_cast<int32_t>(numel));
+    mark()
+        .str("storage")
+        .global(module, type)
+        .str(key)
+        .str("cpu")
+        .int32(static_cast<int32_t>(numel));
     return tuple().persid();
   }
   // _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()).
@@ -112,13 +127,15 @@ class Pickle {
 
 // Writes a zip archive the way torch's writer lays it out: data descriptors, an "FB" extra field
 // aligning each record's data to 64 bytes, optionally ZIP64 records everywhere.
+struct ZipRecordOptions {
+  uint16_t method = 0;
+  uint16_t flags = 0x0808;
+  bool misalign = false;  // data one byte past a 64-byte boundary (torch never does this)
+};
+
 class ZipWriter {
  public:
-  struct Options {
-    uint16_t method = 0;
-    uint16_t flags = 0x0808;
-    bool misalign = false;  // data one byte past a 64-byte boundary (torch never does this)
-  };
+  using Options = ZipRecordOptions;
   ZipWriter& add(const std::string& name, const std::string& data, Options o = {}) {
     records_.push_back({name, data, o});
     return *this;
@@ -126,7 +143,8 @@ class ZipWriter {
   std::string build(bool zip64 = false, const std::string& comment = "") const {
     std::string out, central;
     for (const Record& r : records_) {
-      const uint32_t crc = zip_crc32(reinterpret_cast<const uint8_t*>(r.data.data()), r.data.size());
+      const uint32_t crc =
+          zip_crc32(reinterpret_cast<const uint8_t*>(r.data.data()), r.data.size());
       const uint64_t offset = out.size();
       std::string extra;
       if (zip64) {

@@ -21,11 +21,14 @@ ZipArchive parse(const std::string& bytes) {
 
 #define EXPECT_ZIP_ERROR(bytes, ...) EXPECT_QSERVE_ERROR((void)parse(bytes), "mem.zip", __VA_ARGS__)
 
-std::string text(std::span<const uint8_t> d) { return std::string(d.begin(), d.end()); }
+std::string text(std::span<const uint8_t> d) {
+  return std::string(d.begin(), d.end());
+}
 
 uint64_t get_le(const std::string& s, size_t off, int bytes) {
   uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(s[off + i])) << (8 * i);
+  for (int i = 0; i < bytes; ++i)
+    v |= static_cast<uint64_t>(static_cast<uint8_t>(s[off + i])) << (8 * i);
   return v;
 }
 void set_le(std::string& s, size_t off, uint64_t v, int bytes) {
@@ -76,8 +79,9 @@ TEST(TorchZip, Zip64ArchiveHasTheSameRecords) {
 TEST(TorchZip, WriterRoundTripsWithAndWithoutZip64AndComments) {
   for (bool zip64 : {false, true}) {
     // A comment that itself contains an EOCD signature must not confuse the search.
-    for (const std::string comment : {std::string(), std::string("PK\x05\x06 trailing", 14)}) {
-      const ZipArchive z = parse(ZipWriter().add("x/a", "1").add("x/b", "").build(zip64, comment));
+    for (const std::string& comment : {std::string(), std::string("PK\x05\x06 trailing", 14)}) {
+      const std::string bytes = ZipWriter().add("x/a", "1").add("x/b", "").build(zip64, comment);
+      const ZipArchive z = parse(bytes);  // views into `bytes`, which must outlive it
       ASSERT_EQ(z.entries().size(), 2u);
       EXPECT_EQ(text(z.checked_data(*z.find("x/a"))), "1");
       EXPECT_EQ(z.find("x/b")->size, 0u);
