@@ -24,6 +24,7 @@ struct BenchArgs {
   int64_t batch = 4;
   int64_t rounds = 3;
   std::string json_out;
+  PrecisionArgs precision;
 };
 
 struct RoundResult {
@@ -37,7 +38,7 @@ RoundResult run_round(const LlamaModel& model, const BenchArgs& a, uint64_t seed
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(cfg.vocab_size - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(a.batch * a.input_len));
   for (int32_t& t : prompt) t = tok(rng);
-  cpu::KVCacheF32 cache = model.make_cache(a.batch, a.input_len + a.output_len);
+  KvCache cache = model.make_cache(a.batch, a.input_len + a.output_len);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<SeqSpan> spans;
@@ -71,15 +72,18 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--batch", a->batch, "Requests per round")->check(CLI::PositiveNumber);
   cmd->add_option("--rounds", a->rounds, "Timed rounds (after one warm-up)")->check(CLI::PositiveNumber);
   cmd->add_option("--json-out", a->json_out, "Append the result as one JSON line to this file");
+  add_precision_options(cmd, a->precision, /*norm_flag=*/false);
   cmd->callback([a] {
-    LoadedModel m = load_model(a->model, /*need_tokenizer=*/false);
+    LoadedModel m = load_model(a->model, /*need_tokenizer=*/false, a->precision.options());
+    const std::string precision = m.model->precision().name();
     const ModelConfig& cfg = m.model->config();
     check(a->input_len + a->output_len <= cfg.max_position_embeddings,
           "bench: input-len + output-len exceeds the model's context of " +
               std::to_string(cfg.max_position_embeddings) + " tokens");
-    std::printf("model %s (%.1f M parameters), device cpu (%d threads), batch %lld, input %lld, "
-                "output %lld\n",
+    std::printf("model %s (%.1f M parameters, %s), device cpu (%d threads), batch %lld, "
+                "input %lld, output %lld\n",
                 a->model.c_str(), static_cast<double>(m.model->parameter_count()) / 1e6,
+                precision.c_str(),
                 ThreadPool::global().size(), static_cast<long long>(a->batch),
                 static_cast<long long>(a->input_len), static_cast<long long>(a->output_len));
     run_round(*m.model, *a, 0);  // warm-up
@@ -101,6 +105,7 @@ void add_bench(CLI::App& app) {
                 static_cast<long long>(a->rounds), best);
     if (!a->json_out.empty()) {
       nlohmann::json j = {{"model", a->model},        {"device", "cpu"},
+                          {"precision", precision},
                           {"threads", ThreadPool::global().size()},
                           {"batch", a->batch},        {"input_len", a->input_len},
                           {"output_len", a->output_len}, {"rounds", rounds},

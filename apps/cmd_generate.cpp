@@ -20,6 +20,7 @@ struct GenerateArgs {
   bool json = false;
   bool no_special = false;
   bool ignore_eos = false;
+  PrecisionArgs precision;
 };
 }  // namespace
 
@@ -36,8 +37,9 @@ void add_generate(CLI::App& app) {
   cmd->add_flag("--json", args->json, R"(Print {"text": ..., "token_ids": [...]})");
   cmd->add_flag("--no-special", args->no_special, "Do not add BOS/special tokens to the prompt");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past EOS");
+  add_precision_options(cmd, args->precision, /*norm_flag=*/true);
   cmd->callback([args] {
-    LoadedModel m = load_model(args->model, /*need_tokenizer=*/true);
+    LoadedModel m = load_model(args->model, /*need_tokenizer=*/true, args->precision.options());
     GenerateOptions opts;
     opts.max_tokens = args->max_tokens;
     opts.sampling.temperature = args->temperature;

@@ -16,6 +16,7 @@ void add_perplexity(CLI::App& app) {
     int64_t max_windows = 0;
     bool json = false;
     bool raw_newlines = false;
+    PrecisionArgs precision;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity over non-overlapping windows");
@@ -31,9 +32,11 @@ void add_perplexity(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print the result as JSON");
   cmd->add_flag("--raw-newlines", args->raw_newlines,
                 "Keep CR/CRLF line ends (default: read as Python's text mode, CRLF -> LF)");
+  add_precision_options(cmd, args->precision, /*norm_flag=*/true);
   cmd->callback([args] {
+    const LoadOptions opts = args->precision.options();
     const std::string text = read_text_file(args->text, !args->raw_newlines);
-    LoadedModel m = load_model(args->model, /*need_tokenizer=*/true);
+    LoadedModel m = load_model(args->model, /*need_tokenizer=*/true, opts);
     const std::vector<int32_t> stream =
         perplexity_stream(*m.tokenizer, text, unescape(args->separator), args->eot);
     const bool tty = !args->json;
@@ -49,13 +52,15 @@ void add_perplexity(CLI::App& app) {
     if (args->json) {
       nlohmann::json j = {{"ppl", r.ppl},          {"mean_nll", r.mean_nll}, {"windows", r.windows},
                           {"tokens", r.tokens},    {"window", args->window},
-                          {"seconds", r.seconds}};
+                          {"seconds", r.seconds},  {"precision", opts.precision.name()},
+                          {"qserve_norm", opts.qserve_norm}};
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("perplexity %.4f over %lld windows of %lld tokens (%lld tokens in the stream), "
-                  "%.1f s\n",
+                  "%.1f s, %s%s\n",
                   r.ppl, static_cast<long long>(r.windows), static_cast<long long>(args->window),
-                  static_cast<long long>(r.tokens), r.seconds);
+                  static_cast<long long>(r.tokens), r.seconds, opts.precision.name().c_str(),
+                  opts.qserve_norm ? " (qserve norm)" : "");
     }
   });
 }

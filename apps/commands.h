@@ -17,12 +17,23 @@ void add_perplexity(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_bench(CLI::App& app);
 
-// A model and its tokenizer (null for synthetic models), from a folder or "synthetic:NAME".
+// A model and its tokenizer (null for synthetic models), from a folder or "synthetic:NAME",
+// at the precision in `opts` (quantized at load).
 struct LoadedModel {
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
 };
-LoadedModel load_model(const std::string& spec, bool need_tokenizer);
+LoadedModel load_model(const std::string& spec, bool need_tokenizer, const LoadOptions& opts = {});
+
+// The --precision option (and, with `norm_flag`, --qserve-norm) of a subcommand. options()
+// parses the spelling when the command runs, so a bad one is a one-line qserve::Error that
+// lists the valid spellings.
+struct PrecisionArgs {
+  std::string precision = "w16a16kv16";
+  bool qserve_norm = false;
+  LoadOptions options() const;
+};
+void add_precision_options(CLI::App* cmd, PrecisionArgs& args, bool norm_flag);
 
 // Expands C-style escapes (\n, \t, \r, \\) in command-line strings such as separators.
 std::string unescape(const std::string& s);

@@ -20,7 +20,7 @@ int64_t estimate_params(const ModelConfig& c) {
 
 }  // namespace
 
-LoadedModel load_model(const std::string& spec, bool need_tokenizer) {
+LoadedModel load_model(const std::string& spec, bool need_tokenizer, const LoadOptions& opts) {
   LoadedModel m;
   const std::string prefix = "synthetic:";
   if (spec.rfind(prefix, 0) == 0) {
@@ -35,14 +35,37 @@ LoadedModel load_model(const std::string& spec, bool need_tokenizer) {
                   " GB of fp32 weights on the CPU backend; this machine has " +
                   std::to_string(static_cast<int64_t>(have / 1e9)) + " GB");
     }
-    m.model = LlamaModel::synthetic(cfg, /*seed=*/1234);
+    m.model = LlamaModel::synthetic(cfg, /*seed=*/1234, opts);
     return m;
   }
   check(std::filesystem::is_directory(spec),
         "--model " + spec + ": not a folder (expected a HuggingFace model folder or synthetic:NAME)");
-  m.model = LlamaModel::load(spec);
+  m.model = LlamaModel::load(spec, opts);
   if (need_tokenizer) m.tokenizer = load_tokenizer(spec);
   return m;
+}
+
+LoadOptions PrecisionArgs::options() const {
+  LoadOptions o;
+  o.precision = Precision::parse(precision);
+  o.qserve_norm = qserve_norm;
+  return o;
+}
+
+void add_precision_options(CLI::App* cmd, PrecisionArgs& args, bool norm_flag) {
+  std::string spellings;
+  for (const std::string& s : precision_spellings()) {
+    spellings += (spellings.empty() ? "" : ", ") + s;
+  }
+  cmd->add_option("--precision", args.precision,
+                  "Weights/activations and KV cache precision (default w16a16kv16, the fp32 "
+                  "reference; quantized ones are RTN-quantized at load): " +
+                      spellings);
+  if (norm_flag) {
+    cmd->add_flag("--qserve-norm", args.qserve_norm,
+                  "Norms before quantized linears subtract the mean, as QServe's kernel does "
+                  "(default: true RMSNorm)");
+  }
 }
 
 std::string unescape(const std::string& s) {

@@ -20,7 +20,7 @@ GenerateResult generate(const LlamaModel& model, const Tokenizer* tokenizer,
                 " tokens; the model's context is " + std::to_string(ctx) + " tokens");
   }
   const int64_t max_new = std::min(opts.max_tokens, ctx - n_prompt);
-  cpu::KVCacheF32 cache = model.make_cache(1, n_prompt + std::max<int64_t>(max_new, 1));
+  KvCache cache = model.make_cache(1, n_prompt + std::max<int64_t>(max_new, 1));
   Sampler sampler(opts.sampling);
   std::optional<IncrementalDetokenizer> detok;
   if (tokenizer != nullptr) detok.emplace(*tokenizer, /*skip_special_tokens=*/true);

@@ -53,7 +53,7 @@ PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>&
 
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t V = model.config().vocab_size;
-  cpu::KVCacheF32 cache = model.make_cache(1, window);
+  KvCache cache = model.make_cache(1, window);
   double total = 0.0;
   for (int64_t w = 0; w < windows; ++w) {
     const int32_t* tokens = stream.data() + w * window;

@@ -1,53 +1,131 @@
-// One varlen forward step of the Llama family on the CPU reference ops.
+// One varlen forward step of the Llama family on the CPU reference ops, at any precision: each
+// linear runs at its own precision (model/linear.h), the KV cache at its own (model/kv_cache.h).
+// With fp32 linears and the fp32 cache this is exactly the reference forward.
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
 #include "model/llama_model.h"
+#include "model/paged_attention.h"
+#include "quant/norm_quant.h"
+#include "quant/silu_mul_quant.h"
 
 namespace qserve {
 
-LlamaModel::LlamaModel(ModelConfig cfg, LlamaWeights w)
-    : cfg_(std::move(cfg)), w_(std::move(w)), inv_freq_(cpu::rope_inv_freq(cfg_)) {}
+namespace {
+
+// y = lin(norm(x)). A quantized linear gets its int8 input from QServe's fused norm + per-token
+// quant (quant/norm_quant.h, fp32 input, gamma applied); an fp32 linear gets fp32 RMSNorm.
+void norm_linear(const float* x, const std::vector<float>& gamma, float eps, int64_t t, int64_t dim,
+                 quant::NormKind kind, const Linear& lin, float* h, QuantizedActivations& qa,
+                 float* y) {
+  if (!lin.quantized()) {
+    cpu::rms_norm(x, gamma.data(), eps, t, dim, h);
+    lin.apply(h, t, y);
+    return;
+  }
+  qa.resize(t, dim, lin.needs_act_sum());
+  quant::norm_quantize_per_token(
+      x, gamma.data(), eps, t, dim, kind,
+      {.q = qa.q.data(), .scale = qa.scale.data(), .sum = qa.sum_or_null()});
+  lin.apply(qa, y);
+}
+
+// y = down(silu(gate) * up). A quantized down_proj gets QServe's SiLU·mul (fp16 output) fused
+// with per-token quant; an fp32 one the fp32 SiLU·mul.
+void silu_mul_linear(const float* gu, int64_t t, int64_t inter, const Linear& down, float* act,
+                     QuantizedActivations& qa, float* y) {
+  if (!down.quantized()) {
+    cpu::silu_mul(gu, t, inter, act);
+    down.apply(act, t, y);
+    return;
+  }
+  qa.resize(t, inter, down.needs_act_sum());
+  quant::silu_mul_quantize_per_token(gu, t, inter, qa.q.data(), qa.scale.data(), qa.sum_or_null(),
+                                     nullptr);
+  down.apply(qa, y);
+}
+
+void check_cache(const KvCache& cache, const ModelConfig& cfg) {
+  if (const cpu::KVCacheF32* c = cache.f32()) {
+    check(c->layers == cfg.num_layers && c->kv_heads == cfg.num_kv_heads &&
+              c->head_dim == cfg.head_dim,
+          "forward: the KV cache was not made for this model");
+    return;
+  }
+  const PagedKvCache& p = *cache.paged();
+  check(p.layers() == cfg.num_layers && p.pool(0).layout.kv_heads == cfg.num_kv_heads &&
+            p.pool(0).layout.head_dim == cfg.head_dim,
+        "forward: the KV cache was not made for this model");
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig cfg, LlamaWeights w, LoadOptions opts)
+    : cfg_(std::move(cfg)), w_(std::move(w)), opts_(opts), inv_freq_(cpu::rope_inv_freq(cfg_)) {
+  // Refuse a KV precision the shapes cannot take (KV4 packs channel pairs) at load, not at the
+  // first forward.
+  if (opts_.precision.quantized_kv()) {
+    quant::make_kv_layout(
+        opts_.precision.kv == KvPrecision::kKv8 ? quant::KvBits::k8 : quant::KvBits::k4,
+        cfg_.num_kv_heads, cfg_.head_dim);
+  }
+}
 
 int64_t LlamaModel::parameter_count() const {
   int64_t n = static_cast<int64_t>(w_.embed.size() + w_.final_norm.size());
-  auto lin = [](const cpu::LinearF32& l) { return static_cast<int64_t>(l.w.size() + l.bias.size()); };
   for (const auto& L : w_.layers) {
     n += static_cast<int64_t>(L.input_norm.size() + L.post_norm.size());
-    n += lin(L.qkv) + lin(L.o) + lin(L.gate_up) + lin(L.down);
+    n += L.qkv.parameter_count() + L.o.parameter_count() + L.gate_up.parameter_count() +
+         L.down.parameter_count();
   }
-  if (!cfg_.tie_word_embeddings) n += lin(w_.lm_head);
+  if (!cfg_.tie_word_embeddings) {
+    n += static_cast<int64_t>(w_.lm_head.w.size() + w_.lm_head.bias.size());
+  }
   return n;
 }
 
-cpu::KVCacheF32 LlamaModel::make_cache(int64_t slots, int64_t max_len) const {
-  cpu::KVCacheF32 c;
-  c.allocate(cfg_.num_layers, slots, max_len, cfg_.num_kv_heads, cfg_.head_dim);
-  return c;
+KvCache LlamaModel::make_cache(int64_t slots, int64_t max_len) const {
+  const KvPrecision kv = opts_.precision.kv;
+  if (kv == KvPrecision::kKv16) {
+    cpu::KVCacheF32 c;
+    c.allocate(cfg_.num_layers, slots, max_len, cfg_.num_kv_heads, cfg_.head_dim);
+    return KvCache(std::move(c));
+  }
+  const quant::KvBits bits = kv == KvPrecision::kKv8 ? quant::KvBits::k8 : quant::KvBits::k4;
+  return KvCache(
+      PagedKvCache(bits, cfg_.num_layers, slots, max_len, cfg_.num_kv_heads, cfg_.head_dim));
 }
 
 std::vector<float> LlamaModel::forward(std::span<const int32_t> tokens,
-                                       std::span<const SeqSpan> seqs, cpu::KVCacheF32& cache,
-                                       LogitsMode mode) const {
+                                       std::span<const SeqSpan> seqs, KvCache& cache,
+                                       LogitsMode mode, ForwardTrace* trace) const {
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size, V = cfg_.vocab_size;
   const int64_t qd = cfg_.q_dim(), kvd = cfg_.kv_dim(), hd = cfg_.head_dim;
 
   // Validate the batch layout before touching anything.
+  check_cache(cache, cfg_);
   int64_t expect_offset = 0;
   for (const SeqSpan& s : seqs) {
     check(s.token_offset == expect_offset && s.num_tokens > 0,
           "forward: sequence spans must be contiguous, in order and non-empty");
-    check(s.kv_slot >= 0 && s.kv_slot < cache.slots, "forward: kv_slot out of range");
-    check(s.context_len >= 0 && s.context_len + s.num_tokens <= cache.max_len,
+    check(s.kv_slot >= 0 && s.kv_slot < cache.slots(), "forward: kv_slot out of range");
+    check(s.context_len >= 0 && s.context_len + s.num_tokens <= cache.max_len(),
           "forward: sequence of " + std::to_string(s.context_len + s.num_tokens) +
-              " tokens exceeds the cache length " + std::to_string(cache.max_len));
+              " tokens exceeds the cache length " + std::to_string(cache.max_len()));
     expect_offset += s.num_tokens;
   }
   check(expect_offset == T, "forward: token count does not match the sequence spans");
   for (int32_t t : tokens) {
     check(t >= 0 && t < V, "forward: token id " + std::to_string(t) + " outside the vocabulary");
+  }
+  if (trace != nullptr) {
+    check(trace->layer >= 0 && trace->layer < cfg_.num_layers, "forward: trace layer out of range");
+  }
+  PagedKvCache* paged = cache.paged();
+  if (paged != nullptr) {
+    for (const SeqSpan& s : seqs) paged->reserve(s.kv_slot, s.context_len + s.num_tokens);
   }
 
   std::vector<int64_t> positions(static_cast<size_t>(T));
@@ -63,15 +141,23 @@ std::vector<float> LlamaModel::forward(std::span<const int32_t> tokens,
   std::vector<float> h(x.size()), qkv(static_cast<size_t>(T * (qd + 2 * kvd)));
   std::vector<float> q(static_cast<size_t>(T * qd)), k(static_cast<size_t>(T * kvd)),
       v(static_cast<size_t>(T * kvd)), attn(static_cast<size_t>(T * qd));
-  std::vector<float> proj(x.size()), gu(static_cast<size_t>(T * 2 * I)), act(static_cast<size_t>(T * I));
+  std::vector<float> proj(x.size()), gu(static_cast<size_t>(T * 2 * I)),
+      act(static_cast<size_t>(T * I));
+  std::vector<uint16_t> k16, v16;  // fp16 K/V for a quantized cache
+  if (paged != nullptr) {
+    k16.resize(k.size());
+    v16.resize(v.size());
+  }
+  QuantizedActivations qa;
   const int64_t window = cfg_.sliding_window.value_or(0);
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const quant::NormKind norm_kind =
+      opts_.qserve_norm ? quant::NormKind::kQServeLayerNorm : quant::NormKind::kRmsNorm;
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
     // Attention block.
-    cpu::rms_norm(x.data(), L.input_norm.data(), eps, T, H, h.data());
-    cpu::linear(h.data(), T, L.qkv, qkv.data());
+    norm_linear(x.data(), L.input_norm, eps, T, H, norm_kind, L.qkv, h.data(), qa, qkv.data());
     for (int64_t t = 0; t < T; ++t) {
       const float* row = &qkv[t * (qd + 2 * kvd)];
       std::memcpy(&q[t * qd], row, qd * sizeof(float));
@@ -80,19 +166,35 @@ std::vector<float> LlamaModel::forward(std::span<const int32_t> tokens,
     }
     cpu::rope(q.data(), positions.data(), T, cfg_.num_heads, hd, inv_freq_);
     cpu::rope(k.data(), positions.data(), T, cfg_.num_kv_heads, hd, inv_freq_);
-    cpu::kv_append(cache, l, seqs, k.data(), v.data());
-    cpu::attention(q.data(), cache, l, seqs, cfg_.num_heads, window, attn.data());
-    cpu::linear(attn.data(), T, L.o, proj.data());
+    if (paged != nullptr) {
+      // QServe's K/V are fp16: the cache quantizes those values and attention reads them.
+      round_to_fp16(k.data(), T * kvd, k16.data());
+      round_to_fp16(v.data(), T * kvd, v16.data());
+    }
+    const bool traced = trace != nullptr && trace->layer == l;
+    if (traced) {
+      trace->q = q;
+      trace->k = k;
+      trace->v = v;
+    }
+    if (paged != nullptr) {
+      paged_attention_step(q.data(), k.data(), v.data(), k16.data(), v16.data(), *paged, l, seqs,
+                           cfg_.num_heads, hd, window, attn.data());
+    } else {
+      cpu::KVCacheF32& c = *cache.f32();
+      cpu::kv_append(c, l, seqs, k.data(), v.data());
+      cpu::attention(q.data(), c, l, seqs, cfg_.num_heads, window, attn.data());
+    }
+    if (traced) trace->attn = attn;
+    L.o.apply(attn.data(), T, proj.data());  // a quantized o_proj quantizes its input plainly
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     // MLP block.
-    cpu::rms_norm(x.data(), L.post_norm.data(), eps, T, H, h.data());
-    cpu::linear(h.data(), T, L.gate_up, gu.data());
-    cpu::silu_mul(gu.data(), T, I, act.data());
-    cpu::linear(act.data(), T, L.down, proj.data());
+    norm_linear(x.data(), L.post_norm, eps, T, H, norm_kind, L.gate_up, h.data(), qa, gu.data());
+    silu_mul_linear(gu.data(), T, I, L.down, act.data(), qa, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
 
-  // Final norm and lm_head on the rows whose logits are wanted.
+  // Final norm and lm_head on the rows whose logits are wanted (fp32 at every precision).
   std::vector<int64_t> rows;
   if (mode == LogitsMode::AllTokens) {
     rows.resize(static_cast<size_t>(T));

@@ -1,5 +1,6 @@
 // Loading HF Llama-family checkpoints: tensor names, shape/dtype validation against config.json,
-// and fusing q/k/v and gate/up into one linear each.
+// fusing q/k/v and gate/up into one linear each, and RTN quantization of the decoder linears to
+// the requested precision (embeddings, norms and lm_head stay fp32).
 #include <cstring>
 
 #include "core/error.h"
@@ -52,7 +53,7 @@ class TensorSource {
 
 }  // namespace
 
-std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& dir) {
+std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& dir, const LoadOptions& opts) {
   ModelConfig cfg = load_hf_config(dir);
   SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open_dir(dir);
   TensorSource src(ckpt, dir);
@@ -69,13 +70,23 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& dir) {
     LayerWeights& L = w.layers[static_cast<size_t>(l)];
     L.input_norm = src.vec(p + ".input_layernorm.weight", H);
     L.post_norm = src.vec(p + ".post_attention_layernorm.weight", H);
-    L.qkv = cpu::concat_linear({src.linear(p + ".self_attn.q_proj", cfg.q_dim(), H, cfg.qkv_bias),
-                                src.linear(p + ".self_attn.k_proj", cfg.kv_dim(), H, cfg.qkv_bias),
-                                src.linear(p + ".self_attn.v_proj", cfg.kv_dim(), H, cfg.qkv_bias)});
-    L.o = src.linear(p + ".self_attn.o_proj", H, cfg.q_dim(), cfg.o_bias);
-    L.gate_up = cpu::concat_linear({src.linear(p + ".mlp.gate_proj", I, H, cfg.mlp_bias),
-                                    src.linear(p + ".mlp.up_proj", I, H, cfg.mlp_bias)});
-    L.down = src.linear(p + ".mlp.down_proj", H, I, cfg.mlp_bias);
+    // Every quantizer works row by row, so quantizing the fused q/k/v (gate/up) weight equals
+    // quantizing the parts and concatenating them.
+    const WeightPrecision wp = opts.precision.weights;
+    auto quantize = [&](cpu::LinearF32 f32, const std::string& what) {
+      return Linear::quantize(std::move(f32), wp, dir + ": " + p + "." + what);
+    };
+    L.qkv = quantize(
+        cpu::concat_linear({src.linear(p + ".self_attn.q_proj", cfg.q_dim(), H, cfg.qkv_bias),
+                            src.linear(p + ".self_attn.k_proj", cfg.kv_dim(), H, cfg.qkv_bias),
+                            src.linear(p + ".self_attn.v_proj", cfg.kv_dim(), H, cfg.qkv_bias)}),
+        "self_attn.qkv_proj");
+    L.o = quantize(src.linear(p + ".self_attn.o_proj", H, cfg.q_dim(), cfg.o_bias),
+                   "self_attn.o_proj");
+    L.gate_up = quantize(cpu::concat_linear({src.linear(p + ".mlp.gate_proj", I, H, cfg.mlp_bias),
+                                             src.linear(p + ".mlp.up_proj", I, H, cfg.mlp_bias)}),
+                         "mlp.gate_up_proj");
+    L.down = quantize(src.linear(p + ".mlp.down_proj", H, I, cfg.mlp_bias), "mlp.down_proj");
   }
   w.final_norm = src.vec("model.norm.weight", H);
   if (cfg.tie_word_embeddings || !src.has("lm_head.weight")) {
@@ -89,7 +100,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& dir) {
   } else {
     w.lm_head = src.linear("lm_head", V, H, false);
   }
-  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(cfg), std::move(w)));
+  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(cfg), std::move(w), opts));
 }
 
 }  // namespace qserve

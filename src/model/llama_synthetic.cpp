@@ -1,6 +1,7 @@
 // Random-weight models with real shapes, so benchmarks and tests run without a download.
 #include <cmath>
 #include <random>
+#include <string>
 
 #include "model/llama_model.h"
 
@@ -27,19 +28,28 @@ cpu::LinearF32 random_linear(std::mt19937_64& rng, int64_t n, int64_t k, bool bi
 
 }  // namespace
 
-std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64_t seed) {
+std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64_t seed,
+                                                  const LoadOptions& opts) {
   std::mt19937_64 rng(seed);
   const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
   LlamaWeights w;
   w.embed = random_vec(rng, V * H, 1.0f);
   w.layers.resize(static_cast<size_t>(cfg.num_layers));
-  for (auto& L : w.layers) {
+  // Each linear is quantized right after it is drawn, so the fp32 copy of only one exists at a
+  // time. The random stream does not depend on the precision: every precision of one seed
+  // quantizes the same fp32 weights.
+  const WeightPrecision wp = opts.precision.weights;
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string p = "synthetic layer " + std::to_string(l);
     L.input_norm.assign(static_cast<size_t>(H), 1.0f);
     L.post_norm.assign(static_cast<size_t>(H), 1.0f);
-    L.qkv = random_linear(rng, cfg.q_dim() + 2 * cfg.kv_dim(), H, cfg.qkv_bias);
-    L.o = random_linear(rng, H, cfg.q_dim(), cfg.o_bias);
-    L.gate_up = random_linear(rng, 2 * I, H, cfg.mlp_bias);
-    L.down = random_linear(rng, H, I, cfg.mlp_bias);
+    L.qkv = Linear::quantize(random_linear(rng, cfg.q_dim() + 2 * cfg.kv_dim(), H, cfg.qkv_bias),
+                             wp, p + " qkv_proj");
+    L.o = Linear::quantize(random_linear(rng, H, cfg.q_dim(), cfg.o_bias), wp, p + " o_proj");
+    L.gate_up =
+        Linear::quantize(random_linear(rng, 2 * I, H, cfg.mlp_bias), wp, p + " gate_up_proj");
+    L.down = Linear::quantize(random_linear(rng, H, I, cfg.mlp_bias), wp, p + " down_proj");
   }
   w.final_norm.assign(static_cast<size_t>(H), 1.0f);
   if (cfg.tie_word_embeddings) {
@@ -49,7 +59,7 @@ std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64
   } else {
     w.lm_head = random_linear(rng, V, H, false);
   }
-  return std::unique_ptr<LlamaModel>(new LlamaModel(cfg, std::move(w)));
+  return std::unique_ptr<LlamaModel>(new LlamaModel(cfg, std::move(w), opts));
 }
 
 }  // namespace qserve
