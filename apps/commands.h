@@ -16,6 +16,7 @@ void add_tokenize(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_convert(CLI::App& app);
 
 // A model and its tokenizer (null for synthetic models), from a folder or "synthetic:NAME",
 // at the precision in `opts` (quantized at load).

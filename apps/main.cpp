@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   qserve::cli::add_perplexity(app);
   qserve::cli::add_inspect(app);
   qserve::cli::add_bench(app);
+  qserve::cli::add_convert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

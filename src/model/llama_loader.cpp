@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "model/llama_model.h"
+#include "model/qserve_checkpoint.h"
 
 namespace qserve {
 
@@ -53,7 +54,13 @@ class TensorSource {
 
 }  // namespace
 
+std::unique_ptr<LlamaModel> LlamaModel::from_weights(ModelConfig cfg, LlamaWeights w,
+                                                     const LoadOptions& opts) {
+  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(cfg), std::move(w), opts));
+}
+
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& dir, const LoadOptions& opts) {
+  if (detect_qserve_checkpoint(dir)) return load_qserve_checkpoint(dir, opts);
   ModelConfig cfg = load_hf_config(dir);
   SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open_dir(dir);
   TensorSource src(ckpt, dir);

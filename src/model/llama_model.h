@@ -65,7 +65,13 @@ class LlamaModel {
  public:
   // Loads DIR/config.json and the safetensors checkpoint in DIR. Every tensor's presence, dtype
   // and shape is checked against the config; errors name the folder and the tensor.
+  // A QServe model-zoo folder (pytorch_model.bin with quantized tensor names) is loaded by
+  // load_qserve_checkpoint (model/qserve_checkpoint.h) instead: its stored precision is used.
   static std::unique_ptr<LlamaModel> load(const std::string& dir, const LoadOptions& opts = {});
+  // Wraps weights built elsewhere (e.g. a quantized-checkpoint loader). No validation beyond
+  // what the loaders did.
+  static std::unique_ptr<LlamaModel> from_weights(ModelConfig cfg, LlamaWeights w,
+                                                  const LoadOptions& opts);
   // Random weights (seeded) with the given shapes, quantized to opts.precision like a loaded
   // checkpoint; for benchmarks and tests without a download.
   static std::unique_ptr<LlamaModel> synthetic(const ModelConfig& cfg, uint64_t seed,
