@@ -81,7 +81,7 @@ TEST_F(DocLlamaTokenizer, SpecialTokensAndConfig) {
 // The perplexity protocol's token stream: the whole WikiText-2 test text with one BOS. The file
 // has CRLF line ends; the reference count (457,420) is of the text as Python's text mode reads it,
 // with CRLF turned into LF. Encoding the raw bytes gives 460,311, as HF does on them too.
-TEST_F(DocLlamaTokenizer, WikiText2TokenCountAndSpeed) {
+TEST_F(DocLlamaTokenizer, WikiText2TokenCount) {
   const std::string raw = test::read_text(test::shared_dir() + "/data/wikitext-2/wiki.test.raw");
   std::string text;
   text.reserve(raw.size());
@@ -94,7 +94,7 @@ TEST_F(DocLlamaTokenizer, WikiText2TokenCountAndSpeed) {
   EXPECT_EQ(ids.size(), 457420u);
   std::printf("encode: %zu bytes -> %zu ids in %.3f s (%.2f MB/s)\n", text.size(), ids.size(), s,
               static_cast<double>(text.size()) / s / 1e6);
-  EXPECT_LT(s, 2.0);
+  // Speed is reported, not asserted: tests are not benchmarks (sanitizer builds run ~25x slower).
   EXPECT_EQ(tok_->decode(std::span(ids).subspan(1), false), text);
   EXPECT_EQ(tok_->encode(raw, true).size(), 460311u);
 }
