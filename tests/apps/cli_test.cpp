@@ -1,45 +1,22 @@
 // The qserve CLI as a user runs it: exact forms from the foundation issue, JSON outputs, and
 // clear errors with exit code 1.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli_runner.h"
 #include "test_paths.h"
 
 namespace {
 
-struct RunResult {
-  int code;
-  std::string out;  // stdout + stderr
-};
+using qserve::test::RunResult;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q += "'\\''";
-    } else {
-      q += c;
-    }
-  }
-  return q + "'";
-}
+std::string quote(const std::string& s) { return qserve::test::shell_quote(s); }
 
 RunResult qserve(const std::string& args, bool merge_stderr = true) {
-  const std::string cmd = qserve::test::binary_dir() + "/qserve " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  RunResult r{-1, ""};
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return qserve::test::run_qserve(args, merge_stderr);
 }
 
 nlohmann::json golden() {

@@ -1,35 +1,17 @@
 // --precision and --qserve-norm on generate, perplexity and bench, and the error for a bad
 // spelling.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
-#include <array>
-#include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cli_runner.h"
 #include "test_paths.h"
 
 namespace {
 
-struct RunResult {
-  int code;
-  std::string out;
-};
-
-RunResult run_qserve(const std::string& args, bool merge_stderr) {
-  const std::string cmd =
-      qserve::test::binary_dir() + "/qserve " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  RunResult r{-1, ""};
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using qserve::test::run_qserve;
+using qserve::test::RunResult;
 
 const std::string kDoc = "'" + qserve::test::model_dir("doc-llama-22m") + "'";
 const std::string kText = "'" + qserve::test::shared_dir() + "/data/eval/doc-heldout.txt'";
