@@ -5,6 +5,7 @@
 #include <memory>
 #include <thread>
 
+#include "eval/perplexity.h"
 #include "tokenizer_test_util.h"
 
 namespace qserve {
@@ -83,11 +84,8 @@ TEST_F(DocLlamaTokenizer, SpecialTokensAndConfig) {
 // with CRLF turned into LF. Encoding the raw bytes gives 460,311, as HF does on them too.
 TEST_F(DocLlamaTokenizer, WikiText2TokenCount) {
   const std::string raw = test::read_text(test::shared_dir() + "/data/wikitext-2/wiki.test.raw");
-  std::string text;
-  text.reserve(raw.size());
-  for (size_t i = 0; i < raw.size(); ++i) {
-    if (!(raw[i] == '\r' && i + 1 < raw.size() && raw[i + 1] == '\n')) text += raw[i];
-  }
+  // The same universal-newline reading `qserve perplexity` uses (eval/perplexity.h).
+  const std::string text = read_text_file(test::shared_dir() + "/data/wikitext-2/wiki.test.raw");
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<int32_t> ids = tok_->encode(text, true);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -41,23 +41,10 @@ int64_t first_key(int64_t pos, int64_t window) {
 
 void validate(const KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs,
               int64_t heads) {
-  check(layer >= 0 && layer < cache.layers, "attention: layer " + std::to_string(layer) +
-                                                " outside the cache's " +
-                                                std::to_string(cache.layers) + " layers");
+  validate_spans(cache, layer, seqs, "attention");
   check(heads > 0 && cache.kv_heads > 0 && heads % cache.kv_heads == 0,
         "attention: " + std::to_string(heads) + " query heads are not a multiple of the cache's " +
             std::to_string(cache.kv_heads) + " KV heads");
-  for (const SeqSpan& s : seqs) {
-    check(s.kv_slot >= 0 && s.kv_slot < cache.slots,
-          "attention: kv_slot " + std::to_string(s.kv_slot) + " outside the cache's " +
-              std::to_string(cache.slots) + " slots");
-    check(s.token_offset >= 0 && s.num_tokens >= 0 && s.context_len >= 0,
-          "attention: negative token_offset, num_tokens or context_len");
-    check(s.context_len + s.num_tokens <= cache.max_len,
-          "attention: sequence in slot " + std::to_string(s.kv_slot) + " reaches " +
-              std::to_string(s.context_len + s.num_tokens) + " tokens, more than the cache's " +
-              std::to_string(cache.max_len));
-  }
 }
 
 }  // namespace

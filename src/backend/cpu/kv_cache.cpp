@@ -54,24 +54,30 @@ const float* KVCacheF32::v_at(int64_t layer, int64_t slot, int64_t pos) const {
   return v.data() + offset(layer, slot, pos);
 }
 
-void kv_append(KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs, const float* k,
-               const float* v) {
-  check(layer >= 0 && layer < cache.layers, "kv_append: layer " + std::to_string(layer) +
+void validate_spans(const KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs,
+                    const char* op) {
+  const std::string name(op);
+  check(layer >= 0 && layer < cache.layers, name + ": layer " + std::to_string(layer) +
                                                 " outside the cache's " +
                                                 std::to_string(cache.layers) + " layers");
-  const int64_t row = cache.kv_heads * cache.head_dim;
-  // Validate all spans first so a bad request leaves the cache untouched.
   for (const SeqSpan& s : seqs) {
     check(s.kv_slot >= 0 && s.kv_slot < cache.slots,
-          "kv_append: kv_slot " + std::to_string(s.kv_slot) + " outside the cache's " +
+          name + ": kv_slot " + std::to_string(s.kv_slot) + " outside the cache's " +
               std::to_string(cache.slots) + " slots");
     check(s.token_offset >= 0 && s.num_tokens >= 0 && s.context_len >= 0,
-          "kv_append: negative token_offset, num_tokens or context_len");
+          name + ": negative token_offset, num_tokens or context_len");
     check(s.context_len + s.num_tokens <= cache.max_len,
-          "kv_append: sequence in slot " + std::to_string(s.kv_slot) + " reaches " +
+          name + ": sequence in slot " + std::to_string(s.kv_slot) + " reaches " +
               std::to_string(s.context_len + s.num_tokens) + " tokens, more than the cache's " +
               std::to_string(cache.max_len));
   }
+}
+
+void kv_append(KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs, const float* k,
+               const float* v) {
+  // Validate all spans first so a bad request leaves the cache untouched.
+  validate_spans(cache, layer, seqs, "kv_append");
+  const int64_t row = cache.kv_heads * cache.head_dim;
   for (const SeqSpan& s : seqs) {
     if (s.num_tokens == 0) continue;
     // A sequence's positions are contiguous in the cache, so its chunk is one copy.

@@ -63,6 +63,12 @@ struct KVCacheF32 {
   size_t offset(int64_t layer, int64_t slot, int64_t pos) const;
 };
 
+// Checks the layer and every span (slot in range, no negative field, context + new tokens within
+// max_len) against the cache; throws qserve::Error prefixed with `op`. kv_append and attention
+// share it.
+void validate_spans(const KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs,
+                    const char* op);
+
 // Writes this step's K/V rows [T, kv_heads, head_dim] into the cache at each sequence's
 // positions context_len .. context_len + num_tokens - 1.
 void kv_append(KVCacheF32& cache, int64_t layer, std::span<const SeqSpan> seqs, const float* k,
