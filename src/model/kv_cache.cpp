@@ -24,6 +24,39 @@ PagedKvCache::PagedKvCache(quant::KvBits bits, int64_t layers, int64_t slots, in
   for (int64_t p = pages - 1; p >= 0; --p) free_.push_back(p);
 }
 
+PagedKvCache PagedKvCache::with_external_pages(quant::KvBits bits, int64_t layers,
+                                               int64_t num_pages, int64_t slots, int64_t max_len,
+                                               int64_t kv_heads, int64_t head_dim) {
+  check(num_pages > 0, "PagedKvCache: the pool needs at least one page");
+  // Build a one-slot cache of the right geometry, then give it the requested pool.
+  PagedKvCache c(bits, layers, 1, 1, kv_heads, head_dim);
+  const quant::KvPageLayout layout = quant::make_kv_layout(bits, kv_heads, head_dim);
+  c.pools_.clear();
+  for (int64_t l = 0; l < layers; ++l) c.pools_.emplace_back(layout, num_pages);
+  check(slots > 0 && max_len > 0, "PagedKvCache: slots and max_len must be positive");
+  c.tables_.assign(static_cast<size_t>(slots), {});
+  c.max_len_ = max_len;
+  c.free_.clear();
+  c.external_ = true;
+  return c;
+}
+
+int64_t PagedKvCache::num_pages() const { return pools_.front().num_pages; }
+
+void PagedKvCache::set_page_table(int64_t slot, std::span<const int32_t> pages) {
+  check(external_, "PagedKvCache: set_page_table needs a cache with external pages");
+  check(slot >= 0 && slot < slots(), "PagedKvCache: slot " + std::to_string(slot) +
+                                         " outside the cache's " + std::to_string(slots()) +
+                                         " slots");
+  std::vector<int64_t>& table = tables_[static_cast<size_t>(slot)];
+  table.clear();
+  for (int32_t p : pages) {
+    check(p >= 0 && p < num_pages(), "PagedKvCache: page " + std::to_string(p) +
+                                         " outside the pool of " + std::to_string(num_pages()));
+    table.push_back(p);
+  }
+}
+
 void PagedKvCache::reserve(int64_t slot, int64_t n_tokens) {
   check(slot >= 0 && slot < slots(), "PagedKvCache: slot " + std::to_string(slot) +
                                          " outside the cache's " + std::to_string(slots()) +
@@ -33,6 +66,12 @@ void PagedKvCache::reserve(int64_t slot, int64_t n_tokens) {
   std::vector<int64_t>& table = tables_[static_cast<size_t>(slot)];
   const size_t need =
       static_cast<size_t>((n_tokens + quant::kKvPageTokens - 1) / quant::kKvPageTokens);
+  if (external_) {
+    check(table.size() >= need, "PagedKvCache: the page table of slot " + std::to_string(slot) +
+                                    " covers " + std::to_string(table.size()) + " pages; " +
+                                    std::to_string(need) + " are needed");
+    return;
+  }
   while (table.size() < need) {
     check(!free_.empty(), "PagedKvCache: out of KV pages");
     table.push_back(free_.back());
@@ -45,7 +84,10 @@ void PagedKvCache::release(int64_t slot) {
                                          " outside the cache's " + std::to_string(slots()) +
                                          " slots");
   std::vector<int64_t>& table = tables_[static_cast<size_t>(slot)];
-  for (auto it = table.rbegin(); it != table.rend(); ++it) free_.push_back(*it);
+  // With external pages the owner (BlockManager) frees them; only forget the table.
+  if (!external_) {
+    for (auto it = table.rbegin(); it != table.rend(); ++it) free_.push_back(*it);
+  }
   table.clear();
 }
 

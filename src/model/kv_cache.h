@@ -22,6 +22,11 @@ class PagedKvCache {
  public:
   PagedKvCache(quant::KvBits bits, int64_t layers, int64_t slots, int64_t max_len, int64_t kv_heads,
                int64_t head_dim);
+  // A pool of `num_pages` pages whose page tables are set from outside (the engine's
+  // BlockManager) with set_page_table; reserve() then only checks that a table covers the step.
+  static PagedKvCache with_external_pages(quant::KvBits bits, int64_t layers, int64_t num_pages,
+                                          int64_t slots, int64_t max_len, int64_t kv_heads,
+                                          int64_t head_dim);
 
   int64_t layers() const { return static_cast<int64_t>(pools_.size()); }
   int64_t slots() const { return static_cast<int64_t>(tables_.size()); }
@@ -33,6 +38,9 @@ class PagedKvCache {
   void reserve(int64_t slot, int64_t n_tokens);
   // Returns `slot`'s pages to the free list.
   void release(int64_t slot);
+  // External-pages mode: `slot` now reads and writes these pages (ids < num_pages()).
+  void set_page_table(int64_t slot, std::span<const int32_t> pages);
+  int64_t num_pages() const;
   std::span<const int64_t> page_table(int64_t slot) const;
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
@@ -47,6 +55,7 @@ class PagedKvCache {
   std::vector<quant::KvPagePool> pools_;      // [layers]
   std::vector<std::vector<int64_t>> tables_;  // [slots] page indices, position p in page p/64
   std::vector<int64_t> free_;                 // free page indices (a stack)
+  bool external_ = false;                     // page tables come from set_page_table
 };
 
 class KvCache {

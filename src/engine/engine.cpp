@@ -1,0 +1,299 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <string>
+
+#include "core/error.h"
+#include "engine/kv_sizing.h"
+#include "model/llama_model.h"
+
+namespace qserve {
+
+using Clock = std::chrono::steady_clock;
+
+struct Engine::Request {
+  int64_t id = 0;
+  Sequence seq;
+  SamplingParams params;
+  Sampler sampler;
+  std::optional<IncrementalDetokenizer> detok;
+  StopChecker stops;
+  std::vector<int32_t> banned;  // EOS / stop ids while fewer than min_tokens are generated
+  OutputCallback on_output;
+  int64_t slot = -1;
+  Clock::time_point arrival, first_token;
+  bool has_first_token = false;
+
+  Request(const SamplingParams& p, const Tokenizer* tok)
+      : params(p), sampler(p), stops(p.stop) {
+    if (tok != nullptr) detok.emplace(*tok, p.skip_special_tokens);
+  }
+};
+
+Engine::Engine(std::unique_ptr<ModelExecutor> executor, const Tokenizer* tokenizer,
+               const EngineConfig& cfg, int64_t max_model_len, std::vector<int32_t> eos_ids)
+    : executor_(std::move(executor)),
+      tokenizer_(tokenizer),
+      cfg_(cfg),
+      max_model_len_(max_model_len),
+      eos_ids_(std::move(eos_ids)) {
+  check(executor_ != nullptr, "engine: no model executor");
+  check(max_model_len_ > 0, "engine: max_model_len must be positive");
+  blocks_ = std::make_unique<BlockManager>(executor_->num_pages(), cfg_.watermark);
+  SchedulerConfig sc;
+  sc.max_num_seqs = cfg_.max_num_seqs;
+  sc.max_num_batched_tokens = cfg_.max_num_batched_tokens > 0
+                                  ? cfg_.max_num_batched_tokens
+                                  : std::max<int64_t>(2048, cfg_.max_num_seqs);
+  sc.max_model_len = max_model_len_;
+  sc.chunked_prefill = cfg_.chunked_prefill;
+  scheduler_ = std::make_unique<Scheduler>(sc, *blocks_);
+  check(executor_->num_slots() >= cfg_.max_num_seqs,
+        "engine: the executor has fewer cache slots than max_num_seqs");
+  for (int64_t s = cfg_.max_num_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::create(const LlamaModel& model, const Tokenizer* tokenizer,
+                                       const EngineConfig& cfg) {
+  const ModelConfig& mc = model.config();
+  const int64_t max_len = cfg.max_model_len > 0
+                              ? std::min(cfg.max_model_len, mc.max_position_embeddings)
+                              : mc.max_position_embeddings;
+  check(cfg.max_num_seqs > 0, "engine: max_num_seqs must be positive");
+  // Enough pages for every slot at full length, unless memory says fewer.
+  const int64_t want = pages_for_tokens(max_len) * cfg.max_num_seqs;
+  int64_t fallback = want;
+  const int64_t avail = host_available_bytes();
+  if (avail > 0) {
+    const int64_t fit = pages_from_memory(avail, avail, cfg.memory_utilization,
+                                          kv_page_bytes(mc, model.precision().kv));
+    fallback = std::max<int64_t>(1, std::min(want, fit));
+  }
+  const int64_t pages = resolve_num_pages(cfg.num_pages, fallback);
+  std::vector<int32_t> eos;
+  if (tokenizer != nullptr) eos = tokenizer->eos_ids();
+  return std::make_unique<Engine>(make_cpu_executor(model, pages, cfg.max_num_seqs, max_len),
+                                  tokenizer, cfg, max_len, std::move(eos));
+}
+
+int64_t Engine::add_request(std::vector<int32_t> prompt_ids, const SamplingParams& params,
+                            OutputCallback on_output) {
+  validate(params);
+  check(!prompt_ids.empty(), "request: empty prompt");
+  const int64_t vocab = executor_->vocab_size();
+  for (int32_t t : prompt_ids) {
+    check(t >= 0 && t < vocab, "request: prompt token id " + std::to_string(t) +
+                                   " outside the vocabulary of " + std::to_string(vocab));
+  }
+  check(params.stop.empty() || tokenizer_ != nullptr,
+        "request: stop strings need a tokenizer");
+  auto r = std::make_unique<Request>(params, tokenizer_);
+  r->id = next_id_;
+  r->seq.id = r->id;
+  r->seq.arrival = r->id;
+  r->seq.num_prompt = static_cast<int64_t>(prompt_ids.size());
+  r->seq.tokens = std::move(prompt_ids);
+  r->seq.max_total_len = std::min(max_model_len_, r->seq.num_prompt + params.max_tokens);
+  r->on_output = std::move(on_output);
+  r->arrival = Clock::now();
+  if (params.min_tokens > 0) {
+    r->banned = params.stop_token_ids;
+    if (!params.ignore_eos) r->banned.insert(r->banned.end(), eos_ids_.begin(), eos_ids_.end());
+  }
+  scheduler_->add(&r->seq);  // throws, queuing nothing, if it can never be served
+  ++next_id_;
+  const int64_t id = r->id;
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+bool Engine::has_unfinished() const { return scheduler_->has_unfinished() || !pending_.empty(); }
+
+RequestOutput Engine::new_output(const Request& r) const {
+  RequestOutput o;
+  o.id = r.id;
+  o.prompt_tokens = r.seq.num_prompt;
+  o.completion_tokens = r.seq.num_output();
+  if (r.has_first_token) {
+    o.ttft_s = std::chrono::duration<double>(r.first_token - r.arrival).count();
+  }
+  return o;
+}
+
+void Engine::finish(Request& r, const std::string& reason, RequestOutput& out) {
+  scheduler_->finish(&r.seq);
+  if (r.slot >= 0) {
+    free_slots_.push_back(r.slot);
+    r.slot = -1;
+  }
+  out.finished = true;
+  out.finish_reason = reason;
+  out.completion_tokens = r.seq.num_output();
+  out.latency_s = std::chrono::duration<double>(Clock::now() - r.arrival).count();
+  ++stats_.finished;
+}
+
+bool Engine::abort(int64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end() || it->second->seq.status == SeqStatus::kFinished) return false;
+  Request& r = *it->second;
+  RequestOutput out = new_output(r);
+  finish(r, "abort", out);
+  pending_.push_back(std::move(out));
+  return true;
+}
+
+void Engine::sample_and_check(Request& r, std::span<const float> logits, RequestOutput& out) {
+  const SamplingParams& p = r.params;
+  const bool before_min = r.seq.num_output() < p.min_tokens;
+  const SampledToken tok =
+      r.sampler.sample(logits, before_min ? std::span<const int32_t>(r.banned)
+                                          : std::span<const int32_t>());
+  if (!r.has_first_token) {
+    r.has_first_token = true;
+    r.first_token = Clock::now();
+  }
+  r.seq.tokens.push_back(tok.id);
+  out.token_ids.push_back(tok.id);
+  if (p.logprobs) out.logprobs.push_back(tok);
+  out.completion_tokens = r.seq.num_output();
+  out.ttft_s = std::chrono::duration<double>(r.first_token - r.arrival).count();
+
+  // Stop order as QServe/vLLM: stop token ids, EOS, stop strings, then the length limits.
+  const auto contains = [](const std::vector<int32_t>& v, int32_t x) {
+    return std::find(v.begin(), v.end(), x) != v.end();
+  };
+  if (contains(p.stop_token_ids, tok.id) || (!p.ignore_eos && contains(eos_ids_, tok.id))) {
+    out.stop_reason = "token:" + std::to_string(tok.id);
+    if (r.detok) {
+      // Release the text held back for UTF-8 or a possible stop string (the stop token itself
+      // is not detokenized).
+      StopChecker::Result res = r.stops.push(r.detok->flush(), !before_min);
+      out.text += res.emit;
+      if (res.stopped) {
+        out.stop_reason = res.matched;
+      } else {
+        out.text += r.stops.flush();
+      }
+    }
+    finish(r, "stop", out);
+    return;
+  }
+  if (r.detok) {
+    StopChecker::Result res = r.stops.push(r.detok->push(tok.id), !before_min);
+    out.text += res.emit;
+    if (res.stopped) {
+      out.stop_reason = res.matched;
+      finish(r, "stop", out);
+      return;
+    }
+  }
+  if (r.seq.num_tokens() >= r.seq.max_total_len) {
+    if (r.detok) {
+      StopChecker::Result res = r.stops.push(r.detok->flush(), true);
+      out.text += res.emit;
+      if (res.stopped) {
+        out.stop_reason = res.matched;
+        finish(r, "stop", out);
+        return;
+      }
+      out.text += r.stops.flush();
+    }
+    finish(r, "length", out);
+  }
+}
+
+std::vector<RequestOutput> Engine::step() {
+  std::vector<RequestOutput> outputs = std::move(pending_);
+  pending_.clear();
+  const SchedulerOutput sched = scheduler_->schedule();
+  stats_.preemptions += static_cast<int64_t>(sched.preempted.size());
+  for (Sequence* s : sched.preempted) {
+    Request& r = *requests_.at(s->id);
+    free_slots_.push_back(r.slot);
+    r.slot = -1;
+  }
+  if (!sched.empty()) {
+    tokens_.clear();
+    spans_.clear();
+    tables_.clear();
+    for (const ScheduledChunk& c : sched.chunks) {
+      Request& r = *requests_.at(c.seq->id);
+      if (r.slot < 0) {
+        check(!free_slots_.empty(), "engine: no free cache slot (scheduler over max_num_seqs)");
+        r.slot = free_slots_.back();
+        free_slots_.pop_back();
+      }
+      spans_.push_back({static_cast<int64_t>(tokens_.size()), c.num_tokens, c.context_len, r.slot});
+      tables_.push_back(&c.seq->pages);
+      tokens_.insert(tokens_.end(), c.seq->tokens.begin() + c.context_len,
+                     c.seq->tokens.begin() + c.context_len + c.num_tokens);
+      if (c.num_tokens == 1 && c.context_len > 0) {
+        ++stats_.decode_tokens;
+      } else {
+        stats_.prefill_tokens += c.num_tokens;
+      }
+    }
+    executor_->execute(tokens_, spans_, tables_, logits_);
+    ++stats_.steps;
+    scheduler_->on_step_done(sched);
+    const int64_t vocab = executor_->vocab_size();
+    check(static_cast<int64_t>(logits_.size()) == vocab * static_cast<int64_t>(sched.chunks.size()),
+          "engine: executor returned logits of the wrong size");
+    for (size_t i = 0; i < sched.chunks.size(); ++i) {
+      const ScheduledChunk& c = sched.chunks[i];
+      if (!c.samples) continue;
+      Request& r = *requests_.at(c.seq->id);
+      RequestOutput out = new_output(r);
+      sample_and_check(r, {logits_.data() + i * vocab, static_cast<size_t>(vocab)}, out);
+      outputs.push_back(std::move(out));
+    }
+  }
+  for (const RequestOutput& o : outputs) {
+    auto it = requests_.find(o.id);
+    if (it == requests_.end()) continue;
+    if (it->second->on_output) it->second->on_output(o);
+    if (o.finished) requests_.erase(it);
+  }
+  return outputs;
+}
+
+std::vector<CompletedRequest> generate(Engine& engine, const std::vector<GenerationRequest>& requests,
+                                       const std::function<void(const CompletedRequest&)>& on_done) {
+  std::vector<CompletedRequest> done(requests.size());
+  std::unordered_map<int64_t, size_t> index;
+  try {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const int64_t id = engine.add_request(requests[i].prompt_ids, requests[i].params);
+      index.emplace(id, i);
+      done[i].id = id;
+      done[i].prompt_tokens = static_cast<int64_t>(requests[i].prompt_ids.size());
+    }
+  } catch (const Error& e) {
+    // All or nothing: withdraw what was queued, then report which request was refused.
+    for (const auto& [id, i] : index) engine.abort(id);
+    throw Error("generate: request " + std::to_string(index.size()) + ": " + e.what());
+  }
+  while (engine.has_unfinished()) {
+    for (RequestOutput& o : engine.step()) {
+      auto it = index.find(o.id);
+      if (it == index.end()) continue;
+      CompletedRequest& c = done[it->second];
+      c.token_ids.insert(c.token_ids.end(), o.token_ids.begin(), o.token_ids.end());
+      c.logprobs.insert(c.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+      c.text += o.text;
+      c.ttft_s = o.ttft_s;
+      if (o.finished) {
+        c.finish_reason = o.finish_reason;
+        c.stop_reason = o.stop_reason;
+        c.latency_s = o.latency_s;
+        if (on_done) on_done(c);
+      }
+    }
+  }
+  return done;
+}
+
+}  // namespace qserve

@@ -1,0 +1,146 @@
+// qserve::Engine - the serving core: requests in, incremental outputs out, one model step at a
+// time with in-flight batching over the paged KV cache.
+//
+//   auto engine = qserve::Engine::create(model, tokenizer.get(), {.max_num_seqs = 64});
+//   qserve::SamplingParams p;  p.max_tokens = 64;  p.stop = {"\n\n"};
+//   int64_t id = engine->add_request(tokenizer->encode("Once upon", true), p,
+//       [](const qserve::RequestOutput& o) { std::cout << o.text << std::flush; });
+//   while (engine->has_unfinished()) engine->step();
+//
+// Single-threaded: one caller drives add_request / step / abort (the server does so from its
+// engine thread). Each step: schedule (scheduler.h), run the model on the batch, sample per
+// request with its own SamplingParams and RNG, detokenize incrementally, apply stops, free what
+// finished, and deliver each request's new text/tokens to its callback and in step()'s result.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/block_manager.h"
+#include "engine/model_executor.h"
+#include "engine/sampling.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "engine/stop_checker.h"
+#include "tokenizer/tokenizer.h"
+
+namespace qserve {
+
+struct EngineConfig {
+  int64_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 0;  // 0: max(2048, max_num_seqs)
+  int64_t max_model_len = 0;           // 0: the model's max_position_embeddings
+  std::optional<int64_t> num_pages;    // unset: NUM_GPU_PAGE_BLOCKS, else sized from memory
+  double memory_utilization = 0.9;     // fraction of memory the KV cache may take when sizing
+  double watermark = 0.01;             // fraction of pages kept free at admission
+  bool chunked_prefill = true;
+};
+
+// What a request produced since its last output (and, when finished, how it ended).
+struct RequestOutput {
+  int64_t id = 0;
+  std::string text;                  // new text (complete UTF-8; stop strings never included)
+  std::vector<int32_t> token_ids;    // new token ids (an EOS / stop token id included)
+  std::vector<SampledToken> logprobs;  // per new token, when SamplingParams::logprobs
+  bool finished = false;
+  std::string finish_reason;         // "stop" | "length" | "abort", when finished
+  std::string stop_reason;           // the stop string or "token:<id>" that ended it
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;     // generated so far
+  double ttft_s = 0.0;               // arrival to first token (0 until there is one)
+  double latency_s = 0.0;            // arrival to finish (when finished)
+};
+
+using OutputCallback = std::function<void(const RequestOutput&)>;
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t prefill_tokens = 0;  // prompt (and recomputed) tokens run
+  int64_t decode_tokens = 0;   // single-token decode rows run
+  int64_t preemptions = 0;
+  int64_t finished = 0;
+};
+
+class Engine {
+ public:
+  // num_pages must equal executor->num_pages(). tokenizer may be null (token ids only; no text,
+  // no stop strings, no EOS unless eos_ids is given).
+  Engine(std::unique_ptr<ModelExecutor> executor, const Tokenizer* tokenizer,
+         const EngineConfig& cfg, int64_t max_model_len, std::vector<int32_t> eos_ids);
+  ~Engine();
+
+  // An engine over `model` on the CPU backend, with the KV cache sized per cfg.
+  static std::unique_ptr<Engine> create(const LlamaModel& model, const Tokenizer* tokenizer,
+                                        const EngineConfig& cfg);
+
+  // Queues a request; returns its id. Throws qserve::Error (nothing queued) for invalid
+  // sampling parameters, an empty or oversized prompt, out-of-vocabulary ids, or a request that
+  // can never fit the KV cache.
+  int64_t add_request(std::vector<int32_t> prompt_ids, const SamplingParams& params,
+                      OutputCallback on_output = {});
+  // Runs one step; returns the outputs produced (also delivered to the callbacks).
+  std::vector<RequestOutput> step();
+  // Aborts a queued or running request: its pages are freed now, and its final output
+  // (finish_reason "abort") comes with the next step. False if unknown or already finished.
+  bool abort(int64_t id);
+  bool has_unfinished() const;
+
+  const EngineStats& stats() const { return stats_; }
+  const Scheduler& scheduler() const { return *scheduler_; }
+  const BlockManager& blocks() const { return *blocks_; }
+  const ModelExecutor& executor() const { return *executor_; }
+  int64_t max_model_len() const { return max_model_len_; }
+
+ private:
+  struct Request;
+  void sample_and_check(Request& r, std::span<const float> logits, RequestOutput& out);
+  void finish(Request& r, const std::string& reason, RequestOutput& out);
+  RequestOutput new_output(const Request& r) const;
+
+  std::unique_ptr<ModelExecutor> executor_;
+  const Tokenizer* tokenizer_;
+  EngineConfig cfg_;
+  int64_t max_model_len_;
+  std::vector<int32_t> eos_ids_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unordered_map<int64_t, std::unique_ptr<Request>> requests_;
+  std::vector<int64_t> free_slots_;
+  std::vector<RequestOutput> pending_;  // aborted requests' final outputs, sent next step
+  int64_t next_id_ = 0;
+  EngineStats stats_;
+  // Step scratch, kept to avoid reallocating every step.
+  std::vector<int32_t> tokens_;
+  std::vector<SeqSpan> spans_;
+  std::vector<const PageTable*> tables_;
+  std::vector<float> logits_;
+};
+
+// One finished request of an offline run.
+struct CompletedRequest {
+  int64_t id = 0;
+  std::vector<int32_t> token_ids;
+  std::vector<SampledToken> logprobs;
+  std::string text;
+  std::string finish_reason, stop_reason;
+  int64_t prompt_tokens = 0;
+  double ttft_s = 0.0, latency_s = 0.0;
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt_ids;
+  SamplingParams params;
+};
+
+// Offline generation: queues every request and steps until all finish. Results come in the
+// order of `requests`. on_progress (optional) is called after each request finishes.
+std::vector<CompletedRequest> generate(Engine& engine, const std::vector<GenerationRequest>& requests,
+                                       const std::function<void(const CompletedRequest&)>& on_done = {});
+
+}  // namespace qserve
