@@ -15,3 +15,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# CUTLASS/CuTe C++ headers (header-only) for the sm_90a W8A8 GEMM, from PyPI; CMake finds them via
+# python3 at configure time and skips that kernel if they are absent (docs/dependencies.md).
+# --no-deps: only the headers are used, none of the package's Python code or dependencies.
+if ! python3 -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('cutlass_library') else 1)" 2>/dev/null; then
+  echo "installing: nvidia-cutlass==4.2.0.0 (pip, headers only)"
+  python3 -m pip install -q --no-deps nvidia-cutlass==4.2.0.0 ||
+    python3 -m pip install -q --no-deps --user --break-system-packages nvidia-cutlass==4.2.0.0 ||
+    echo "warning: pip could not install nvidia-cutlass; the sm_90a W8A8 GEMM will not be built"
+fi

@@ -28,6 +28,14 @@ class CpuExecutor final : public ModelExecutor {
     logits = model_.forward(tokens, seqs, cache_, LogitsMode::LastPerSequence);
   }
 
+  void score(std::span<const int32_t> tokens, std::vector<float>& logits) override {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    check(n > 0, "score: empty sequence");
+    KvCache scratch = model_.make_cache(1, n);
+    const SeqSpan s{0, n, 0, 0};
+    logits = model_.forward(tokens, {&s, 1}, scratch, LogitsMode::AllTokens);
+  }
+
   std::string describe() const override {
     return "cpu, " + model_.precision().name() + ", " + std::to_string(num_pages_) +
            " KV pages, " + std::to_string(cache_.slots()) + " slots";
@@ -51,6 +59,10 @@ class CpuExecutor final : public ModelExecutor {
 };
 
 }  // namespace
+
+void ModelExecutor::score(std::span<const int32_t>, std::vector<float>&) {
+  throw Error("this executor (" + describe() + ") cannot score sequences");
+}
 
 std::unique_ptr<ModelExecutor> make_cpu_executor(const LlamaModel& model, int64_t num_pages,
                                                  int64_t num_slots, int64_t max_model_len) {

@@ -1,6 +1,6 @@
-// Single-request generation on the CPU model: prefill the prompt, then decode token by token,
-// streaming text through the incremental detokenizer. (The in-flight batching engine with a
-// paged cache builds on the same model forward.)
+// Single-request generation on the CPU model: a convenience over Engine (engine.h) with one
+// sequence - prefill the prompt (optionally in chunks), then decode token by token, streaming
+// text through the incremental detokenizer.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +22,7 @@ struct GenerateOptions {
 };
 
 struct GenerateResult {
-  std::vector<int32_t> token_ids;  // generated ids only
+  std::vector<int32_t> token_ids;  // generated ids only (the EOS that stopped it included)
   std::string text;                // their decoded text
   std::string finish_reason;       // "length" | "stop"
 };

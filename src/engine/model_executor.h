@@ -31,6 +31,11 @@ class ModelExecutor {
   virtual void execute(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                        std::span<const PageTable* const> pages, std::vector<float>& logits) = 0;
   virtual std::string describe() const = 0;
+  // Evaluation (perplexity, golden logits): logits [tokens.size(), vocab] at every position of
+  // one sequence run from an empty context, through the same forward as execute(). Uses the
+  // first cache slot and pages 0 .. pages_for_tokens(n) - 1, so call it only while no engine
+  // holds pages of this executor. Throws qserve::Error if the executor cannot score.
+  virtual void score(std::span<const int32_t> tokens, std::vector<float>& logits);
 };
 
 // The CPU backend's executor over a LlamaModel (which must outlive it). KV4/KV8 caches are

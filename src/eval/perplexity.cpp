@@ -1,5 +1,6 @@
 #include "eval/perplexity.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -38,13 +39,11 @@ double token_nll(const float* logits, int64_t vocab, int32_t target) {
   return std::log(sum) + mx - static_cast<double>(logits[target]);
 }
 
-PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>& stream,
-                            int64_t window, int64_t max_windows,
-                            const std::function<void(int64_t, int64_t)>& progress) {
+PerplexityResult perplexity(
+    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits,
+    int64_t vocab, const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
+    const std::function<void(int64_t, int64_t)>& progress) {
   check(window >= 2, "perplexity: window must be at least 2 tokens");
-  check(window <= model.config().max_position_embeddings,
-        "perplexity: window " + std::to_string(window) + " exceeds the model's context of " +
-            std::to_string(model.config().max_position_embeddings) + " tokens");
   const int64_t n = static_cast<int64_t>(stream.size());
   int64_t windows = n / window;
   check(windows > 0, "perplexity: the text has " + std::to_string(n) +
@@ -52,15 +51,15 @@ PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>&
   if (max_windows > 0) windows = std::min(windows, max_windows);
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t V = model.config().vocab_size;
-  KvCache cache = model.make_cache(1, window);
   double total = 0.0;
   for (int64_t w = 0; w < windows; ++w) {
     const int32_t* tokens = stream.data() + w * window;
-    SeqSpan s{0, window, 0, 0};
-    std::vector<float> logits =
-        model.forward({tokens, static_cast<size_t>(window)}, {&s, 1}, cache, LogitsMode::AllTokens);
-    for (int64_t t = 0; t + 1 < window; ++t) total += token_nll(&logits[t * V], V, tokens[t + 1]);
+    const std::vector<float> logits = window_logits({tokens, static_cast<size_t>(window)});
+    check(static_cast<int64_t>(logits.size()) == window * vocab,
+          "perplexity: the scorer returned logits of the wrong size");
+    for (int64_t t = 0; t + 1 < window; ++t) {
+      total += token_nll(&logits[t * vocab], vocab, tokens[t + 1]);
+    }
     if (progress) progress(w + 1, windows);
   }
   PerplexityResult r;
@@ -70,6 +69,20 @@ PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>&
   r.ppl = std::exp(r.mean_nll);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>& stream,
+                            int64_t window, int64_t max_windows,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  check(window <= model.config().max_position_embeddings,
+        "perplexity: window " + std::to_string(window) + " exceeds the model's context of " +
+            std::to_string(model.config().max_position_embeddings) + " tokens");
+  KvCache cache = model.make_cache(1, std::max<int64_t>(window, 1));
+  const auto logits = [&](std::span<const int32_t> tokens) {
+    const SeqSpan s{0, static_cast<int64_t>(tokens.size()), 0, 0};
+    return model.forward(tokens, {&s, 1}, cache, LogitsMode::AllTokens);
+  };
+  return perplexity(logits, model.config().vocab_size, stream, window, max_windows, progress);
 }
 
 std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& text,

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,13 @@ struct PerplexityResult {
 PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>& stream,
                             int64_t window, int64_t max_windows,
                             const std::function<void(int64_t, int64_t)>& progress = {});
+
+// The same protocol over any scorer: window_logits(tokens) returns logits [tokens, vocab] for
+// one window run from an empty context (e.g. ModelExecutor::score on the GPU).
+PerplexityResult perplexity(
+    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits,
+    int64_t vocab, const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
+    const std::function<void(int64_t, int64_t)>& progress = {});
 
 // Builds the token stream from text. Without a separator: encode(text) with special tokens (one
 // BOS at the start). With a separator: each document becomes [BOS] + encode(doc, no special)

@@ -97,7 +97,7 @@ TEST_F(DocLlama, SeededSamplingIsReproducible) {
   GenerateOptions opts;
   opts.max_tokens = 16;
   opts.stop_at_eos = false;
-  opts.sampling = {0.8f, 40, 0.95f, 7};
+  opts.sampling = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 7};
   const auto ids = (*golden_)["prompts"][0]["input_ids"].get<std::vector<int32_t>>();
   GenerateResult a = generate(*model_, tok_, ids, opts);
   GenerateResult b = generate(*model_, tok_, ids, opts);

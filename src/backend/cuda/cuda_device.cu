@@ -21,6 +21,13 @@ __global__ void embedding_f16_kernel(const __half* table, const int32_t* ids, in
   }
 }
 
+__global__ void embedding_f32_kernel(const float* table, const int32_t* ids, int64_t hidden,
+                                     float* out) {
+  const int64_t t = blockIdx.x;
+  const float* row = table + static_cast<int64_t>(ids[t]) * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = row[i];
+}
+
 }  // namespace
 
 int device_count() {
@@ -52,6 +59,14 @@ void embedding_f16(const uint16_t* table, const int32_t* ids, int64_t tokens, in
                          static_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<const __half*>(table), ids, hidden, out);
   check_cuda(cudaGetLastError(), "embedding_f16 launch");
+}
+
+void embedding_f32(const float* table, const int32_t* ids, int64_t tokens, int64_t hidden,
+                   float* out, void* stream) {
+  if (tokens == 0) return;
+  embedding_f32_kernel<<<static_cast<unsigned>(tokens), 256, 0,
+                         static_cast<cudaStream_t>(stream)>>>(table, ids, hidden, out);
+  check_cuda(cudaGetLastError(), "embedding_f32 launch");
 }
 
 }  // namespace qserve::cuda

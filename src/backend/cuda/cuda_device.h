@@ -16,5 +16,9 @@ std::string device_summary();
 // Throws qserve::Error naming the op if the launch fails.
 void embedding_f16(const uint16_t* table, const int32_t* ids, int64_t tokens, int64_t hidden,
                    float* out, void* stream);
+// out[t, :] = table[ids[t], :] for an fp32 table [vocab, hidden] (the CPU reference model keeps
+// its embedding in fp32); device pointers, exact copy. Ids must be in [0, vocab).
+void embedding_f32(const float* table, const int32_t* ids, int64_t tokens, int64_t hidden,
+                   float* out, void* stream);
 
 }  // namespace qserve::cuda

@@ -1,0 +1,480 @@
+// Attention benchmark: decode over the paged KV4/KV8 cache (the fast kernel and the baseline
+// reference kernel) and prefill (whatever the current kernel does), at Llama-3-8B geometry
+// (32 query heads, 8 KV heads, head_dim 128), beside the device-to-device copy bandwidth.
+//
+//   build/bench_attention [--check] [--json bench/results/FILE.json] [--iters N]
+//
+// Decode reports effective bandwidth: the bytes the step must move (KV payload + fp16
+// scales/zeros of every cached token, the current token's fp16 K/V, q, the block table, and
+// the fp32 output written) over the median time. Prefill reports TFLOP/s with the causal FLOPs
+// counted once (4 * D per visible (query head, key) pair). Timing: CUDA events around each run,
+// median of >= 30 runs after warm-up; inputs are random and non-zero (valid fp16 scales).
+// --check first compares the fast decode kernel with the baseline kernel on small cases
+// (several splits, one split, a sliding window, head_dim 64); a kernel that fails is not timed,
+// so a wrong kernel cannot be reported as fast. Every failure prints one "FAIL ..." line and
+// the benchmark continues with the next case.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/ops_cuda_attention.h"
+
+#ifndef QSERVE_GIT_COMMIT
+#define QSERVE_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using qserve::cuda::DeviceBuffer;
+using qserve::cuda::KvFormat;
+using json = nlohmann::json;
+
+int g_iters = 30;
+int g_failures = 0;
+
+void fail(const std::string& what) {
+  ++g_failures;
+  std::printf("FAIL %s\n", what.c_str());
+  std::fflush(stdout);
+}
+
+// ---- random device data (splitmix64 of the element index; never all zero) ------------------
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ float unit_float(uint64_t seed, size_t i) {
+  return static_cast<float>(mix64(seed * 0x100000001b3ull + i) >> 40) * 0x1p-24f;
+}
+__global__ void fill_bytes_kernel(uint8_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = static_cast<uint8_t>(mix64(seed * 0x100000001b3ull + i));
+  }
+}
+__global__ void fill_f32_kernel(float* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = lo + (hi - lo) * unit_float(seed, i);
+  }
+}
+__global__ void fill_f16_kernel(uint16_t* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = __half_as_ushort(__float2half_rn(lo + (hi - lo) * unit_float(seed, i)));
+  }
+}
+// Valid per-token scales (0.002 .. 0.02) and zeros (0 .. max code) in every page of a pool.
+__global__ void fix_scales_kernel(uint8_t* pool, int64_t pages, int64_t page_bytes,
+                                  int64_t scale_off, int64_t entries, float max_code,
+                                  uint64_t seed) {
+  const int64_t total = pages * entries;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t page = i / entries, e = i % entries;
+    uint16_t* s = reinterpret_cast<uint16_t*>(pool + page * page_bytes + scale_off);
+    s[e] = __half_as_ushort(__float2half_rn(0.002f + 0.018f * unit_float(seed, 2 * i)));
+    s[entries + e] = __half_as_ushort(__float2half_rn(rintf(max_code * unit_float(seed, 2 * i + 1))));
+  }
+}
+
+constexpr int kFillGrid = 1024, kFillBlock = 256;
+
+void fill_random_pool(uint8_t* pool, KvFormat fmt, int64_t pages, int64_t hkv, int64_t d,
+                      uint64_t seed) {
+  const int64_t pb = qserve::cuda::kv_page_bytes(fmt, hkv, d);
+  fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(pool, static_cast<size_t>(pages * pb), seed);
+  if (fmt != KvFormat::kv16) {
+    const int64_t rb = fmt == KvFormat::kv4 ? d / 2 : d;
+    fix_scales_kernel<<<kFillGrid, kFillBlock>>>(pool, pages, pb, hkv * 64 * rb, hkv * 64,
+                                                 fmt == KvFormat::kv4 ? 15.0f : 255.0f, seed + 1);
+  }
+  qserve::cuda::check_launch("bench fill pool");
+}
+
+// ---- timing -------------------------------------------------------------------------------
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// Median microseconds of `iters` runs of f (each bracketed by events) after `warmup` runs.
+double time_us(const std::function<void()>& f, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) f();
+  QSERVE_CUDA_CHECK(cudaDeviceSynchronize(), "bench warm-up");
+  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
+  for (auto& e : ev) QSERVE_CUDA_CHECK(cudaEventCreate(&e), "bench event");
+  for (int i = 0; i < iters; ++i) {
+    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i], nullptr), "bench event");
+    f();
+    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], nullptr), "bench event");
+  }
+  QSERVE_CUDA_CHECK(cudaEventSynchronize(ev.back()), "bench sync");
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    float ms = 0.0f;
+    QSERVE_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]), "bench elapsed");
+    t.push_back(1e3 * ms);
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  return median(t);
+}
+
+json result(const std::string& kernel, const std::string& shape, int64_t batch, int64_t context,
+            const std::string& precision, double us, const char* unit, double value,
+            const std::string& system) {
+  return json{{"kernel", kernel}, {"shape", shape},   {"batch", batch},
+              {"context", context}, {"precision", precision}, {"us", us},
+              {unit, value},        {"system", system}};
+}
+
+// Device-to-device copy of 1 GiB: read + write bytes over time.
+json copy_peer() {
+  const size_t bytes = size_t{1} << 30;
+  DeviceBuffer<uint8_t> src(bytes), dst(bytes);
+  fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(src.data(), bytes, 7);
+  qserve::cuda::check_launch("bench fill copy source");
+  const double us = time_us(
+      [&] {
+        QSERVE_CUDA_CHECK(
+            cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, nullptr),
+            "bench memcpy");
+      },
+      3, g_iters);
+  const double tbps = 2.0 * static_cast<double>(bytes) / (us * 1e-6) / 1e12;
+  std::printf("%-34s %-28s %10.1f us %8.3f TB/s\n", "memcpy_d2d", "1GiB (read+write)", us, tbps);
+  return result("memcpy_d2d", "1GiB", 1, 0, "bytes", us, "tbps", tbps, "cuda-memcpy");
+}
+
+// ---- decode -------------------------------------------------------------------------------
+const char* fmt_name(KvFormat f) {
+  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
+}
+
+using DecodeFn = void (*)(const float*, const uint16_t*, const uint16_t*,
+                          const qserve::cuda::PagedKvDevice&,
+                          const qserve::cuda::VarlenBatchDevice&, int64_t, int64_t, float*, void*,
+                          size_t, cudaStream_t);
+
+// One decode problem on the device: S sequences with the given cached contexts.
+struct DecodeProblem {
+  KvFormat fmt;
+  int64_t hq, hkv, d, S, max_total = 0, pages_per_seq = 0, num_pages = 0;
+  std::vector<int32_t> ctx;
+  DeviceBuffer<uint8_t> kp, vp, ws;
+  DeviceBuffer<float> q;
+  DeviceBuffer<uint16_t> k16, v16;
+  DeviceBuffer<int32_t> off, ntok, ctxl, bt;
+  size_t ws_bytes = 0;
+
+  DecodeProblem(KvFormat f, int64_t hq_, int64_t hkv_, int64_t d_, std::vector<int32_t> contexts,
+                uint64_t seed)
+      : fmt(f), hq(hq_), hkv(hkv_), d(d_), S(static_cast<int64_t>(contexts.size())),
+        ctx(std::move(contexts)) {
+    for (int32_t c : ctx) max_total = std::max<int64_t>(max_total, c + 1);
+    pages_per_seq = (max_total + 63) / 64;
+    num_pages = S * pages_per_seq;
+    const int64_t pb = qserve::cuda::kv_page_bytes(fmt, hkv, d);
+    kp = DeviceBuffer<uint8_t>(static_cast<size_t>(num_pages * pb));
+    vp = DeviceBuffer<uint8_t>(static_cast<size_t>(num_pages * pb));
+    fill_random_pool(kp.data(), fmt, num_pages, hkv, d, seed);
+    fill_random_pool(vp.data(), fmt, num_pages, hkv, d, seed + 10);
+    q = DeviceBuffer<float>(static_cast<size_t>(S * hq * d));
+    k16 = DeviceBuffer<uint16_t>(static_cast<size_t>(S * hkv * d));
+    v16 = DeviceBuffer<uint16_t>(static_cast<size_t>(S * hkv * d));
+    fill_f32_kernel<<<kFillGrid, kFillBlock>>>(q.data(), q.size(), seed + 20, -1.0f, 1.0f);
+    fill_f16_kernel<<<kFillGrid, kFillBlock>>>(k16.data(), k16.size(), seed + 21, -1.0f, 1.0f);
+    fill_f16_kernel<<<kFillGrid, kFillBlock>>>(v16.data(), v16.size(), seed + 22, -1.0f, 1.0f);
+    qserve::cuda::check_launch("bench fill decode inputs");
+    // A shuffled page table: pages of different sequences interleave in memory.
+    std::vector<int32_t> perm(static_cast<size_t>(num_pages));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int32_t> o(static_cast<size_t>(S)), n(static_cast<size_t>(S), 1);
+    std::iota(o.begin(), o.end(), 0);
+    off = qserve::cuda::to_device(o);
+    ntok = qserve::cuda::to_device(n);
+    ctxl = qserve::cuda::to_device(ctx);
+    bt = qserve::cuda::to_device(perm);
+    ws_bytes = qserve::cuda::decode_attention_workspace_bytes(S, hq, d, max_total);
+    ws = DeviceBuffer<uint8_t>(ws_bytes);
+  }
+
+  qserve::cuda::PagedKvDevice cache() {
+    qserve::cuda::PagedKvDevice c;
+    c.format = fmt;
+    c.kv_heads = static_cast<int32_t>(hkv);
+    c.head_dim = static_cast<int32_t>(d);
+    c.k_pool = kp.data();
+    c.v_pool = vp.data();
+    c.num_pages = num_pages;
+    return c;
+  }
+  qserve::cuda::VarlenBatchDevice batch() {
+    qserve::cuda::VarlenBatchDevice b;
+    b.num_seqs = static_cast<int32_t>(S);
+    b.token_offset = off.data();
+    b.num_tokens = ntok.data();
+    b.context_len = ctxl.data();
+    b.block_table = bt.data();
+    b.block_stride = static_cast<int32_t>(pages_per_seq);
+    b.max_num_tokens = 1;
+    b.max_total_len = static_cast<int32_t>(max_total);
+    return b;
+  }
+  void run(DecodeFn fn, float* out, int64_t window) {
+    fn(q.data(), k16.data(), v16.data(), cache(), batch(), hq, window, out, ws.data(), ws_bytes,
+       nullptr);
+  }
+  // Bytes one decode step must move (see the header).
+  double bytes() const {
+    const double rb = fmt == KvFormat::kv4 ? d / 2.0 : static_cast<double>(d);
+    double cached = 0;
+    for (int32_t c : ctx) cached += c;
+    return cached * hkv * (rb + 4.0) * 2.0           // K and V payload + fp16 scale + zero
+           + static_cast<double>(S) * hkv * d * 2 * 2  // current fp16 K/V
+           + static_cast<double>(S) * hq * d * 4 * 2   // q read, out written (fp32)
+           + static_cast<double>(S) * pages_per_seq * 4;  // block table
+  }
+};
+
+// Fast vs baseline on one problem; true when every element is within twice the documented
+// tolerance (each is within it of the CPU reference) and finite.
+bool check_decode(const std::string& name, KvFormat fmt, int64_t hq, int64_t hkv, int64_t d,
+                  std::vector<int32_t> ctx, int64_t window) {
+  DecodeProblem p(fmt, hq, hkv, d, std::move(ctx), 1234);
+  const size_t n = static_cast<size_t>(p.S * hq * d);
+  DeviceBuffer<float> got(n), want(n);
+  got.fill_bytes(0xFF, nullptr);  // NaN: an unwritten element fails
+  want.fill_bytes(0xFF, nullptr);
+  p.run(&qserve::cuda::decode_attention_fast, got.data(), window);
+  p.run(&qserve::cuda::decode_attention_baseline, want.data(), window);
+  const std::vector<float> g = qserve::cuda::to_host(got), w = qserve::cuda::to_host(want);
+  // |K|, |V| <= 0.02 * 255 (KV8) or 0.02 * 15 (KV4), or 1 (the fp16 current token); |q| <= 1.
+  const double kmax = std::max(1.0, 0.02 * (fmt == KvFormat::kv4 ? 15.0 : 255.0)) * 1.1;
+  const double B = 1.0 / std::sqrt(static_cast<double>(d)) * static_cast<double>(d) * kmax;
+  const double tol = 2.0 * kmax * (3e-5 + std::ldexp(1.0, -21) * B);
+  double max_err = 0.0;
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double e = std::fabs(static_cast<double>(g[i]) - w[i]);
+    if (!std::isfinite(g[i]) || !std::isfinite(w[i]) || e > tol) {
+      if (bad++ == 0) first = i;
+    }
+    if (std::isfinite(e)) max_err = std::max(max_err, e);
+  }
+  const bool ok = bad == 0;
+  std::printf("CHECK decode_attention_fast_%s %-22s vs baseline: max_abs_err=%.3g tol=%.3g %s\n",
+              fmt_name(fmt), name.c_str(), max_err, tol, ok ? "PASS" : "FAIL");
+  if (!ok) {
+    fail("check decode_attention_fast_" + std::string(fmt_name(fmt)) + " " + name + ": " +
+         std::to_string(bad) + " bad elements, first " + std::to_string(first) + " got " +
+         std::to_string(g[first]) + " want " + std::to_string(w[first]));
+  }
+  return ok;
+}
+
+bool run_checks(KvFormat fmt) {
+  bool ok = true;
+  try {
+    // Several splits, contexts around page boundaries, the empty context.
+    ok &= check_decode("mixed-ctx", fmt, 32, 8, 128, {0, 1, 63, 64, 65, 1000, 3001}, 0);
+    // Many sequences: one split, the CTA normalizes itself.
+    std::vector<int32_t> many(512);
+    for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<int32_t>((i * 37) % 256);
+    ok &= check_decode("one-split", fmt, 32, 8, 128, many, 0);
+    // Sliding window: tiles start off page boundaries.
+    ok &= check_decode("window100", fmt, 32, 8, 128, {50, 100, 101, 700, 2000}, 100);
+    // head_dim 64, group 8.
+    ok &= check_decode("hd64-g8", fmt, 16, 2, 64, {5, 127, 2049}, 0);
+  } catch (const std::exception& e) {
+    fail(std::string("check decode ") + fmt_name(fmt) + ": " + e.what());
+    ok = false;
+  }
+  return ok;
+}
+
+void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, bool fast, json& results) {
+  const std::string kernel = fast ? "decode_attention_fast" : "decode_attention_baseline";
+  const std::string shape = "Hq=32,Hkv=8,D=128";
+  try {
+    DecodeProblem p(fmt, 32, 8, 128, std::vector<int32_t>(static_cast<size_t>(S),
+                                                         static_cast<int32_t>(ctx)), 99);
+    DeviceBuffer<float> out(static_cast<size_t>(S * 32 * 128));
+    const DecodeFn fn = fast ? &qserve::cuda::decode_attention_fast
+                             : &qserve::cuda::decode_attention_baseline;
+    const double us = time_us([&] { p.run(fn, out.data(), 0); }, 3, g_iters);
+    const double tbps = p.bytes() / (us * 1e-6) / 1e12;
+    std::printf("%-34s batch=%-4lld ctx=%-6lld %10.1f us %8.3f TB/s\n",
+                (kernel + "_" + fmt_name(fmt)).c_str(), static_cast<long long>(S),
+                static_cast<long long>(ctx), us, tbps);
+    results.push_back(result(kernel, shape, S, ctx, fmt_name(fmt), us, "tbps", tbps, "qserve.cpp"));
+  } catch (const std::exception& e) {
+    fail(kernel + " " + fmt_name(fmt) + " batch=" + std::to_string(S) +
+         " ctx=" + std::to_string(ctx) + ": " + e.what());
+  }
+  qserve::cuda::DeviceAllocator::global().trim();
+}
+
+// ---- prefill ------------------------------------------------------------------------------
+// Fresh prompts (no cached context): every key comes from the step's fp16 k16/v16, so the
+// cache format does not matter; q is fp32 and K/V fp16 (the current kernels' interface).
+void bench_prefill(int64_t S, int64_t n, json& results) {
+  const int64_t hq = 32, hkv = 8, d = 128, T = S * n;
+  const std::string kernel = "prefill_attention";
+  try {
+    DeviceBuffer<float> q(static_cast<size_t>(T * hq * d)), out(static_cast<size_t>(T * hq * d));
+    DeviceBuffer<uint16_t> k16(static_cast<size_t>(T * hkv * d)), v16(static_cast<size_t>(T * hkv * d));
+    fill_f32_kernel<<<kFillGrid, kFillBlock>>>(q.data(), q.size(), 31, -1.0f, 1.0f);
+    fill_f16_kernel<<<kFillGrid, kFillBlock>>>(k16.data(), k16.size(), 32, -1.0f, 1.0f);
+    fill_f16_kernel<<<kFillGrid, kFillBlock>>>(v16.data(), v16.size(), 33, -1.0f, 1.0f);
+    qserve::cuda::check_launch("bench fill prefill inputs");
+    const int64_t pb = qserve::cuda::kv_page_bytes(KvFormat::kv16, hkv, d);
+    DeviceBuffer<uint8_t> kp(static_cast<size_t>(pb)), vp(static_cast<size_t>(pb));
+    std::vector<int32_t> off(static_cast<size_t>(S)), nt(static_cast<size_t>(S), static_cast<int32_t>(n)),
+        cl(static_cast<size_t>(S), 0);
+    for (int64_t s = 0; s < S; ++s) off[static_cast<size_t>(s)] = static_cast<int32_t>(s * n);
+    const int64_t pps = (n + 63) / 64;
+    std::vector<int32_t> table(static_cast<size_t>(S * pps), 0);
+    DeviceBuffer<int32_t> d_off = qserve::cuda::to_device(off), d_nt = qserve::cuda::to_device(nt),
+                          d_cl = qserve::cuda::to_device(cl), d_bt = qserve::cuda::to_device(table);
+    qserve::cuda::PagedKvDevice c;
+    c.format = KvFormat::kv16;
+    c.kv_heads = static_cast<int32_t>(hkv);
+    c.head_dim = static_cast<int32_t>(d);
+    c.k_pool = kp.data();
+    c.v_pool = vp.data();
+    c.num_pages = 1;
+    qserve::cuda::VarlenBatchDevice b;
+    b.num_seqs = static_cast<int32_t>(S);
+    b.token_offset = d_off.data();
+    b.num_tokens = d_nt.data();
+    b.context_len = d_cl.data();
+    b.block_table = d_bt.data();
+    b.block_stride = static_cast<int32_t>(pps);
+    b.max_num_tokens = static_cast<int32_t>(n);
+    b.max_total_len = static_cast<int32_t>(n);
+    const auto run = [&] {
+      qserve::cuda::prefill_attention(q.data(), k16.data(), v16.data(), c, b, hq, 0, out.data(),
+                                      nullptr);
+    };
+    // The baseline prefill is slow at this size: fewer warm-ups, still >= 30 timed runs.
+    const double us = time_us(run, 1, g_iters);
+    const double pairs = static_cast<double>(S) * hq * (static_cast<double>(n) * (n + 1) / 2.0);
+    const double tflops = pairs * 4.0 * d / (us * 1e-6) / 1e12;
+    std::printf("%-34s batch=%-4lld tokens=%-5lld %10.1f us %8.3f TFLOP/s\n",
+                "prefill_attention_fp16", static_cast<long long>(S), static_cast<long long>(n), us,
+                tflops);
+    results.push_back(result(kernel, "Hq=32,Hkv=8,D=128,causal", S, n, "fp16-kv,fp32-q", us,
+                             "tflops", tflops, "qserve.cpp"));
+  } catch (const std::exception& e) {
+    fail(kernel + " fp16 batch=" + std::to_string(S) + " tokens=" + std::to_string(n) + ": " +
+         e.what());
+  }
+  // bf16: the current prefill kernel takes fp32 q and fp16 K/V only; nothing to time.
+  std::printf("SKIP prefill_attention bf16: not supported by the current kernel (fp32 q, fp16 K/V)\n");
+  qserve::cuda::DeviceAllocator::global().trim();
+}
+
+std::string device_name() {
+  cudaDeviceProp prop{};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    return "unknown";
+  }
+  return prop.name;
+}
+
+std::string today() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool check = false;
+  std::string command;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--check") {
+      check = true;
+    } else if (a == "--iters" && i + 1 < argc) {
+      g_iters = std::max(30, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: %s [--check] [--json PATH] [--iters N>=30]\n", argv[0]);
+      return 2;
+    }
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::printf("FAIL no CUDA device visible\n");
+    return 1;
+  }
+  const auto t_start = std::chrono::steady_clock::now();
+  json results = json::array();
+  try {
+    results.push_back(copy_peer());
+  } catch (const std::exception& e) {
+    fail(std::string("memcpy_d2d: ") + e.what());
+  }
+  qserve::cuda::DeviceAllocator::global().trim();
+
+  for (KvFormat fmt : {KvFormat::kv4, KvFormat::kv8}) {
+    const bool fast_ok = !check || run_checks(fmt);
+    if (!fast_ok) {
+      std::printf("SKIP decode_attention_fast_%s: failed --check, not timed\n", fmt_name(fmt));
+    }
+    for (const auto& [S, ctx] : {std::pair<int64_t, int64_t>{256, 1536}, {32, 8192}}) {
+      if (fast_ok) bench_decode(fmt, S, ctx, true, results);
+      bench_decode(fmt, S, ctx, false, results);
+    }
+  }
+  bench_prefill(4, 4096, results);
+
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  std::printf("total %.1f s, %d failure(s)\n", secs, g_failures);
+  const json doc = {{"device", device_name()}, {"commit", QSERVE_GIT_COMMIT},
+                    {"date", today()},         {"command", command},
+                    {"results", results}};
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    if (!f) {
+      fail("cannot write " + json_path);
+    } else {
+      f << doc.dump(2) << "\n";
+      std::printf("wrote %s\n", json_path.c_str());
+    }
+  }
+  return g_failures == 0 ? 0 : 1;
+}

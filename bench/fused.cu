@@ -1,0 +1,507 @@
+// Fused elementwise kernels of the decode/prefill loop at Llama-3-8B sizes (hidden 4096,
+// intermediate 14336, 32/8 heads x 128), 256 .. 8192 tokens, beside the device-to-device copy
+// bandwidth:
+//   - residual add + RMSNorm + per-token int8 quant (add_residual_norm_quant_f16delta: fp32
+//     residual += fp16 GEMM output, written back; int8 q + fp16 scale out);
+//   - SiLU(gate) * up + per-token int8 quant (silu_mul_quant_f16: fp16 [T, 2*inter] in);
+//   - RoPE + fp16 rounding + KV4 quantization + paged append (rope_kv_append_f16: fp16 QKV in,
+//     fp32 q, fp16 k/v and the KV4 page bytes out; 256-token sequences, shuffled pages).
+//
+//   build/bench_fused [--check] [--json bench/results/FILE.json] [--iters N]
+//
+// Effective bandwidth = bytes each kernel must read and write (listed per kernel below) over
+// the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. --check
+// first compares each kernel with its CPU reference (src/quant) on a small case; a kernel that
+// fails is not timed. Every failure prints one "FAIL ..." line and the run continues.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/ops_cuda.h"
+#include "backend/cuda/ops_cuda_attention.h"
+#include "core/half.h"
+#include "quant/kv_cache.h"
+#include "quant/norm_quant.h"
+#include "quant/silu_mul_quant.h"
+
+#ifndef QSERVE_GIT_COMMIT
+#define QSERVE_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using qserve::cuda::DeviceBuffer;
+using qserve::cuda::KvFormat;
+using json = nlohmann::json;
+
+int g_iters = 30;
+int g_failures = 0;
+
+void fail(const std::string& what) {
+  ++g_failures;
+  std::printf("FAIL %s\n", what.c_str());
+  std::fflush(stdout);
+}
+
+// ---- random device data (splitmix64 of the element index; never all zero) ------------------
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ float unit_float(uint64_t seed, size_t i) {
+  return static_cast<float>(mix64(seed * 0x100000001b3ull + i) >> 40) * 0x1p-24f;
+}
+__global__ void fill_bytes_kernel(uint8_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = static_cast<uint8_t>(mix64(seed * 0x100000001b3ull + i));
+  }
+}
+__global__ void fill_f32_kernel(float* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = lo + (hi - lo) * unit_float(seed, i);
+  }
+}
+__global__ void fill_f16_kernel(uint16_t* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = __half_as_ushort(__float2half_rn(lo + (hi - lo) * unit_float(seed, i)));
+  }
+}
+constexpr int kFillGrid = 1024, kFillBlock = 256;
+
+// ---- timing -------------------------------------------------------------------------------
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// Median microseconds of `iters` runs of f (each bracketed by events) after `warmup` runs.
+double time_us(const std::function<void()>& f, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) f();
+  QSERVE_CUDA_CHECK(cudaDeviceSynchronize(), "bench warm-up");
+  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
+  for (auto& e : ev) QSERVE_CUDA_CHECK(cudaEventCreate(&e), "bench event");
+  for (int i = 0; i < iters; ++i) {
+    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i], nullptr), "bench event");
+    f();
+    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], nullptr), "bench event");
+  }
+  QSERVE_CUDA_CHECK(cudaEventSynchronize(ev.back()), "bench sync");
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    float ms = 0.0f;
+    QSERVE_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]), "bench elapsed");
+    t.push_back(1e3 * ms);
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  return median(t);
+}
+
+json result(const std::string& kernel, const std::string& shape, int64_t batch, int64_t context,
+            const std::string& precision, double us, const char* unit, double value,
+            const std::string& system) {
+  return json{{"kernel", kernel}, {"shape", shape},   {"batch", batch},
+              {"context", context}, {"precision", precision}, {"us", us},
+              {unit, value},        {"system", system}};
+}
+
+// Device-to-device copy of 1 GiB: read + write bytes over time.
+json copy_peer() {
+  const size_t bytes = size_t{1} << 30;
+  DeviceBuffer<uint8_t> src(bytes), dst(bytes);
+  fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(src.data(), bytes, 7);
+  qserve::cuda::check_launch("bench fill copy source");
+  const double us = time_us(
+      [&] {
+        QSERVE_CUDA_CHECK(
+            cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, nullptr),
+            "bench memcpy");
+      },
+      3, g_iters);
+  const double tbps = 2.0 * static_cast<double>(bytes) / (us * 1e-6) / 1e12;
+  std::printf("%-34s %-28s %10.1f us %8.3f TB/s\n", "memcpy_d2d", "1GiB (read+write)", us, tbps);
+  return result("memcpy_d2d", "1GiB", 1, 0, "bytes", us, "tbps", tbps, "cuda-memcpy");
+}
+
+// ---- checks against the CPU references -----------------------------------------------------
+constexpr int64_t kHidden = 4096, kInter = 14336, kHq = 32, kHkv = 8, kD = 128;
+
+std::vector<uint16_t> host_f16(std::mt19937_64& rng, size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = qserve::float_to_fp16(u(rng));
+  return v;
+}
+
+template <typename T>
+bool report_exact(const std::string& name, const std::vector<T>& got, const std::vector<T>& want) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i] && bad++ == 0) first = i;
+  }
+  const bool ok = got.size() == want.size() && bad == 0;
+  std::printf("CHECK %-40s vs CPU reference: %zu mismatches of %zu %s\n", name.c_str(), bad,
+              got.size(), ok ? "PASS" : "FAIL");
+  if (!ok) fail("check " + name + ": first mismatch at " + std::to_string(first));
+  return ok;
+}
+
+// add_residual_norm_quant_f16delta vs residual += delta, quant::norm_quantize_per_token (bit-exact).
+bool check_norm() {
+  const int64_t rows = 7, cols = kHidden;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<float> res(static_cast<size_t>(rows * cols)), gamma(static_cast<size_t>(cols));
+  for (auto& x : res) x = u(rng);
+  for (auto& x : gamma) x = 0.5f + 0.25f * u(rng);
+  const std::vector<uint16_t> delta = host_f16(rng, res.size(), -1.0f, 1.0f);
+  std::vector<float> ref = res;
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = ref[i] + qserve::fp16_to_float(delta[i]);
+  std::vector<int8_t> wq(res.size());
+  std::vector<uint16_t> ws(static_cast<size_t>(rows));
+  qserve::quant::NormQuantOutputs o;
+  o.q = wq.data();
+  o.scale = ws.data();
+  qserve::quant::norm_quantize_per_token(ref.data(), gamma.data(), 1e-5f, rows, cols,
+                                         qserve::quant::NormKind::kRmsNorm, o);
+  DeviceBuffer<float> d_res = qserve::cuda::to_device(res), d_g = qserve::cuda::to_device(gamma);
+  DeviceBuffer<uint16_t> d_delta = qserve::cuda::to_device(delta), d_s(static_cast<size_t>(rows));
+  DeviceBuffer<int8_t> d_q(res.size());
+  d_q.fill_bytes(0xFF, nullptr);
+  d_s.fill_bytes(0xFF, nullptr);
+  qserve::cuda::NormQuantOut out;
+  out.q = d_q.data();
+  out.scale = d_s.data();
+  qserve::cuda::add_residual_norm_quant_f16delta(d_res.data(), d_delta.data(), d_g.data(), 1e-5f,
+                                                 rows, cols, qserve::quant::NormKind::kRmsNorm,
+                                                 out, nullptr);
+  bool ok = report_exact("add_residual_rmsnorm_quant q", qserve::cuda::to_host(d_q), wq);
+  ok &= report_exact("add_residual_rmsnorm_quant scale", qserve::cuda::to_host(d_s), ws);
+  ok &= report_exact("add_residual_rmsnorm_quant residual", qserve::cuda::to_host(d_res), ref);
+  return ok;
+}
+
+// silu_mul_quant_f16 vs quant::silu_mul_quantize_per_token. The GPU's exp may differ from
+// glibc's by an fp32 ulp, which can move one fp16 SiLU value by 1 ulp (documented, rare), so
+// the codes may differ by 1 and the scale by 1 fp16 ulp; anything more is a failure.
+bool check_silu() {
+  const int64_t rows = 5, inter = kInter;
+  std::mt19937_64 rng(12);
+  const std::vector<uint16_t> gu = host_f16(rng, static_cast<size_t>(rows * 2 * inter), -4.0f, 4.0f);
+  std::vector<int8_t> wq(static_cast<size_t>(rows * inter));
+  std::vector<uint16_t> ws(static_cast<size_t>(rows));
+  qserve::quant::silu_mul_quantize_per_token(gu.data(), rows, inter, wq.data(), ws.data(),
+                                             nullptr, nullptr);
+  DeviceBuffer<uint16_t> d_gu = qserve::cuda::to_device(gu), d_s(static_cast<size_t>(rows));
+  DeviceBuffer<int8_t> d_q(wq.size());
+  d_q.fill_bytes(0xFF, nullptr);
+  d_s.fill_bytes(0xFF, nullptr);
+  qserve::cuda::silu_mul_quant_f16(d_gu.data(), rows, inter, d_q.data(), d_s.data(), nullptr,
+                                   nullptr, nullptr);
+  const std::vector<int8_t> gq = qserve::cuda::to_host(d_q);
+  const std::vector<uint16_t> gs = qserve::cuda::to_host(d_s);
+  size_t exact = 0, bad = 0;
+  for (size_t i = 0; i < gq.size(); ++i) {
+    const int dq = std::abs(static_cast<int>(gq[i]) - static_cast<int>(wq[i]));
+    exact += dq == 0;
+    bad += dq > 1;
+  }
+  for (size_t i = 0; i < gs.size(); ++i) bad += std::abs(static_cast<int>(gs[i]) - ws[i]) > 1;
+  const bool ok = bad == 0 && exact + 64 >= gq.size();
+  std::printf("CHECK %-40s vs CPU reference: %zu of %zu codes exact, %zu beyond 1 ulp %s\n",
+              "silu_mul_quant", exact, gq.size(), bad, ok ? "PASS" : "FAIL");
+  if (!ok) fail("check silu_mul_quant: " + std::to_string(bad) + " values beyond 1 ulp");
+  return ok;
+}
+
+// rope_kv_append_f16: the KV4 page bytes must equal quant::kv_page_write of the GPU's own
+// k16/v16 outputs (bit-exact by contract), and v16 must be the input V (exact fp16 copy).
+bool check_rope() {
+  const int64_t S = 2, n = 70, T = S * n, stride = (kHq + 2 * kHkv) * kD;
+  std::mt19937_64 rng(13);
+  const std::vector<uint16_t> qkv = host_f16(rng, static_cast<size_t>(T * stride), -2.0f, 2.0f);
+  std::vector<float> inv(static_cast<size_t>(kD / 2));
+  for (int64_t i = 0; i < kD / 2; ++i) {
+    inv[static_cast<size_t>(i)] = static_cast<float>(std::pow(500000.0, -2.0 * i / kD));
+  }
+  const int64_t pps = (n + 63) / 64, pages = S * pps;
+  const int64_t pb = qserve::cuda::kv_page_bytes(KvFormat::kv4, kHkv, kD);
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<int32_t> off = {0, static_cast<int32_t>(n)}, nt = {static_cast<int32_t>(n),
+                                                                 static_cast<int32_t>(n)},
+                       cl = {0, 0};
+  DeviceBuffer<uint16_t> d_qkv = qserve::cuda::to_device(qkv);
+  DeviceBuffer<float> d_inv = qserve::cuda::to_device(inv), d_qo(static_cast<size_t>(T * kHq * kD));
+  DeviceBuffer<uint16_t> d_k(static_cast<size_t>(T * kHkv * kD)), d_v(static_cast<size_t>(T * kHkv * kD));
+  DeviceBuffer<uint8_t> d_kp(static_cast<size_t>(pages * pb)), d_vp(static_cast<size_t>(pages * pb));
+  d_kp.fill_bytes(0, nullptr);
+  d_vp.fill_bytes(0, nullptr);
+  DeviceBuffer<int32_t> d_off = qserve::cuda::to_device(off), d_nt = qserve::cuda::to_device(nt),
+                        d_cl = qserve::cuda::to_device(cl), d_bt = qserve::cuda::to_device(table);
+  qserve::cuda::PagedKvDevice c;
+  c.format = KvFormat::kv4;
+  c.kv_heads = kHkv;
+  c.head_dim = kD;
+  c.k_pool = d_kp.data();
+  c.v_pool = d_vp.data();
+  c.num_pages = pages;
+  qserve::cuda::VarlenBatchDevice b;
+  b.num_seqs = static_cast<int32_t>(S);
+  b.token_offset = d_off.data();
+  b.num_tokens = d_nt.data();
+  b.context_len = d_cl.data();
+  b.block_table = d_bt.data();
+  b.block_stride = static_cast<int32_t>(pps);
+  b.max_num_tokens = static_cast<int32_t>(n);
+  b.max_total_len = static_cast<int32_t>(n);
+  qserve::cuda::rope_kv_append_f16(d_qkv.data(), stride, b, kHq, kHkv, kD, d_inv.data(), c,
+                                   d_qo.data(), d_k.data(), d_v.data(), nullptr);
+  const std::vector<uint16_t> k = qserve::cuda::to_host(d_k), v = qserve::cuda::to_host(d_v);
+  const std::vector<uint8_t> kp = qserve::cuda::to_host(d_kp), vp = qserve::cuda::to_host(d_vp);
+  std::vector<uint8_t> wk(kp.size(), 0), wv(vp.size(), 0);
+  const auto layout = qserve::quant::make_kv_layout(qserve::quant::KvBits::k4, kHkv, kD);
+  std::vector<uint16_t> want_v(v.size());
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t s = t / n, pos = t % n;
+    const int64_t page = table[static_cast<size_t>(s * pps + pos / 64)];
+    qserve::quant::kv_page_write(layout, wk.data() + page * pb, pos % 64, k.data() + t * kHkv * kD);
+    qserve::quant::kv_page_write(layout, wv.data() + page * pb, pos % 64, v.data() + t * kHkv * kD);
+    for (int64_t e = 0; e < kHkv * kD; ++e) {
+      want_v[static_cast<size_t>(t * kHkv * kD + e)] =
+          qkv[static_cast<size_t>(t * stride + (kHq + kHkv) * kD + e)];
+    }
+  }
+  bool ok = report_exact("rope_kv_append kv4 K pages", kp, wk);
+  ok &= report_exact("rope_kv_append kv4 V pages", vp, wv);
+  ok &= report_exact("rope_kv_append v16", v, want_v);
+  return ok;
+}
+
+// ---- benchmarks ---------------------------------------------------------------------------
+void emit(json& results, const char* kernel, const std::string& shape, int64_t tokens,
+          const char* precision, double us, double bytes) {
+  const double tbps = bytes / (us * 1e-6) / 1e12;
+  std::printf("%-34s tokens=%-5lld %10.1f us %8.3f TB/s\n", kernel,
+              static_cast<long long>(tokens), us, tbps);
+  results.push_back(result(kernel, shape, tokens, 0, precision, us, "tbps", tbps, "qserve.cpp"));
+}
+
+// Bytes: residual fp32 read + write (8), delta fp16 read (2), q int8 written (1) per element;
+// gamma once; fp16 scale per row.
+void bench_norm(int64_t T, json& results) {
+  const int64_t cols = kHidden;
+  DeviceBuffer<float> res(static_cast<size_t>(T * cols)), g(static_cast<size_t>(cols));
+  DeviceBuffer<uint16_t> delta(static_cast<size_t>(T * cols)), s(static_cast<size_t>(T));
+  DeviceBuffer<int8_t> q(static_cast<size_t>(T * cols));
+  fill_f32_kernel<<<kFillGrid, kFillBlock>>>(res.data(), res.size(), 41, -1.0f, 1.0f);
+  fill_f32_kernel<<<kFillGrid, kFillBlock>>>(g.data(), g.size(), 42, 0.5f, 1.5f);
+  fill_f16_kernel<<<kFillGrid, kFillBlock>>>(delta.data(), delta.size(), 43, -1e-3f, 1e-3f);
+  qserve::cuda::check_launch("bench fill norm inputs");
+  qserve::cuda::NormQuantOut out;
+  out.q = q.data();
+  out.scale = s.data();
+  // The residual grows by at most 1e-3 per run: values stay in range over all runs.
+  const double us = time_us(
+      [&] {
+        qserve::cuda::add_residual_norm_quant_f16delta(res.data(), delta.data(), g.data(), 1e-5f, T,
+                                                       cols, qserve::quant::NormKind::kRmsNorm,
+                                                       out, nullptr);
+      },
+      3, g_iters);
+  const double bytes = static_cast<double>(T) * cols * (8 + 2 + 1) + cols * 4.0 + T * 2.0;
+  emit(results, "add_residual_rmsnorm_quant", "hidden=4096", T, "fp32-res,fp16-delta,int8-out",
+       us, bytes);
+}
+
+// Bytes: gate|up fp16 read (4 per output element), q int8 written (1); fp16 scale per row.
+void bench_silu(int64_t T, json& results) {
+  DeviceBuffer<uint16_t> gu(static_cast<size_t>(T * 2 * kInter)), s(static_cast<size_t>(T));
+  DeviceBuffer<int8_t> q(static_cast<size_t>(T * kInter));
+  fill_f16_kernel<<<kFillGrid, kFillBlock>>>(gu.data(), gu.size(), 51, -4.0f, 4.0f);
+  qserve::cuda::check_launch("bench fill silu inputs");
+  const double us = time_us(
+      [&] {
+        qserve::cuda::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), nullptr,
+                                         nullptr, nullptr);
+      },
+      3, g_iters);
+  const double bytes = static_cast<double>(T) * kInter * (4 + 1) + T * 2.0;
+  emit(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", us, bytes);
+}
+
+// Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)
+// and the KV4 page bytes (T * 8 * (64 + 4) * 2) written.
+void bench_rope(int64_t T, json& results) {
+  const int64_t n = 256, S = std::max<int64_t>(1, T / n), stride = (kHq + 2 * kHkv) * kD;
+  DeviceBuffer<uint16_t> qkv(static_cast<size_t>(T * stride));
+  fill_f16_kernel<<<kFillGrid, kFillBlock>>>(qkv.data(), qkv.size(), 61, -2.0f, 2.0f);
+  std::vector<float> inv(static_cast<size_t>(kD / 2));
+  for (int64_t i = 0; i < kD / 2; ++i) {
+    inv[static_cast<size_t>(i)] = static_cast<float>(std::pow(500000.0, -2.0 * i / kD));
+  }
+  DeviceBuffer<float> d_inv = qserve::cuda::to_device(inv), qo(static_cast<size_t>(T * kHq * kD));
+  DeviceBuffer<uint16_t> k(static_cast<size_t>(T * kHkv * kD)), v(static_cast<size_t>(T * kHkv * kD));
+  const int64_t pps = (n + 63) / 64, pages = S * pps;
+  const int64_t pb = qserve::cuda::kv_page_bytes(KvFormat::kv4, kHkv, kD);
+  DeviceBuffer<uint8_t> kp(static_cast<size_t>(pages * pb)), vp(static_cast<size_t>(pages * pb));
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::mt19937_64 rng(62);
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<int32_t> off(static_cast<size_t>(S)), nt(static_cast<size_t>(S), static_cast<int32_t>(n)),
+      cl(static_cast<size_t>(S), 0);
+  for (int64_t s = 0; s < S; ++s) off[static_cast<size_t>(s)] = static_cast<int32_t>(s * n);
+  DeviceBuffer<int32_t> d_off = qserve::cuda::to_device(off), d_nt = qserve::cuda::to_device(nt),
+                        d_cl = qserve::cuda::to_device(cl), d_bt = qserve::cuda::to_device(table);
+  qserve::cuda::PagedKvDevice c;
+  c.format = KvFormat::kv4;
+  c.kv_heads = kHkv;
+  c.head_dim = kD;
+  c.k_pool = kp.data();
+  c.v_pool = vp.data();
+  c.num_pages = pages;
+  qserve::cuda::VarlenBatchDevice b;
+  b.num_seqs = static_cast<int32_t>(S);
+  b.token_offset = d_off.data();
+  b.num_tokens = d_nt.data();
+  b.context_len = d_cl.data();
+  b.block_table = d_bt.data();
+  b.block_stride = static_cast<int32_t>(pps);
+  b.max_num_tokens = static_cast<int32_t>(n);
+  b.max_total_len = static_cast<int32_t>(n);
+  const double us = time_us(
+      [&] {
+        qserve::cuda::rope_kv_append_f16(qkv.data(), stride, b, kHq, kHkv, kD, d_inv.data(), c,
+                                         qo.data(), k.data(), v.data(), nullptr);
+      },
+      3, g_iters);
+  const double bytes = static_cast<double>(T) * (stride * 2.0 + kHq * kD * 4.0 +
+                                                 kHkv * kD * 2.0 * 2.0 + kHkv * (64.0 + 4.0) * 2.0);
+  emit(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", us, bytes);
+}
+
+std::string device_name() {
+  cudaDeviceProp prop{};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    return "unknown";
+  }
+  return prop.name;
+}
+
+std::string today() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool check = false;
+  std::string command;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--check") {
+      check = true;
+    } else if (a == "--iters" && i + 1 < argc) {
+      g_iters = std::max(30, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: %s [--check] [--json PATH] [--iters N>=30]\n", argv[0]);
+      return 2;
+    }
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::printf("FAIL no CUDA device visible\n");
+    return 1;
+  }
+  const auto t_start = std::chrono::steady_clock::now();
+  json results = json::array();
+  try {
+    results.push_back(copy_peer());
+  } catch (const std::exception& e) {
+    fail(std::string("memcpy_d2d: ") + e.what());
+  }
+  qserve::cuda::DeviceAllocator::global().trim();
+
+  struct Kernel {
+    const char* name;
+    bool (*check)();
+    void (*bench)(int64_t, json&);
+  };
+  const Kernel kernels[] = {{"add_residual_rmsnorm_quant", &check_norm, &bench_norm},
+                            {"silu_mul_quant", &check_silu, &bench_silu},
+                            {"rope_kv4_append", &check_rope, &bench_rope}};
+  for (const Kernel& k : kernels) {
+    bool ok = true;
+    if (check) {
+      try {
+        ok = k.check();
+      } catch (const std::exception& e) {
+        fail(std::string("check ") + k.name + ": " + e.what());
+        ok = false;
+      }
+    }
+    if (!ok) {
+      std::printf("SKIP %s: failed --check, not timed\n", k.name);
+      continue;
+    }
+    for (int64_t T : {256, 1024, 4096, 8192}) {
+      try {
+        k.bench(T, results);
+      } catch (const std::exception& e) {
+        fail(std::string(k.name) + " tokens=" + std::to_string(T) + ": " + e.what());
+      }
+      qserve::cuda::DeviceAllocator::global().trim();
+    }
+  }
+
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  std::printf("total %.1f s, %d failure(s)\n", secs, g_failures);
+  const json doc = {{"device", device_name()}, {"commit", QSERVE_GIT_COMMIT},
+                    {"date", today()},         {"command", command},
+                    {"results", results}};
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    if (!f) {
+      fail("cannot write " + json_path);
+    } else {
+      f << doc.dump(2) << "\n";
+      std::printf("wrote %s\n", json_path.c_str());
+    }
+  }
+  return g_failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,187 @@
+// The attention side of the ops contract on the GPU: RoPE + KV rounding + paged KV append,
+// decode and prefill attention over paged KV4/KV8/KV16 caches, logits gather and sampling.
+//
+// These are first, correct (not yet fast) kernels. Every function takes device pointers and a
+// stream, launches asynchronously and throws qserve::Error (naming the op and shape) when the
+// arguments are impossible or the launch fails. Nothing here synchronizes the host.
+//
+// Semantics follow the CPU specification exactly where it is integer/fp16 (KV page bytes) and
+// within the tolerances stated per function where it is fp32 (docs/numerics.md §4, §6):
+//   - model/paged_attention.cpp (quantized KV): a decode token attends to the dequantized pages
+//     for positions 0..p-1 and to its own fp16 K/V unquantized; a prefill chunk attends to the
+//     dequantized pages of its earlier context and to its own fp16 K/V unquantized.
+//   - backend/cpu attention (KV16): the same structure over an fp16 paged cache (the CPU keeps
+//     fp32; the GPU keeps fp16, so KV16 on the GPU equals the CPU fed fp16-rounded K/V).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace qserve::cuda {
+
+inline constexpr int64_t kKvPageTokensCuda = 64;  // tokens per page (QServe's block size)
+
+enum class KvFormat : int32_t { kv4 = 4, kv8 = 8, kv16 = 16 };
+
+// Bytes of one K (or V) page of one layer.
+//   KV4/KV8: QServe's layout, identical to quant::KvPageLayout::page_bytes() (quant/kv_cache.h):
+//            [H][64][DB] code bytes, then [H][64] fp16 scales, then [H][64] fp16 zeros.
+//   KV16:    our own layout: [H][64][D] fp16, element ((h * 64 + slot) * D + c); no scales.
+// H = kv_heads, D = head_dim, DB = D (KV8) or D / 2 (KV4). Throws on a non-positive or odd D.
+int64_t kv_page_bytes(KvFormat format, int64_t kv_heads, int64_t head_dim);
+
+// One layer's paged K and V pools, [num_pages, page_bytes] each (device). Token at position p
+// of sequence s lives in page block_table[s * block_stride + p / 64], slot p % 64, of both pools
+// (one page index for K and V, as quant::KvPagePool).
+struct PagedKvDevice {
+  KvFormat format = KvFormat::kv4;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  uint8_t* k_pool = nullptr;
+  uint8_t* v_pool = nullptr;
+  int64_t num_pages = 0;  // pages in each pool (not checked on the device)
+};
+
+// A varlen batch on the device, the GPU form of std::span<const SeqSpan> plus page tables.
+// All arrays are int32 on the device. Rows of [T, ...] activations belong to sequences through
+// token_offset/num_tokens; sequence s's new tokens sit at positions context_len[s] + j.
+// max_num_tokens and max_total_len are host-side bounds used only to size grids and workspace
+// (they must be >= the true maxima; larger is correct, just wasteful).
+struct VarlenBatchDevice {
+  int32_t num_seqs = 0;
+  const int32_t* token_offset = nullptr;  // [S] first row of sequence s in [T, ...]
+  const int32_t* num_tokens = nullptr;    // [S] new tokens this step
+  const int32_t* context_len = nullptr;   // [S] tokens already in the cache before this step
+  const int32_t* block_table = nullptr;   // [S, block_stride] page indices
+  int32_t block_stride = 0;
+  int32_t max_num_tokens = 0;  // >= max_s num_tokens[s]
+  int32_t max_total_len = 0;   // >= max_s context_len[s] + num_tokens[s]
+};
+
+// ---------------------------------------------------------------------------------------------
+// RoPE + fp16 rounding + paged KV append (rope_kv.cu)
+//
+// qkv: [T, qkv_stride] row-major (the fused QKV GEMM output; fp32 or fp16), with q at columns
+// [0, Hq*D), k at [Hq*D, (Hq+Hkv)*D), v at [(Hq+Hkv)*D, (Hq+2Hkv)*D). Each row's position is
+// context_len[s] + j (derived from the batch). inv_freq: device [D/2] fp32, exactly
+// cpu::rope_inv_freq(cfg) (the host owns llama3/linear scaling).
+// Writes:
+//   q_out [T, Hq, D] fp32   RoPE(q) (NeoX pairing, angle = fp32(pos) * inv_freq[i] in fp32,
+//                           x1*cos - x2*sin and x2*cos + x1*sin without FMA, as cpu::rope)
+//   k16   [T, Hkv, D] fp16  fp16_RN(RoPE(k))        (model/paged_attention.h round_to_fp16)
+//   v16   [T, Hkv, D] fp16  fp16_RN(v)
+//   cache pages at every new position: KV4/KV8 quantized exactly as quant::kv_page_write of
+//   (k16, v16) — same code bytes, same fp16 scale/zero bits; KV16: the k16/v16 values.
+//   With cache.k_pool == nullptr nothing is appended (plain RoPE + rounding).
+// Tolerances vs cpu::rope: cos/sin are computed in double and rounded to fp32 (glibc's cosf/sinf
+// may differ by 1 ulp), so q_out is within 2^-22 * (|x1| + |x2|) of the CPU; k16 equals the
+// CPU's fp16 rounding except where that 1-ulp difference crosses an fp16 rounding boundary
+// (rare; then 1 fp16 ulp). v16 and the page bytes of given k16/v16 are bit-exact.
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream);
+// The same with fp16 qkv (QServe's GEMMs emit fp16); values are widened exactly to fp32 first.
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Attention (attention_decode.cu, attention_prefill.cu)
+//
+// Common: q [T, Hq, D] fp32 (post-RoPE, q_out above); k16, v16 [T, Hkv, D] fp16 of this step's
+// tokens (k16/v16 above); out [T, Hq, D] fp32. GQA: query head h reads KV head h / (Hq/Hkv);
+// Hq/Hkv <= 16, D even and <= 256. Scores are fp32 dot products times fl32(1/sqrt(D)); softmax
+// in fp32 with max subtraction (online, per 64-key tile), P·V accumulated in fp32. Positions
+// < context_len[s] are read from the pages (dequantized exactly as quant::kv_page_read for
+// KV4/KV8); positions >= context_len[s] from k16/v16 (unquantized). window > 0: query at
+// position p sees only positions max(0, p - window + 1) .. p; window <= 0: all.
+// Tolerance vs the CPU reference on the same inputs (same pages, same fp16 k16/v16, same q):
+//   |out - ref| <= max|V| * (3e-5 + 2^-21 * B),  B = scale * D * max|q| * max|K|
+// (B bounds |score|; summation order and expf vs std::exp are the only differences).
+
+// Bytes of the split-KV workspace decode_attention needs.
+size_t decode_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim,
+                                        int64_t max_total_len);
+
+// Decode: every sequence of `batch` has exactly one new token (num_tokens[s] == 1, not read),
+// at row token_offset[s] and position context_len[s]; it attends to pages 0..context_len-1 and
+// its own k16/v16 row (quant::decode_attention_paged with cur_k/cur_v; with a window, the
+// windowed path of paged_attention_step, which reads the same K/V). Split-KV over 256-key
+// chunks combined in a second kernel; any context up to max_total_len.
+void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
+                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                      int64_t num_heads, int64_t window, float* out, void* workspace,
+                      size_t workspace_bytes, cudaStream_t stream);
+
+// Since issue 8 decode_attention dispatches to decode_attention_fast when
+// decode_attention_fast_supported() and q, k16, v16 and both pools are 16-byte aligned, and to
+// decode_attention_baseline (the first, reference kernel) otherwise. Same contract, same
+// workspace, same tolerance for both; the baseline stays callable as the oracle for tests and
+// benchmarks.
+void decode_attention_baseline(const float* q, const uint16_t* k16, const uint16_t* v16,
+                               const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                               int64_t num_heads, int64_t window, float* out, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream);
+
+// The fast decode kernel (attention_decode_fast.cu): KV4/KV8, head_dim 64 or 128,
+// Hq/Hkv in {1, 2, 4, 8}. One CTA per (sequence, KV head, KV split) shares every page read
+// across the GQA group; 16-byte loads; dequantization bit-identical to the baseline; fp32
+// online softmax; split-KV with a merge kernel. Throws on an unsupported geometry, on pointers
+// that are not 16-byte aligned, or on a workspace smaller than
+// decode_attention_workspace_bytes().
+bool decode_attention_fast_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                     int64_t head_dim);
+void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* v16,
+                           const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                           int64_t num_heads, int64_t window, float* out, void* workspace,
+                           size_t workspace_bytes, cudaStream_t stream);
+// Keys per split the fast kernel uses (a multiple of 64, at least 256) for a batch of
+// num_seqs sequences on a GPU with num_sms SMs. Exposed so tests can force several splits.
+int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads,
+                                         int64_t max_total_len, int64_t num_sms);
+
+// Prefill (varlen, causal; chunked prefill with cached context; also correct for decode rows):
+// token j of sequence s (row token_offset[s] + j, position context_len[s] + j) attends to
+// positions lo .. context_len[s] + j: cached ones from the pages, the chunk's own from
+// k16/v16 (quant::kv_gather + quant::attention_unquantized; cpu::attention for KV16).
+void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
+                       const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                       int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Logits gather and sampling (sampling.cu)
+
+// out[b, :] = logits[rows[b], :] for b < n (rows: device int32, e.g. the last row of each
+// sequence, token_offset + num_tokens - 1). logits [T, vocab] fp32, out [n, vocab] fp32.
+void gather_rows(const float* logits, const int32_t* rows, int64_t n, int64_t vocab, float* out,
+                 cudaStream_t stream);
+
+// out[b] = argmax of row b of logits [n, vocab]: the lowest id wins ties; NaN entries are
+// never picked (a row of NaNs gives 0) - exactly engine's argmax.
+void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
+                 cudaStream_t stream);
+
+// Per-row sampling with host-supplied randomness (reproducible and testable). Device arrays
+// [n]: temperature (0 = greedy, argmax_rows semantics), top_k (0 or >= vocab = off), top_p
+// ((0, 1], 1 = off), uniform (double in [0, 1)). The algorithm (defined exactly, so a CPU
+// implementation reproduces it bit for bit; NaN logits are never sampled):
+//   order:  candidates by logit descending, ties by lower id (engine's order);
+//   top-k:  keep the first k;
+//   weight: w_i = nearbyint(2^40 * exp(double(l_i - l_max) / double(T))) as uint64 (fp32
+//           subtraction first, as the engine); tokens with weight 0 (relative probability below
+//           2^-41) are never sampled; integer sums are exact, so order does not matter;
+//   top-p:  W = sum of kept weights; keep the shortest prefix whose weight C satisfies
+//           double(C) >= double(top_p) * double(W);
+//   sample: W' = weight of the kept prefix; r = min(uint64(u * double(W')), W' - 1); the token
+//           is the first in order whose prefix weight exceeds r.
+// The only inexact step is exp in double (GPU exp vs glibc, <= 1 ulp), which can change a
+// weight by 1 in 2^40 and the pick only when r lands on that unit.
+void sample_rows(const float* logits, int64_t n, int64_t vocab, const float* temperature,
+                 const int32_t* top_k, const float* top_p, const double* uniform, int32_t* out,
+                 cudaStream_t stream);
+
+}  // namespace qserve::cuda

@@ -1,0 +1,293 @@
+// Parity of the fused RoPE + fp16 rounding + paged KV append with the CPU path of the forward:
+// cpu::rope on q and k, round_to_fp16 on k and v, quant::kv_page_write into QServe's pages
+// (KV4/KV8) or our KV16 page layout ([page][head][64][D] fp16).
+//
+// Checks per case (fresh random inputs, outputs poisoned, pools pre-filled with random bytes):
+//  - q_out within 2^-21 * max|input| of cpu::rope (cos/sin: double on the GPU, glibc cosf/sinf
+//    on the CPU, <= 1 ulp apart; the products and sums are the same IEEE operations);
+//  - k16 within 1 fp16 ulp of the CPU's rounding, and equal on all but 0.1% of elements (a
+//    1-ulp fp32 difference crosses an fp16 rounding boundary only rarely);
+//  - v16 bit-exact (a plain fp16 rounding);
+//  - every byte of both pools bit-exact against the CPU quantizer applied to the GPU's k16/v16
+//    rows: the written slots, and every other byte left untouched (a guard page backs the
+//    positions before the step, which must never be written).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/cpu/ops_cpu.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/ops_cuda_attention.h"
+#include "core/half.h"
+#include "formats/hf_config.h"
+#include "parity/parity_main_util.h"
+#include "quant/kv_cache.h"
+
+namespace qserve {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::KvFormat;
+
+struct RopeCase {
+  std::string name;
+  int64_t hq, hkv, d;
+  std::vector<std::pair<int64_t, int64_t>> seqs;  // (context_len, num_tokens)
+  bool fp16_input = false;
+  float magnitude = 2.0f;  // normal stddev, or the uniform bound when `uniform`
+  bool uniform = false;
+  double theta = 10000.0;
+  bool llama3 = false;
+  bool append = true;
+  uint64_t seed = 1;
+};
+
+const char* fmt_name(KvFormat f) {
+  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
+}
+
+void run_case(const RopeCase& c, KvFormat fmt) {
+  parity::ParityRng rng(c.seed * 100 + static_cast<uint64_t>(fmt));
+  const int64_t S = static_cast<int64_t>(c.seqs.size());
+  const int64_t hq = c.hq, hkv = c.hkv, d = c.d, kvd = hkv * d;
+  const int64_t stride = (hq + 2 * hkv) * d + 16;  // padded rows: the stride is honoured
+
+  ModelConfig cfg;
+  cfg.head_dim = d;
+  cfg.rope_theta = c.theta;
+  if (c.llama3) {
+    cfg.rope_scaling.type = RopeScaling::Type::Llama3;
+    cfg.rope_scaling.factor = 8.0;
+    cfg.rope_scaling.low_freq_factor = 1.0;
+    cfg.rope_scaling.high_freq_factor = 4.0;
+    cfg.rope_scaling.original_max_position_embeddings = 8192;
+  }
+  const std::vector<float> inv_freq = cpu::rope_inv_freq(cfg);
+
+  // Rows, positions and page tables. Only the pages this step writes are real; table entries
+  // before the step point at a guard page (index 0) that must stay untouched.
+  int64_t T = 0, max_n = 0, max_total = 0, max_pages = 0;
+  std::vector<int64_t> positions;
+  for (const auto& [ctx, n] : c.seqs) {
+    for (int64_t j = 0; j < n; ++j) positions.push_back(ctx + j);
+    T += n;
+    max_n = std::max(max_n, n);
+    max_total = std::max(max_total, ctx + n);
+    max_pages = std::max(max_pages, (ctx + n + 63) / 64);
+  }
+  int64_t fresh = 0;
+  for (const auto& [ctx, n] : c.seqs) fresh += (ctx + n + 63) / 64 - ctx / 64;
+  const int64_t num_pages = fresh + 1;
+  std::vector<int32_t> free_pages(static_cast<size_t>(fresh));
+  std::iota(free_pages.begin(), free_pages.end(), 1);
+  std::shuffle(free_pages.begin(), free_pages.end(), rng.engine());
+  std::vector<int32_t> bt(static_cast<size_t>(S * max_pages), 0);
+  std::vector<int32_t> tok_off, ntok, ctxl;
+  size_t next = 0;
+  for (int64_t s = 0, row = 0; s < S; ++s) {
+    const auto [ctx, n] = c.seqs[static_cast<size_t>(s)];
+    for (int64_t p = ctx / 64; p < (ctx + n + 63) / 64; ++p) {
+      bt[static_cast<size_t>(s * max_pages + p)] = free_pages[next++];
+    }
+    tok_off.push_back(static_cast<int32_t>(row));
+    ntok.push_back(static_cast<int32_t>(n));
+    ctxl.push_back(static_cast<int32_t>(ctx));
+    row += n;
+  }
+
+  // Inputs.
+  const size_t nin = static_cast<size_t>(T * stride);
+  std::vector<float> qkv = c.uniform ? rng.uniform(nin, -c.magnitude, c.magnitude)
+                                     : rng.normal(nin, 0.0f, c.magnitude);
+  std::vector<uint16_t> qkv16(nin);
+  if (c.fp16_input) {
+    for (size_t i = 0; i < nin; ++i) {
+      qkv16[i] = float_to_fp16(qkv[i]);
+      qkv[i] = fp16_to_float(qkv16[i]);  // the CPU sees the fp16 values
+    }
+  }
+  const int64_t page_bytes = cuda::kv_page_bytes(fmt, hkv, d);
+  std::vector<uint8_t> k_pool0 =
+      rng.ints<uint8_t>(static_cast<size_t>(num_pages * page_bytes), 0, 255);
+  std::vector<uint8_t> v_pool0 =
+      rng.ints<uint8_t>(static_cast<size_t>(num_pages * page_bytes), 0, 255);
+
+  // CPU path of the forward.
+  std::vector<float> q(static_cast<size_t>(T * hq * d)), k(static_cast<size_t>(T * kvd)),
+      v(static_cast<size_t>(T * kvd));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* r = qkv.data() + t * stride;
+    std::copy(r, r + hq * d, q.begin() + t * hq * d);
+    std::copy(r + hq * d, r + hq * d + kvd, k.begin() + t * kvd);
+    std::copy(r + hq * d + kvd, r + hq * d + 2 * kvd, v.begin() + t * kvd);
+  }
+  float in_max = 0.0f;
+  for (float x : q) in_max = std::max(in_max, std::fabs(x));
+  for (float x : k) in_max = std::max(in_max, std::fabs(x));
+  cpu::rope(q.data(), positions.data(), T, hq, d, inv_freq);
+  cpu::rope(k.data(), positions.data(), T, hkv, d, inv_freq);
+  std::vector<uint16_t> k16_cpu(k.size()), v16_cpu(v.size());
+  for (size_t i = 0; i < k.size(); ++i) k16_cpu[i] = float_to_fp16(k[i]);
+  for (size_t i = 0; i < v.size(); ++i) v16_cpu[i] = float_to_fp16(v[i]);
+
+  // GPU.
+  DeviceBuffer<int32_t> d_off = cuda::to_device(tok_off), d_n = cuda::to_device(ntok),
+                        d_ctx = cuda::to_device(ctxl), d_bt = cuda::to_device(bt);
+  DeviceBuffer<float> d_inv = cuda::to_device(inv_freq);
+  DeviceBuffer<uint8_t> d_kp = cuda::to_device(k_pool0), d_vp = cuda::to_device(v_pool0);
+  DeviceBuffer<float> d_q(static_cast<size_t>(T * hq * d));
+  DeviceBuffer<uint16_t> d_k16(static_cast<size_t>(T * kvd)), d_v16(static_cast<size_t>(T * kvd));
+  parity::poison(d_q.data(), d_q.bytes());
+  parity::poison(d_k16.data(), d_k16.bytes());
+  parity::poison(d_v16.data(), d_v16.bytes());
+
+  cuda::PagedKvDevice kv;
+  kv.format = fmt;
+  kv.kv_heads = static_cast<int32_t>(hkv);
+  kv.head_dim = static_cast<int32_t>(d);
+  kv.k_pool = c.append ? d_kp.data() : nullptr;
+  kv.v_pool = c.append ? d_vp.data() : nullptr;
+  kv.num_pages = num_pages;
+  cuda::VarlenBatchDevice b;
+  b.num_seqs = static_cast<int32_t>(S);
+  b.token_offset = d_off.data();
+  b.num_tokens = d_n.data();
+  b.context_len = d_ctx.data();
+  b.block_table = d_bt.data();
+  b.block_stride = static_cast<int32_t>(max_pages);
+  b.max_num_tokens = static_cast<int32_t>(max_n);
+  b.max_total_len = static_cast<int32_t>(max_total);
+
+  if (c.fp16_input) {
+    DeviceBuffer<uint16_t> d_in = cuda::to_device(qkv16);
+    cuda::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), kv, d_q.data(),
+                             d_k16.data(), d_v16.data(), nullptr);
+    ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  } else {
+    DeviceBuffer<float> d_in = cuda::to_device(qkv);
+    cuda::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), kv, d_q.data(),
+                         d_k16.data(), d_v16.data(), nullptr);
+    ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  }
+  const std::vector<float> q_gpu = cuda::to_host(d_q);
+  const std::vector<uint16_t> k16_gpu = cuda::to_host(d_k16), v16_gpu = cuda::to_host(d_v16);
+
+  const std::string tag = std::string(fmt_name(fmt)) + (c.fp16_input ? "_f16in" : "_f32in");
+  const std::string shape =
+      c.name + ":" +
+      parity::shape_str({{"S", S}, {"T", T}, {"Hq", hq}, {"Hkv", hkv}, {"D", d},
+                         {"max_total", max_total}});
+
+  const double q_tol = std::ldexp(static_cast<double>(in_max), -21);
+  const parity::ParityResult rq =
+      parity::compare_close("rope_q_" + tag, shape, q_gpu, q, q_tol, 0.0);
+  EXPECT_PARITY(rq, "rope_q", shape);
+
+  const parity::ParityResult rk = parity::compare_close(
+      "rope_k16_" + tag, shape, parity::fp16_to_float_vec(k16_gpu),
+      parity::fp16_to_float_vec(k16_cpu), std::ldexp(1.0, -24), std::ldexp(1.0, -10));
+  EXPECT_PARITY(rk, "rope_k16", shape);
+  int64_t k_diff = 0;
+  for (size_t i = 0; i < k16_gpu.size(); ++i) k_diff += k16_gpu[i] != k16_cpu[i];
+  EXPECT_LE(k_diff, static_cast<int64_t>(k16_gpu.size() / 1000) + 1)
+      << shape << ": too many k16 elements differ from the CPU rounding";
+
+  const parity::ParityResult rv = parity::compare_exact("v16_" + tag, shape, v16_gpu, v16_cpu);
+  EXPECT_PARITY(rv, "v16", shape);
+
+  if (!c.append) return;
+  // Expected pools: the initial bytes plus the CPU's quantization of the GPU's fp16 rows.
+  std::vector<uint8_t> k_want = k_pool0, v_want = v_pool0;
+  const quant::KvPageLayout layout = quant::make_kv_layout(
+      fmt == KvFormat::kv4 ? quant::KvBits::k4 : quant::KvBits::k8, hkv, d);
+  if (fmt != KvFormat::kv16) {
+    ASSERT_EQ(layout.page_bytes(), page_bytes);
+  }
+  for (int64_t s = 0, row = 0; s < S; ++s) {
+    const auto [ctx, n] = c.seqs[static_cast<size_t>(s)];
+    for (int64_t j = 0; j < n; ++j, ++row) {
+      const int64_t pos = ctx + j, slot = pos % 64;
+      const int64_t page = bt[static_cast<size_t>(s * max_pages + pos / 64)];
+      uint8_t* kp = k_want.data() + page * page_bytes;
+      uint8_t* vp = v_want.data() + page * page_bytes;
+      const uint16_t* kr = k16_gpu.data() + row * kvd;
+      const uint16_t* vr = v16_gpu.data() + row * kvd;
+      if (fmt == KvFormat::kv16) {
+        for (int64_t h = 0; h < hkv; ++h) {
+          std::memcpy(kp + 2 * (h * 64 + slot) * d, kr + h * d, static_cast<size_t>(2 * d));
+          std::memcpy(vp + 2 * (h * 64 + slot) * d, vr + h * d, static_cast<size_t>(2 * d));
+        }
+      } else {
+        quant::kv_page_write(layout, kp, slot, kr);
+        quant::kv_page_write(layout, vp, slot, vr);
+      }
+    }
+  }
+  const std::vector<uint8_t> k_got = cuda::to_host(d_kp), v_got = cuda::to_host(d_vp);
+  const parity::ParityResult pk =
+      parity::compare_exact("kv_append_k_pages_" + tag, shape, k_got, k_want);
+  EXPECT_PARITY(pk, "kv_append_k_pages", shape);
+  const parity::ParityResult pv =
+      parity::compare_exact("kv_append_v_pages_" + tag, shape, v_got, v_want);
+  EXPECT_PARITY(pv, "kv_append_v_pages", shape);
+}
+
+const KvFormat kFormats[] = {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16};
+
+TEST(ParityRopeKv, Llama3Geometry) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  // Llama-3.1-8B: 32 q heads, 8 KV heads, head_dim 128, theta 5e5 with llama3 scaling; prompts
+  // of odd lengths, chunks that cross page boundaries, a decode deep into a sequence.
+  RopeCase c{"llama3-8b", 32, 8, 128,
+             {{0, 1}, {0, 63}, {1, 65}, {64, 64}, {1000, 1}, {5, 130}, {70000, 2}}};
+  c.theta = 500000.0;
+  c.llama3 = true;
+  for (KvFormat f : kFormats) run_case(c, f);
+}
+
+TEST(ParityRopeKv, HeadDim64Fp16Input) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  RopeCase c{"hd64-mha", 8, 8, 64, {{0, 100}, {63, 2}, {127, 1}}};
+  c.fp16_input = true;
+  c.seed = 2;
+  for (KvFormat f : kFormats) run_case(c, f);
+  RopeCase g{"hd64-gqa", 14, 2, 64, {{3, 61}, {200, 1}}};
+  g.seed = 3;
+  for (KvFormat f : kFormats) run_case(g, f);
+}
+
+TEST(ParityRopeKv, LargeMagnitudes) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  // |x| up to 4.5e4: the rotated values reach 6.4e4, just inside fp16's range (65504), so the
+  // KV ranges (up to ~1.3e5) and scales are as large as real fp16 K/V allow.
+  RopeCase c{"large", 8, 2, 128, {{0, 70}, {64, 1}}};
+  c.uniform = true;
+  c.magnitude = 4.5e4f;
+  c.seed = 4;
+  for (KvFormat f : kFormats) run_case(c, f);
+  c.fp16_input = true;
+  c.seed = 5;
+  for (KvFormat f : kFormats) run_case(c, f);
+}
+
+TEST(ParityRopeKv, TinyRangesAndNoAppend) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  // Small values: KV4/KV8 scales land in fp16's subnormal range, where codes can wrap (KV4).
+  RopeCase tiny{"tiny", 8, 2, 128, {{0, 40}, {10, 3}}};
+  tiny.magnitude = 2e-5f;
+  tiny.seed = 6;
+  for (KvFormat f : kFormats) run_case(tiny, f);
+  RopeCase plain{"no-append", 32, 8, 128, {{0, 17}, {90, 1}}};
+  plain.append = false;
+  plain.seed = 7;
+  run_case(plain, KvFormat::kv4);
+}
+
+}  // namespace
+}  // namespace qserve
