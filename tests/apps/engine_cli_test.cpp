@@ -141,4 +141,16 @@ TEST(EngineCli, BenchStaticAndIfbWriteResults) {
   EXPECT_NE(env.out.find("batch 5,"), std::string::npos) << env.out;
 }
 
+TEST(EngineCli, DeviceCudaWithoutAGpuIsAClearError) {
+  RunResult r = qserve("generate --model " + kDoc + " --prompt hi --max-tokens 2 --device cuda");
+  // On a machine with a GPU (and a CUDA build) this simply runs; elsewhere it must say why not.
+  if (r.code != 0) {
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("--device cuda:"), std::string::npos) << r.out;
+  }
+  RunResult bad = qserve("generate --model " + kDoc + " --prompt hi --device tpu");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("--device"), std::string::npos) << bad.out;
+}
+
 }  // namespace
