@@ -1,5 +1,5 @@
-// Attention benchmark: decode over the paged KV4/KV8 cache (the fast kernel and the baseline
-// reference kernel) and prefill (whatever the current kernel does), at Llama-3-8B geometry
+// Attention benchmark: decode over the paged KV4/KV8 cache (the tensor-core kernel, the fast
+// CUDA-core kernel and the baseline reference kernel) and prefill (whatever the current kernel does), at Llama-3-8B geometry
 // (32 query heads, 8 KV heads, head_dim 128), beside the device-to-device copy bandwidth.
 //
 //   build/bench_attention [--check] [--json bench/results/FILE.json] [--iters N]
@@ -9,8 +9,9 @@
 // the fp32 output written) over the median time. Prefill reports TFLOP/s with the causal FLOPs
 // counted once (4 * D per visible (query head, key) pair). Timing: CUDA events around each run,
 // median of >= 30 runs after warm-up; inputs are random and non-zero (valid fp16 scales).
-// --check first compares the fast decode kernel with the baseline kernel on small cases
-// (several splits, one split, a sliding window, head_dim 64); a kernel that fails is not timed,
+// --check first compares the tensor-core and the fast decode kernels with the baseline kernel
+// on small cases (several splits, one split, a sliding window, head_dim 64, odd groups for the
+// tensor-core kernel); a kernel that fails is not timed,
 // so a wrong kernel cannot be reported as fast. Every failure prints one "FAIL ..." line and
 // the benchmark continues with the next case.
 #include <cuda_fp16.h>
@@ -261,16 +262,16 @@ struct DecodeProblem {
   }
 };
 
-// Fast vs baseline on one problem; true when every element is within twice the documented
-// tolerance (each is within it of the CPU reference) and finite.
-bool check_decode(const std::string& name, KvFormat fmt, int64_t hq, int64_t hkv, int64_t d,
-                  std::vector<int32_t> ctx, int64_t window) {
+// A kernel vs the baseline on one problem; true when every element is within twice the
+// documented tolerance (each is within it of the CPU reference) and finite.
+bool check_decode(const std::string& kernel, DecodeFn fn, const std::string& name, KvFormat fmt,
+                  int64_t hq, int64_t hkv, int64_t d, std::vector<int32_t> ctx, int64_t window) {
   DecodeProblem p(fmt, hq, hkv, d, std::move(ctx), 1234);
   const size_t n = static_cast<size_t>(p.S * hq * d);
   DeviceBuffer<float> got(n), want(n);
   got.fill_bytes(0xFF, nullptr);  // NaN: an unwritten element fails
   want.fill_bytes(0xFF, nullptr);
-  p.run(&qserve::cuda::decode_attention_fast, got.data(), window);
+  p.run(fn, got.data(), window);
   p.run(&qserve::cuda::decode_attention_baseline, want.data(), window);
   const std::vector<float> g = qserve::cuda::to_host(got), w = qserve::cuda::to_host(want);
   // |K|, |V| <= 0.02 * 255 (KV8) or 0.02 * 15 (KV4), or 1 (the fp16 current token); |q| <= 1.
@@ -287,45 +288,49 @@ bool check_decode(const std::string& name, KvFormat fmt, int64_t hq, int64_t hkv
     if (std::isfinite(e)) max_err = std::max(max_err, e);
   }
   const bool ok = bad == 0;
-  std::printf("CHECK decode_attention_fast_%s %-22s vs baseline: max_abs_err=%.3g tol=%.3g %s\n",
+  std::printf("CHECK %s_%s %-22s vs baseline: max_abs_err=%.3g tol=%.3g %s\n", kernel.c_str(),
               fmt_name(fmt), name.c_str(), max_err, tol, ok ? "PASS" : "FAIL");
   if (!ok) {
-    fail("check decode_attention_fast_" + std::string(fmt_name(fmt)) + " " + name + ": " +
+    fail("check " + kernel + "_" + std::string(fmt_name(fmt)) + " " + name + ": " +
          std::to_string(bad) + " bad elements, first " + std::to_string(first) + " got " +
          std::to_string(g[first]) + " want " + std::to_string(w[first]));
   }
   return ok;
 }
 
-bool run_checks(KvFormat fmt) {
+bool run_checks(KvFormat fmt, const std::string& kernel, DecodeFn fn, bool odd_groups) {
   bool ok = true;
   try {
     // Several splits, contexts around page boundaries, the empty context.
-    ok &= check_decode("mixed-ctx", fmt, 32, 8, 128, {0, 1, 63, 64, 65, 1000, 3001}, 0);
+    ok &= check_decode(kernel, fn, "mixed-ctx", fmt, 32, 8, 128, {0, 1, 63, 64, 65, 1000, 3001},
+                       0);
     // Many sequences: one split, the CTA normalizes itself.
     std::vector<int32_t> many(512);
     for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<int32_t>((i * 37) % 256);
-    ok &= check_decode("one-split", fmt, 32, 8, 128, many, 0);
+    ok &= check_decode(kernel, fn, "one-split", fmt, 32, 8, 128, many, 0);
     // Sliding window: tiles start off page boundaries.
-    ok &= check_decode("window100", fmt, 32, 8, 128, {50, 100, 101, 700, 2000}, 100);
+    ok &= check_decode(kernel, fn, "window100", fmt, 32, 8, 128, {50, 100, 101, 700, 2000}, 100);
     // head_dim 64, group 8.
-    ok &= check_decode("hd64-g8", fmt, 16, 2, 64, {5, 127, 2049}, 0);
+    ok &= check_decode(kernel, fn, "hd64-g8", fmt, 16, 2, 64, {5, 127, 2049}, 0);
+    // Odd groups (3 at head_dim 128, 7 at 64): only the tensor-core kernel takes them.
+    if (odd_groups) {
+      ok &= check_decode(kernel, fn, "hd128-g3", fmt, 12, 4, 128, {1, 64, 999}, 0);
+      ok &= check_decode(kernel, fn, "hd64-g7", fmt, 14, 2, 64, {2, 65, 1500}, 0);
+    }
   } catch (const std::exception& e) {
-    fail(std::string("check decode ") + fmt_name(fmt) + ": " + e.what());
+    fail("check " + kernel + " " + fmt_name(fmt) + ": " + e.what());
     ok = false;
   }
   return ok;
 }
 
-void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, bool fast, json& results) {
-  const std::string kernel = fast ? "decode_attention_fast" : "decode_attention_baseline";
+void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, const std::string& kernel, DecodeFn fn,
+                  json& results) {
   const std::string shape = "Hq=32,Hkv=8,D=128";
   try {
     DecodeProblem p(fmt, 32, 8, 128, std::vector<int32_t>(static_cast<size_t>(S),
                                                          static_cast<int32_t>(ctx)), 99);
     DeviceBuffer<float> out(static_cast<size_t>(S * 32 * 128));
-    const DecodeFn fn = fast ? &qserve::cuda::decode_attention_fast
-                             : &qserve::cuda::decode_attention_baseline;
     const double us = time_us([&] { p.run(fn, out.data(), 0); }, 3, g_iters);
     const double tbps = p.bytes() / (us * 1e-6) / 1e12;
     std::printf("%-34s batch=%-4lld ctx=%-6lld %10.1f us %8.3f TB/s\n",
@@ -450,13 +455,27 @@ int main(int argc, char** argv) {
   qserve::cuda::DeviceAllocator::global().trim();
 
   for (KvFormat fmt : {KvFormat::kv4, KvFormat::kv8}) {
-    const bool fast_ok = !check || run_checks(fmt);
+    const bool tc_ok =
+        !check || run_checks(fmt, "decode_attention_tc", &qserve::cuda::decode_attention_tc, true);
+    if (!tc_ok) {
+      std::printf("SKIP decode_attention_tc_%s: failed --check, not timed\n", fmt_name(fmt));
+    }
+    const bool fast_ok = !check || run_checks(fmt, "decode_attention_fast",
+                                              &qserve::cuda::decode_attention_fast, false);
     if (!fast_ok) {
       std::printf("SKIP decode_attention_fast_%s: failed --check, not timed\n", fmt_name(fmt));
     }
     for (const auto& [S, ctx] : {std::pair<int64_t, int64_t>{256, 1536}, {32, 8192}}) {
-      if (fast_ok) bench_decode(fmt, S, ctx, true, results);
-      bench_decode(fmt, S, ctx, false, results);
+      if (tc_ok) {
+        bench_decode(fmt, S, ctx, "decode_attention_tc", &qserve::cuda::decode_attention_tc,
+                     results);
+      }
+      if (fast_ok) {
+        bench_decode(fmt, S, ctx, "decode_attention_fast", &qserve::cuda::decode_attention_fast,
+                     results);
+      }
+      bench_decode(fmt, S, ctx, "decode_attention_baseline",
+                   &qserve::cuda::decode_attention_baseline, results);
     }
   }
   bench_prefill(4, 4096, results);

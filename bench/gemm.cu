@@ -21,8 +21,9 @@
 // so a fast wrong kernel cannot be reported.
 //
 // Reported: µs (median), TOP/s = 2·M·N·K / t, TB/s = nominal bytes of the format's weights +
-// activations (+ their scales) / t — W4 counts 0.5 byte per weight (today's simple W4 kernels read
-// the unpacked 1-byte-per-code layout, so their real traffic is higher), outputs are not counted
+// activations (+ their scales) / t — W4 counts 0.5 byte per weight (the small-M W4 kernel reads
+// exactly that packed layout; the large-M W4 paths read 1-byte codes / expanded int8 weights and
+// the simple fallback 1-byte codes, so their real traffic is higher), outputs are not counted
 // — and, for our kernels, the speed ratio peer_µs / our_µs to each cuBLASLt peer (> 1: ours is
 // faster). JSON (--json): {device, commit, date, command, settings, results: [flat objects]}.
 #include <cublasLt.h>
@@ -53,6 +54,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/gemm_w4a8_fast.h"
 #include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
 #include "core/error.h"
@@ -367,8 +369,15 @@ struct Operands {
   mutable DeviceBuffer<uint16_t> y16;  // fp16 / bf16
   mutable DeviceBuffer<int32_t> y32;   // int32
 
-  qserve::cuda::W4PerChannelView w4pc() const { return {n, k, q4.data(), s1.data(), szero.data()}; }
-  qserve::cuda::W4G128View w4g() const { return {n, k, q4.data(), g_s1.data(), s2.data(), z2.data()}; }
+  DeviceBuffer<uint8_t> q4_packed;     // the small-M kernel's layout of q4 (w4a8_pack_codes)
+  DeviceBuffer<int8_t> g_w8;           // g128 expanded int8 weights (what upload() caches)
+
+  qserve::cuda::W4PerChannelView w4pc() const {
+    return {n, k, q4.data(), s1.data(), szero.data(), q4_packed.data()};
+  }
+  qserve::cuda::W4G128View w4g() const {
+    return {n, k, q4.data(), g_s1.data(), s2.data(), z2.data(), q4_packed.data(), g_w8.data()};
+  }
   qserve::cuda::W8PerChannelView w8v() const { return {n, k, w8.data(), dq.data()}; }
 };
 
@@ -410,6 +419,15 @@ Operands make_operands(int64_t n, int64_t k, int64_t max_m, uint64_t seed) {
   fill(o.x_fp8.data(), mk, seed + 15, Fill::kFp8Signed);
   o.y16 = DeviceBuffer<uint16_t>(static_cast<size_t>(max_m * n));
   o.y32 = DeviceBuffer<int32_t>(static_cast<size_t>(max_m * n));
+  // The fast W4A8 paths' layouts, made as upload() makes them (gemm_w4a8_fast.h).
+  if (qserve::cuda::w4a8_packable(n, k)) {
+    o.q4_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(nk / 2));
+    qserve::cuda::w4a8_pack_codes(o.q4.data(), n, k, o.q4_packed.data(), nullptr);
+  }
+  if (k % qserve::quant::kGroupSize == 0) {
+    o.g_w8 = DeviceBuffer<int8_t>(static_cast<size_t>(nk));
+    qserve::cuda::w4a8_g128_expand(o.w4g(), o.g_w8.data(), nullptr);
+  }
   QSERVE_CUDA_CHECK(cudaDeviceSynchronize(), "bench operands");
   return o;
 }
@@ -444,7 +462,12 @@ void run_ours(Ours kind, const Operands& o, int64_t m, uint16_t* y, cudaStream_t
 
 // Which implementation gemm_w8a8 runs for these operands (for the report).
 std::string ours_path(Ours kind, const Operands& o, int64_t m) {
-  if (kind != Ours::kW8A8) return "simple_dp4a";
+  if (kind == Ours::kW4PerChannel)
+    return qserve::cuda::gemm_w4a8_per_channel_path(o.aq.data(), o.a_scale.data(),
+                                                    o.a_sum.data(), m, o.w4pc(), o.y16.data());
+  if (kind == Ours::kW4G128)
+    return qserve::cuda::gemm_w4a8_g128_path(o.aq.data(), o.a_scale.data(), m, o.w4g(),
+                                             o.y16.data());
   if (qserve::cuda::w8a8_sm90_applicable(o.aq.data(), o.a_scale.data(), m, o.w8v(), o.y16.data()))
     return qserve::cuda::w8a8_sm90_variant_name(qserve::cuda::w8a8_sm90_choose(m));
   return "simple_dp4a";

@@ -22,9 +22,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::optional<WeightPrecision> detect(const TorchCheckpoint& ck) {
+std::optional<WeightPrecision> detect(const std::vector<std::string>& names) {
   bool qweight = false, szeros = false, s2 = false, dequant = false;
-  for (const std::string& n : ck.names()) {
+  for (const std::string& n : names) {
     qweight |= ends_with(n, ".qweight");
     szeros |= ends_with(n, ".s1_szeros");
     s2 |= ends_with(n, ".s2_scales");
@@ -225,6 +225,14 @@ std::optional<WeightPrecision> our_checkpoint_precision(
   throw Error("quantized checkpoint: unknown scheme '" + sc->second + "'");
 }
 
+namespace {
+bool has_safetensors(const std::string& dir) {
+  const std::filesystem::path d(dir);
+  return std::filesystem::is_regular_file(d / kOurFile) ||
+         std::filesystem::is_regular_file(d / "model.safetensors.index.json");
+}
+}  // namespace
+
 std::optional<WeightPrecision> detect_qserve_checkpoint(const std::string& dir) {
   const std::filesystem::path st = std::filesystem::path(dir) / kOurFile;
   if (std::filesystem::is_regular_file(st)) {
@@ -232,8 +240,17 @@ std::optional<WeightPrecision> detect_qserve_checkpoint(const std::string& dir) 
     if (wp) return wp;
   }
   const std::filesystem::path bin = std::filesystem::path(dir) / kBin;
-  if (!std::filesystem::is_regular_file(bin)) return std::nullopt;
-  return detect(TorchCheckpoint::open(bin.string()));
+  if (std::filesystem::is_regular_file(bin)) return detect(TorchCheckpoint::open(bin.string()).names());
+  // A zoo checkpoint stored as safetensors (single file or sharded with an index).
+  // Unreadable safetensors are left to the ordinary loader, whose errors name the problem.
+  if (has_safetensors(dir)) {
+    try {
+      return detect(SafetensorsCheckpoint::open_dir(dir).names());
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
 }
 
 namespace {
@@ -310,8 +327,19 @@ std::unique_ptr<LlamaModel> load_qserve_checkpoint(const std::string& dir,
     }
   }
   const std::string bin = (std::filesystem::path(dir) / kBin).string();
+  if (!std::filesystem::is_regular_file(bin) && has_safetensors(dir)) {
+    // Zoo tensors (QServe names, no metadata of ours) in model.safetensors or shards.
+    auto sc = std::make_shared<SafetensorsCheckpoint>(SafetensorsCheckpoint::open_dir(dir));
+    const std::optional<WeightPrecision> found = detect(sc->names());
+    if (!found) {
+      throw Error(sc->source() + ": no QServe quantized tensors (.qweight / .dequant_scale)");
+    }
+    Tensors t{[sc](const std::string& n) { return sc->has(n); },
+              [sc](const std::string& n) { return sc->get(n); }};
+    return load_from(dir, sc->source(), t, *found, opts);
+  }
   auto ck = std::make_shared<TorchCheckpoint>(TorchCheckpoint::open(bin));
-  const std::optional<WeightPrecision> found = detect(*ck);
+  const std::optional<WeightPrecision> found = detect(ck->names());
   if (!found) throw Error(bin + ": no QServe quantized tensors (.qweight / .dequant_scale)");
   Tensors t{[ck](const std::string& n) { return ck->has(n); },
             [ck](const std::string& n) { return ck->get(n); }};

@@ -32,7 +32,7 @@ from model import LINEARS, Config, QuantOpts, build_fp, build_from_zoo  # noqa: 
 
 SCHEMES = ("per-channel", "g128")
 ALT_SUFFIX = {"asum": "asum-zero", "quantized": "fakequant-zero"}
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 def log(*a):
@@ -365,6 +365,12 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (forward passes only)")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--kv-bits", default="4,8", help="comma list of KV bit widths for reference logits")
+    ap.add_argument("--numerics", choices=["qserve", "fp32"], default="qserve",
+                    help="qserve (default): QServe's fp16 rounding points between kernels (model.py docstring); "
+                         "fp32: generator version 1 (fp32 between kernels; not matchable, see docs)")
+    ap.add_argument("--fp16-stream", action="store_true",
+                    help="also keep the residual stream, attention output and own K/V in fp16 as QServe does "
+                         "(our CPU engine keeps them fp32)")
     ap.add_argument("--pc-zero", choices=["asum", "quantized"], default="asum",
                     help="per-channel zero term: sum of un-quantised activations (QServe kernel) or of the "
                          "dequantised int8 activations (pure fake quant)")
@@ -461,7 +467,8 @@ def main():
             zoo = torch.load(zoo_paths[scheme], map_location="cpu", weights_only=True)
             if not args.skip_ablations:
                 for tag, aq, kvb in (("w4a16", False, None), ("w4a8", True, None)):
-                    m = build_from_zoo(cfg, zoo, scheme, device, QuantOpts(kv_bits=kvb), act_quant=aq,
+                    m = build_from_zoo(cfg, zoo, scheme, device, QuantOpts(kv_bits=kvb, numerics=args.numerics,
+                                                                         fp16_stream=args.fp16_stream), act_quant=aq,
                                        pc_zero=args.pc_zero)
                     manifest["sanity"][f"{scheme}_{tag}_vs_fp"] = compare(m.forward(ids.to(device)), fp_logits)
             runs = [(kvb, args.pc_zero, "") for kvb in kv_list]
@@ -469,7 +476,8 @@ def main():
                 alt = "quantized" if args.pc_zero == "asum" else "asum"
                 runs.append((4, alt, "_" + ALT_SUFFIX[alt]))
             for kvb, pc_zero, suffix in runs:
-                qo = QuantOpts(kv_bits=kvb, kv4_wrap=not args.no_kv4_wrap)
+                qo = QuantOpts(kv_bits=kvb, kv4_wrap=not args.no_kv4_wrap, numerics=args.numerics,
+                               fp16_stream=args.fp16_stream)
                 m = build_from_zoo(cfg, zoo, scheme, device, qo, act_quant=True, pc_zero=pc_zero)
                 lq, hq = m.forward(ids.to(device), return_hidden=True)
                 lq, hq = lq.cpu(), hq.cpu()
@@ -499,6 +507,12 @@ def main():
                              if kvb == 4 else "")
                           + "; position t attends to dequantised K/V of positions < t and to its own "
                             "un-quantised K/V; queries not quantised",
+                    "numerics": ("qserve: linear outputs fp16 (GEMM epilogue, per-channel fma), fused true-RMSNorm"
+                                 " + quant (amax of the fp16 row, block-reduction order, fp16 a_sum of fp16"
+                                 " thread sums), standalone quant a_sum = fp16(block sum), SiLU and SiLU*up fp16,"
+                                 " K/V fp16 into the KV quantiser and fp16 dequantised; residual, attention"
+                                 " output and own K/V " + ("fp16" if args.fp16_stream else "fp32"))
+                                if args.numerics == "qserve" else "fp32 between kernels (generator version 1)",
                     "kv_stats": stats,
                     "sanity_vs_fp": s_all,
                     "noise_floor": floor,

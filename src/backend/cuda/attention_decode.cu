@@ -115,14 +115,25 @@ size_t decode_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int
   return static_cast<size_t>(num_seqs * num_heads * splits * (head_dim + 2)) * sizeof(float);
 }
 
-// Dispatch: the fast kernel (attention_decode_fast.cu) where it supports the geometry and the
-// pointers are 16-byte aligned; the reference kernel below otherwise. Both compute the same
+// Dispatch: the tensor-core kernel (attention_decode_tc.cu), then the fast kernel
+// (attention_decode_fast.cu), where they support the geometry and the pointers are 16-byte
+// aligned; the reference kernel below otherwise. All compute the same
 // function within the documented tolerance (tests/parity/parity_attention*_test.cpp).
 void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                       const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                       int64_t num_heads, int64_t window, float* out, void* workspace,
                       size_t workspace_bytes, cudaStream_t stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  const bool all_aligned = aligned(q) && aligned(k16) && aligned(v16) && aligned(cache.k_pool) &&
+                           aligned(cache.v_pool);
+  // Tensor-core kernel first (attention_decode_tc.cu, issue 8); the CUDA-core fast kernel
+  // remains the fallback for what it alone supports, the baseline for everything else.
+  if (all_aligned &&
+      decode_attention_tc_supported(cache.format, num_heads, cache.kv_heads, cache.head_dim)) {
+    decode_attention_tc(q, k16, v16, cache, batch, num_heads, window, out, workspace,
+                        workspace_bytes, stream);
+    return;
+  }
   if (decode_attention_fast_supported(cache.format, num_heads, cache.kv_heads, cache.head_dim) &&
       aligned(q) && aligned(k16) && aligned(v16) && aligned(cache.k_pool) &&
       aligned(cache.v_pool)) {

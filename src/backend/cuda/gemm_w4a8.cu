@@ -2,16 +2,25 @@
 // accumulators of a dp4a tiled GEMM (gemm_int8_common.cuh) followed by QServe's fp16 epilogue
 // written with correctly rounded fp32 intrinsics in the reference's order.
 //
-// Weights are read in the natural layout of quant/weights.h (one code per byte). The g128
+// Dispatch (acc_out == null only; acc_out keeps the simple kernels, which are the parity
+// reference): small M -> the packed mma kernel, large M -> the CUTLASS sm90 kernels
+// (gemm_w4a8_fast.h); whatever does not apply falls back to the simple kernels below.
+//
+// The simple kernels read the natural layout of quant/weights.h (one code per byte). The g128
 // weight bytes are produced on the fly as the reference's g128_int8_row does:
 //   w8 = int8((Q * s2 + uint8(s2_zero)) mod 256), per byte (carries dropped, like __vadd4).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gemm_int8_common.cuh"
+#include "backend/cuda/gemm_w4a8_epilogue.cuh"
+#include "backend/cuda/gemm_w4a8_fast.h"
+#include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
 #include "quant/weights.h"
@@ -20,8 +29,6 @@ namespace qserve::cuda {
 
 namespace {
 
-using detail::f2h;
-using detail::h2f;
 
 // ---- weight sources ----
 
@@ -62,45 +69,8 @@ struct W4G128Src {
   }
 };
 
-// ---- epilogues ----
-
-struct PerChannelEpi {
-  const uint16_t* a_scale;
-  const uint16_t* a_sum;
-  const uint16_t* s1;
-  const uint16_t* s1_szeros;
-  const uint16_t* bias;
-  uint16_t* y;
-  int32_t* acc_out;
-  int64_t n_total;
-  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
-    const int64_t o = m * n_total + n;
-    if (acc_out != nullptr) acc_out[o] = acc;
-    // fma(a_scale, float(acc) * s1, -(s1_szero * a_sum)), both products rounded first.
-    const float scaled_acc = __fmul_rn(__int2float_rn(acc), h2f(s1[n]));
-    const float zero_term = __fmul_rn(h2f(s1_szeros[n]), h2f(a_sum[m]));
-    __half v = __float2half_rn(__fmaf_rn(h2f(a_scale[m]), scaled_acc, -zero_term));
-    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
-    y[o] = __half_as_ushort(v);
-  }
-};
-
-struct G128Epi {
-  const uint16_t* a_scale;
-  const uint16_t* s1;
-  const uint16_t* bias;
-  uint16_t* y;
-  int32_t* acc_out;
-  int64_t n_total;
-  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
-    const int64_t o = m * n_total + n;
-    if (acc_out != nullptr) acc_out[o] = acc;
-    const float scale = __fmul_rn(h2f(s1[n]), h2f(a_scale[m]));
-    __half v = __float2half_rn(__fmul_rn(__int2float_rn(acc), scale));
-    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
-    y[o] = __half_as_ushort(v);
-  }
-};
+using PerChannelEpi = detail::W4PerChannelEpi;
+using G128Epi = detail::W4G128Epi;
 
 std::string shape(int64_t m, int64_t n, int64_t k) {
   return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
@@ -121,13 +91,83 @@ bool aligned4(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 4 == 0;
 }
 
+// Grow-only per-device workspace for g128 weights expanded per call (views without w8).
+// Growing synchronizes the device first, so no in-flight kernel still uses the old block; warm
+// the shapes up before capturing a CUDA graph.
+int8_t* expand_workspace(size_t bytes, int device) {
+  static std::mutex mu;
+  static auto* buffers = new std::unordered_map<int, DeviceBuffer<int8_t>>();  // never freed
+  std::lock_guard<std::mutex> lock(mu);
+  DeviceBuffer<int8_t>& b = (*buffers)[device];
+  if (b.size() < bytes) {
+    cuda_check(cudaDeviceSynchronize(), "gemm_w4a8_g128 expand workspace",
+               "bytes=" + std::to_string(bytes));
+    b = DeviceBuffer<int8_t>(bytes);
+  }
+  return b.data();
+}
+
+// Large-M g128: the W8A8 sm90 kernel on w8 with s1 as the per-channel scale. Its epilogue,
+// fp16(float(acc) * (s1 * a_scale)), is the g128 epilogue exactly (one fp32 product of the two
+// scales, commutative, then one product with float(acc)). False when the sm90 kernel does not
+// apply (nothing launched, except possibly the per-call expansion).
+bool g128_large_m(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
+                  uint16_t* y, cudaStream_t stream) {
+  const int8_t* w8 = w.w8;
+  W8PerChannelView v{w.n, w.k, w8, w.s1_scales};
+  if (w8 == nullptr) {
+    // Check with a stand-in 16-byte-aligned pointer before allocating and expanding.
+    v.w = reinterpret_cast<const int8_t*>(uintptr_t{256});
+    if (!w8a8_sm90_applicable(aq, a_scale, m, v, y)) return false;
+    int device = 0;
+    cuda_check(cudaGetDevice(&device), "gemm_w4a8_g128");
+    int8_t* ws = expand_workspace(static_cast<size_t>(w.n * w.k), device);
+    w4a8_g128_expand(w, ws, stream);
+    v.w = ws;
+  }
+  return gemm_w8a8_sm90(aq, a_scale, m, v, y, stream, W8A8Sm90Variant::kAuto);
+}
+
 }  // namespace
 
+const char* gemm_w4a8_per_channel_path(const int8_t* aq, const uint16_t* a_scale,
+                                       const uint16_t* a_sum, int64_t m,
+                                       const W4PerChannelView& w, const uint16_t* y) {
+  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr && w4a8_packable(w.n, w.k) &&
+      reinterpret_cast<uintptr_t>(aq) % 16 == 0)
+    return "small_m_mma_packed";
+  if (m > kW4A8SmallMMax && w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y))
+    return "sm90_wgmma_evt";
+  return "simple_dp4a";
+}
+
+const char* gemm_w4a8_g128_path(const int8_t* aq, const uint16_t* a_scale, int64_t m,
+                                const W4G128View& w, const uint16_t* y) {
+  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr && w4a8_packable(w.n, w.k) &&
+      reinterpret_cast<uintptr_t>(aq) % 16 == 0)
+    return "small_m_mma_packed";
+  if (m > kW4A8SmallMMax) {
+    const W8PerChannelView v{w.n, w.k,
+                             w.w8 != nullptr ? w.w8 : reinterpret_cast<const int8_t*>(uintptr_t{256}),
+                             w.s1_scales};
+    if (w8a8_sm90_applicable(aq, a_scale, m, v, y))
+      return w.w8 != nullptr ? "expand+sm90_w8a8" : "expand_per_call+sm90_w8a8";
+  }
+  return "simple_dp4a";
+}
+
 W4PerChannelView W4PerChannelOnDevice::view() const {
-  return {n, k, q.data(), s1_scales.data(), s1_szeros.data()};
+  return {n, k, q.data(), s1_scales.data(), s1_szeros.data(), q_packed.data()};
 }
 W4G128View W4G128OnDevice::view() const {
-  return {n, k, q.data(), s1_scales.data(), s2_scales.data(), s2_zeros.data()};
+  return {n,
+          k,
+          q.data(),
+          s1_scales.data(),
+          s2_scales.data(),
+          s2_zeros.data(),
+          q_packed.data(),
+          w8.data()};
 }
 
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {
@@ -137,6 +177,11 @@ W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {
   d.q = to_device(w.q, stream);
   d.s1_scales = to_device(w.s1_scales, stream);
   d.s1_szeros = to_device(w.s1_szeros, stream);
+  if (w4a8_packable(w.n, w.k)) {  // the small-M kernel's layout
+    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(w.n * w.k / 2));
+    w4a8_pack_codes(d.q.data(), w.n, w.k, d.q_packed.data(), stream);
+  }
+  cuda_check(cudaStreamSynchronize(stream), "upload(W4PerChannel)");
   return d;
 }
 
@@ -148,6 +193,15 @@ W4G128OnDevice upload(const quant::W4G128& w, cudaStream_t stream) {
   d.s1_scales = to_device(w.s1_scales, stream);
   d.s2_scales = to_device(w.s2_scales, stream);
   d.s2_zeros = to_device(w.s2_zeros, stream);
+  if (w4a8_packable(w.n, w.k)) {  // the small-M kernel's layout
+    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(w.n * w.k / 2));
+    w4a8_pack_codes(d.q.data(), w.n, w.k, d.q_packed.data(), stream);
+  }
+  if (w.k % quant::kGroupSize == 0) {  // the large-M path's int8 weights, expanded once here
+    d.w8 = DeviceBuffer<int8_t>(static_cast<size_t>(w.n * w.k));
+    w4a8_g128_expand(d.view(), d.w8.data(), stream);
+  }
+  cuda_check(cudaStreamSynchronize(stream), "upload(W4G128)");
   return d;
 }
 
@@ -160,6 +214,15 @@ void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint
   check(w.q != nullptr && w.s1_scales != nullptr && w.s1_szeros != nullptr && y != nullptr,
         std::string(op) + ": null weight or output pointer");
   if (m == 0) return;
+  if (acc_out == nullptr) {
+    if (m <= kW4A8SmallMMax &&
+        gemm_w4a8_per_channel_small_m(aq, a_scale, a_sum, m, w, bias, y, stream))
+      return;
+    if (m > kW4A8SmallMMax && gemm_w4a8_per_channel_sm90(aq, a_scale, a_sum, m, w, y, stream)) {
+      w4a8_add_bias(y, bias, m, w.n, stream);
+      return;
+    }
+  }
   const W4CodesSrc src{w.q, w.k};
   const PerChannelEpi epi{a_scale, a_sum, w.s1_scales, w.s1_szeros, bias, y, acc_out, w.n};
   detail::launch_int8_gemm(aq, m, w.n, w.k, src, aligned4(w.q), epi, stream);
@@ -176,6 +239,13 @@ void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
             w.s2_zeros != nullptr && y != nullptr,
         std::string(op) + ": null weight or output pointer");
   if (m == 0) return;
+  if (acc_out == nullptr) {
+    if (m <= kW4A8SmallMMax && gemm_w4a8_g128_small_m(aq, a_scale, m, w, bias, y, stream)) return;
+    if (m > kW4A8SmallMMax && g128_large_m(aq, a_scale, m, w, y, stream)) {
+      w4a8_add_bias(y, bias, m, w.n, stream);
+      return;
+    }
+  }
   const W4G128Src src{w.q, w.s2_scales, w.s2_zeros, w.k, w.k / quant::kGroupSize};
   const G128Epi epi{a_scale, w.s1_scales, bias, y, acc_out, w.n};
   detail::launch_int8_gemm(aq, m, w.n, w.k, src, aligned4(w.q), epi, stream);

@@ -113,7 +113,9 @@ void silu_mul_f32(const float* gate_up, int64_t rows, int64_t inter, float* out,
 // Quantized GEMMs (gemm_w4a8.cu, gemm_w8a8.cu), quant/gemm_w4a8.h and quant/gemm_w8a8.h
 // ---------------------------------------------------------------------------------------------
 // Weights are in the natural layout of quant/weights.h (one 4-bit code per byte, [N, K]); the
-// fast kernels of a later issue will bring their own packed layout. aq is int8 [m, k] row-major
+// W4 views may also carry the fast kernels' layouts (q_packed, w8; gemm_w4a8_fast.h), which
+// upload() makes. The W4A8 calls dispatch to the fast kernels when those are present and
+// applicable and acc_out is null; otherwise the simple dp4a kernels (the reference path) run. aq is int8 [m, k] row-major
 // with fp16 per-token scales (and sums). y: fp16 [m, n]. acc_out: optional int32 [m, n], the
 // exact integer accumulators (for tests and debugging; pass null normally).
 // Accumulators: bit-exact (exact int32 sums, the CPU's range check applies). y: bit-exact
@@ -125,6 +127,9 @@ struct W4PerChannelView {
   const uint8_t* q = nullptr;           // [n, k] codes 0..15
   const uint16_t* s1_scales = nullptr;  // fp16 [n]
   const uint16_t* s1_szeros = nullptr;  // fp16 [n]
+  // Optional fast-path layouts (gemm_w4a8_fast.h), made by upload(); null = not available, and
+  // the dispatch then uses the paths that read q only.
+  const uint8_t* q_packed = nullptr;    // 2 codes per byte, mma-fragment order (small M)
 };
 struct W4G128View {
   int64_t n = 0, k = 0;                 // k % 128 == 0
@@ -132,6 +137,10 @@ struct W4G128View {
   const uint16_t* s1_scales = nullptr;  // fp16 [n]
   const int8_t* s2_scales = nullptr;    // [n, k/128]
   const int8_t* s2_zeros = nullptr;     // [n, k/128]
+  // Optional fast-path layouts (gemm_w4a8_fast.h), made by upload(); null = not available.
+  const uint8_t* q_packed = nullptr;    // 2 codes per byte, mma-fragment order (small M)
+  const int8_t* w8 = nullptr;           // [n, k] the expanded int8 weights (large M); when null
+                                        // the large-M path expands them per call
 };
 struct W8PerChannelView {
   int64_t n = 0, k = 0;
@@ -144,6 +153,7 @@ struct W4PerChannelOnDevice {
   int64_t n = 0, k = 0;
   DeviceBuffer<uint8_t> q;
   DeviceBuffer<uint16_t> s1_scales, s1_szeros;
+  DeviceBuffer<uint8_t> q_packed;  // fast small-M layout (empty when the shape does not qualify)
   W4PerChannelView view() const;
 };
 struct W4G128OnDevice {
@@ -151,6 +161,8 @@ struct W4G128OnDevice {
   DeviceBuffer<uint8_t> q;
   DeviceBuffer<uint16_t> s1_scales;
   DeviceBuffer<int8_t> s2_scales, s2_zeros;
+  DeviceBuffer<uint8_t> q_packed;  // fast small-M layout (empty when the shape does not qualify)
+  DeviceBuffer<int8_t> w8;         // expanded int8 weights for the large-M path (n*k bytes)
   W4G128View view() const;
 };
 struct W8PerChannelOnDevice {

@@ -144,6 +144,24 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
 int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads,
                                          int64_t max_total_len, int64_t num_sms);
 
+// The tensor-core decode kernel (attention_decode_tc.cu): KV4/KV8, head_dim 64 or 128,
+// Hq/Hkv in 1..8. Q.K^T and P.V on mma.sync m16n8k16 (fp16 operands, fp32 accumulate): the
+// dequantized K/V are the reference's fp16 values bit for bit; q and P are scaled by powers of
+// two and split into fp16 hi + lo parts (rows 0..7 / 8..15 of the MMA's A operand), so the
+// result stays within the same documented tolerance. cp.async-pipelined page streaming per
+// warp, split-KV with a merge kernel. Since issue 8 decode_attention dispatches here first
+// (when supported and 16-byte aligned). Same contract, workspace and throws as
+// decode_attention_fast.
+bool decode_attention_tc_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                   int64_t head_dim);
+void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v16,
+                         const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                         int64_t num_heads, int64_t window, float* out, void* workspace,
+                         size_t workspace_bytes, cudaStream_t stream);
+// Keys per split the tensor-core kernel uses (a multiple of 64, at least 256).
+int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads,
+                                       int64_t max_total_len, int64_t num_sms);
+
 // Prefill (varlen, causal; chunked prefill with cached context; also correct for decode rows):
 // token j of sequence s (row token_offset[s] + j, position context_len[s] + j) attends to
 // positions lo .. context_len[s] + j: cached ones from the pages, the chunk's own from

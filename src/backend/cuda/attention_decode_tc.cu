@@ -1,0 +1,666 @@
+// Tensor-core decode attention over paged KV4/KV8 caches (head_dim 64/128, GQA group 1..8).
+//
+// Why a new kernel: attention_decode_fast.cu runs at ~0.68 TB/s (KV4) and ~1.2 TB/s (KV8) on
+// the H200 with nearly the same time for both formats, i.e. it is bound by instruction issue /
+// shared-memory traffic of its fp32 CUDA-core dots (G x D FMAs per key, each fed by shared
+// loads), not by HBM. This kernel moves both products to mma.sync m16n8k16 (fp16 in, fp32
+// accumulate) while keeping fp32-level accuracy:
+//
+//  - Exact operands. Dequantized K/V values are fp16 by definition (attention_kv_device.cuh:
+//    KV4 = one fp16 HFMA, KV8 = fp16_RN of an fp32 expression), computed here with exactly the
+//    same operations, so the tensor-core B operands are the reference's values bit for bit.
+//  - hi/lo split of the fp32 side. q is scaled by a power of two 2^e (max|q| -> [2^14, 2^15),
+//    exact) and split as q = hi + lo, hi = fp16(q), lo = fp16(q - hi) (q - hi is exact in fp32),
+//    leaving a relative residual of ~2^-22 — below the fp32 summation error the documented
+//    tolerance already covers. P (in [0, 1]) is scaled by 2^15 and split the same way. The
+//    products hi*K, lo*K are exact in fp32; only the tensor core's accumulation order/rounding
+//    differs from a sequential fp32 sum (same order of error, covered by the 2^-21*B term).
+//  - The split rides in the M dimension: the A operand's rows 0..7 are the hi parts of the G
+//    query heads, rows 8..15 the lo parts, so one m16n8k16 computes both and a thread finds
+//    hi and lo of the same (head, key) in its own c0/c2 (c1/c3) registers: score = c0 + c2.
+//  - The S accumulator layout is the P.V A-operand layout (FlashAttention-2's trick), because
+//    the key order inside each 16-key step is permuted consistently: the S n-tile loader of
+//    n-index j reads physical key 4(j/2) + (j%2) + 2*ntile, so a thread's C values are the
+//    P values for keys 4t..4t+3, which is exactly the key set its P.V B operand (V) holds.
+//    Channel orders are permuted the same way on both sides of each dot (q vs K: the
+//    "kdim" map below; V vs the output: each thread owns D/8 contiguous channels of a row).
+//  - Memory: each warp streams its own 32-key blocks (page-aligned, so never straddling a
+//    page) through a private cp.async ring of kStages stages (K payload, V payload, and the
+//    64-byte fp16 scale/zero runs of both), so many KiB per SM are in flight without
+//    registers and without CTA barriers in the main loop; shared memory is read with 16/8-byte
+//    loads straight into the fragment layout.
+//  - Masking: blocks are aligned to 32 positions; positions outside [k_lo, min(k_hi, ctx))
+//    get scale = zero = 0 (their dequantized K/V are exactly 0, never NaN from stale bytes)
+//    and score -inf. The current token (position ctx, fp16 k16/v16, unquantized) is applied
+//    after the in-CTA merge as one more fp32 online-softmax step, exactly as the reference.
+//  - Split-KV and merge as attention_decode_fast.cu (log-sum-exp partials in the same
+//    workspace layout, split sizes multiples of 64 and >= 256 keys).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "backend/cuda/attention_kv_device.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/ops_cuda_attention.h"
+#include "core/error.h"
+
+namespace qserve::cuda {
+
+namespace {
+
+using attn::first_key;
+using attn::kPage;
+using attn::PageGeom;
+
+constexpr int kTcThreads = 128;  // 4 warps, each an independent key stream
+constexpr int kTcWarps = kTcThreads / 32;
+constexpr int kBlk = 32;         // keys per warp step (half a page; never straddles a page)
+constexpr int kMinSplitKeys = 256;
+constexpr float kPScale = 32768.0f;  // 2^15: P in [0,1] -> fp16 hi/lo without subnormal loss
+constexpr float kPInv = 1.0f / 32768.0f;
+
+template <KvFormat F, int D>
+struct TcGeom {
+  static constexpr int RB = F == KvFormat::kv4 ? D / 2 : D;  // payload bytes per key
+  static constexpr int kStages = F == KvFormat::kv4 ? 4 : 3;
+  static constexpr int kPayload = kBlk * RB;                 // bytes of K (or V) per block
+  static constexpr int kStageBytes = 2 * kPayload + 4 * 64;  // + K s, K z, V s, V z (64 B each)
+  static constexpr int kRingBytes = kTcWarps * kStages * kStageBytes;
+  static constexpr int kKWords = RB / 16;  // 32-bit words of K a thread reads per key
+  static constexpr int kVWords = RB / 32;  // 32-bit words of V a thread reads per key
+  static constexpr int kChunks = D / 16;   // k-chunks of the S mma
+  static constexpr int kNTiles = D / 8;    // n-tiles of the P.V mma
+  // Merge scratch (aliases the ring after the loop): per warp, 8 heads x (D + 2) floats.
+  static constexpr int kMergeBytes = kTcWarps * 8 * (D + 2) * 4;
+  static constexpr int kSmemBytes =
+      (kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes) + 8 * D * 4 + 64;
+  static_assert(kKWords >= 2 && kVWords >= 1, "tile mapping");
+};
+
+struct TcArgs {
+  const float* q;
+  const uint16_t* k16;
+  const uint16_t* v16;
+  const uint8_t* k_pool;
+  const uint8_t* v_pool;
+  PageGeom geom;
+  const int32_t* token_offset;
+  const int32_t* context_len;
+  const int32_t* block_table;
+  int32_t block_stride;
+  int num_heads;
+  int group;
+  int window;
+  int split_keys;
+  int splits;
+  float scale;
+  float* out;
+  float* part_o;   // [S, Hq, splits, D]
+  float* part_ml;  // [S, Hq, splits, 2]
+};
+
+__device__ __forceinline__ uint32_t h2u(__half2 h) {
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+__device__ __forceinline__ __half2 u2h(uint32_t u) {
+  __half2 h;
+  memcpy(&h, &u, 4);
+  return h;
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// KV4: codes (nibble i, nibble 4+i) of word w as exact fp16 pairs, then HFMA(q, s, Z) per lane
+// exactly as kv_pair<kv4> (one fp16 rounding). (1024 + q) - 1024 is exact in fp16.
+__device__ __forceinline__ uint32_t kv4_deq(uint32_t w, int i, __half2 s2, __half2 z2) {
+  const uint32_t codes = ((w >> (4 * i)) & 0x000f000fu) | 0x64006400u;
+  const __half2 q = __hsub2(u2h(codes), u2h(0x64006400u));
+  return h2u(__hfma2(q, s2, z2));
+}
+// KV8: fp16_RN(s * (q - z)) with correctly rounded fp32 steps (kv_pair<kv8>); the byte is
+// widened exactly through the 2^23 magic (full-rate ALU instead of I2F).
+__device__ __forceinline__ float kv8_val(uint32_t w, int byte, float s, float z) {
+  const float q =
+      __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + byte)), 8388608.0f);
+  return __fmul_rn(s, __fsub_rn(q, z));
+}
+
+// Relative channel (within a thread's D/4-channel slice) of A slot j (0: a0, 1: a1, 2: a4,
+// 3: a5) of k-chunk c: must match how the K B operand is extracted below.
+template <KvFormat F>
+__device__ __forceinline__ int kdim(int c, int j) {
+  if constexpr (F == KvFormat::kv4) {
+    // b0b1 = kv4_deq(word c/2, 2(c&1)) = channels (i, i+4); b2b3 = the next i.
+    // j = 0..3 -> 0, 4, 1, 5
+    return 8 * (c >> 1) + 2 * (c & 1) + 4 * (j & 1) + (j >> 1);
+  } else {
+    return 4 * c + j;  // word c = channels 4c..4c+3 in byte order
+  }
+}
+
+template <int NW>
+__device__ __forceinline__ void lds_words(uint32_t (&w)[NW], const uint8_t* p) {
+  if constexpr (NW % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < NW / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (NW == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+    static_assert(NW == 1, "word count");
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+
+template <KvFormat F, int D>
+__global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
+  using Geo = TcGeom<F, D>;
+  constexpr int RB = Geo::RB, NS = Geo::kStages;
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* q_s = reinterpret_cast<float*>(smem + Geo::kSmemBytes - 8 * D * 4 - 64);
+  float* misc = q_s + 8 * D;  // [0]: max|q| scratch, [8..15]: current-token scores
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  const int G = a.group;
+  const int ctx = a.context_len[seq];
+  const int lo = first_key(ctx, a.window);
+  const int k_lo = lo + split * a.split_keys;
+  const int k_hi = min(ctx + 1, k_lo + a.split_keys);
+  if (k_lo >= k_hi) return;  // unused split; the merge does not read it
+  const int kend = min(k_hi, ctx);  // cached keys of this split: [k_lo, kend)
+  const int64_t q_row = a.token_offset[seq];
+  const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
+  const int64_t pb = a.geom.page_bytes;
+
+  // ---- q: stage in shared memory, max|q|, power-of-two scale, hi/lo A fragments ----------
+  const float* qg = a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D;
+  float qmax = 0.0f;
+  for (int i = tid; i < G * D; i += kTcThreads) {
+    const float v = qg[i];
+    q_s[i] = v;
+    qmax = fmaxf(qmax, fabsf(v));
+  }
+  for (int o = 16; o > 0; o >>= 1) qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
+  if (tid == 0) misc[0] = 0.0f;
+  __syncthreads();
+  if (lane == 0) atomicMax(reinterpret_cast<int*>(misc), __float_as_int(qmax));  // >= 0 floats
+  __syncthreads();
+  qmax = misc[0];
+  // 2^e maps max|q| into [2^14, 2^15): hi/lo stay normal fp16, q*K stays far below fp32 max.
+  int e = 0;
+  if (qmax > 0.0f && isfinite(qmax)) {
+    int ex = 0;
+    (void)frexpf(qmax, &ex);  // qmax = f * 2^ex, f in [0.5, 1)
+    e = min(max(15 - ex, -120), 120);
+  }
+  const float q_mul = scalbnf(1.0f, e);
+  // score = (acc * 2^-e) * scale: the first product is exact (a power of two), the second is
+  // the reference's __fmul_rn(dot, scale).
+  const float q_unscale = scalbnf(1.0f, -e);
+
+  uint32_t qa[Geo::kChunks][4];
+#pragma unroll
+  for (int c = 0; c < Geo::kChunks; ++c) {
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = g < G ? __fmul_rn(q_s[g * D + (D / 4) * t + kdim<F>(c, j)], q_mul) : 0.0f;
+    }
+    __half hi[4], lo16[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      hi[j] = __float2half_rn(v[j]);
+      lo16[j] = __float2half_rn(__fsub_rn(v[j], __half2float(hi[j])));
+    }
+    qa[c][0] = h2u(__halves2half2(hi[0], hi[1]));      // row g,   k 2t, 2t+1
+    qa[c][1] = h2u(__halves2half2(lo16[0], lo16[1]));  // row g+8, k 2t, 2t+1
+    qa[c][2] = h2u(__halves2half2(hi[2], hi[3]));      // row g,   k 2t+8, 2t+9
+    qa[c][3] = h2u(__halves2half2(lo16[2], lo16[3]));  // row g+8, k 2t+8, 2t+9
+  }
+
+  // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
+  uint8_t* ring = smem + warp * NS * Geo::kStageBytes;
+  const int b_first = k_lo / kBlk;
+  const int b_last = kend > k_lo ? (kend - 1) / kBlk : b_first - 1;
+  const int nblk_total = b_last - b_first + 1;
+  const int nblk = nblk_total > warp ? (nblk_total - warp + kTcWarps - 1) / kTcWarps : 0;
+  const int64_t data_off = a.geom.data_offset(kvh, 0);
+  const int64_t scale_off = a.geom.scale_offset(kvh, 0);
+  const int64_t zero_off = a.geom.zero_offset(kvh, 0);
+
+  auto issue = [&](int i) {
+    if (i < nblk) {
+      const int b = b_first + warp + i * kTcWarps;
+      const int pos0 = b * kBlk;
+      const int64_t page = bt[pos0 / kPage];
+      const int slot0 = pos0 % kPage;
+      uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
+      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
+#pragma unroll
+      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
+        cp_async16(st + c * 16, kb + c * 16);
+        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
+      }
+      if (lane < 16) {
+        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
+        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
+        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
+        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
+      }
+    }
+    cp_async_commit();  // always, so group counting stays uniform
+  };
+
+  float o[Geo::kNTiles][4];
+#pragma unroll
+  for (int j = 0; j < Geo::kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m_run = -INFINITY, l_part = 0.0f;  // head g; l_part is this thread's share
+
+#pragma unroll
+  for (int i = 0; i < NS - 1; ++i) issue(i);
+
+  for (int i = 0; i < nblk; ++i) {
+    cp_async_wait<NS - 2>();
+    __syncwarp();  // block i visible to all lanes; all lanes done with block i-1's stage
+    issue(i + NS - 1);
+    const uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+    const uint16_t* sz = reinterpret_cast<const uint16_t*>(st + 2 * Geo::kPayload);
+    const int pos0 = (b_first + warp + i * kTcWarps) * kBlk;
+
+    // -- S = q K^T: 2 sub-blocks x 2 n-tiles of 8 keys --
+    float sc[2][2][4];
+#pragma unroll
+    for (int sb = 0; sb < 2; ++sb) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int kk = 16 * sb + 4 * (g >> 1) + (g & 1) + 2 * nt;  // this lane's B key
+        const int pos = pos0 + kk;
+        const bool valid = pos >= k_lo && pos < kend;
+        uint32_t w[Geo::kKWords];
+        lds_words<Geo::kKWords>(w, st + kk * RB + t * (RB / 4));
+        float(&c)[4] = sc[sb][nt];
+        c[0] = c[1] = c[2] = c[3] = 0.0f;
+        if constexpr (F == KvFormat::kv4) {
+          const uint16_t sbits = valid ? sz[kk] : uint16_t{0};
+          const uint16_t zbits = valid ? sz[32 + kk] : uint16_t{0};
+          const float s = attn::h2f(sbits), z = attn::h2f(zbits);
+          const __half s16 = __ushort_as_half(sbits);
+          const __half zt = __float2half_rn(-__fmul_rn(s, z));
+          const __half2 s2 = __halves2half2(s16, s16), z2 = __halves2half2(zt, zt);
+#pragma unroll
+          for (int ch = 0; ch < Geo::kChunks; ++ch) {
+            const uint32_t wd = w[ch >> 1];
+            mma16816(c, qa[ch], kv4_deq(wd, 2 * (ch & 1), s2, z2),
+                     kv4_deq(wd, 2 * (ch & 1) + 1, s2, z2));
+          }
+        } else {
+          const float s = valid ? attn::h2f(sz[kk]) : 0.0f;
+          const float z = valid ? attn::h2f(sz[32 + kk]) : 0.0f;
+#pragma unroll
+          for (int ch = 0; ch < Geo::kChunks; ++ch) {
+            const uint32_t wd = w[ch];
+            const uint32_t b0 = h2u(__floats2half2_rn(kv8_val(wd, 0, s, z), kv8_val(wd, 1, s, z)));
+            const uint32_t b1 = h2u(__floats2half2_rn(kv8_val(wd, 2, s, z), kv8_val(wd, 3, s, z)));
+            mma16816(c, qa[ch], b0, b1);
+          }
+        }
+      }
+    }
+
+    // -- scores of head g for keys 16sb + 4t + 2nt + u; online softmax (fp32) --
+    float p[2][2][2];
+    float bmax = -INFINITY;
+#pragma unroll
+    for (int sb = 0; sb < 2; ++sb) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int pos = pos0 + 16 * sb + 4 * t + 2 * nt + u;
+          const float acc = sc[sb][nt][u] + sc[sb][nt][2 + u];  // hi + lo rows
+          const float s = __fmul_rn(__fmul_rn(acc, q_unscale), a.scale);
+          p[sb][nt][u] = (pos >= k_lo && pos < kend) ? s : -INFINITY;
+          bmax = fmaxf(bmax, p[sb][nt][u]);
+        }
+      }
+    }
+    bmax = fmaxf(bmax, __shfl_xor_sync(0xffffffffu, bmax, 1));
+    bmax = fmaxf(bmax, __shfl_xor_sync(0xffffffffu, bmax, 2));
+    const float m_new = fmaxf(m_run, bmax);
+    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
+    m_run = m_new;
+    float psum = 0.0f;
+#pragma unroll
+    for (int sb = 0; sb < 2; ++sb) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const float s = p[sb][nt][u];
+          const float e = s == -INFINITY ? 0.0f : expf(s - m_new);
+          p[sb][nt][u] = e;
+          psum += e;
+        }
+      }
+    }
+    l_part = l_part * alpha + psum;
+#pragma unroll
+    for (int j = 0; j < Geo::kNTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) o[j][r] *= alpha;
+    }
+
+    // -- O += P V: per 16-key sub-block one k-step; A rows g = hi(P'), g+8 = lo(P') --
+#pragma unroll
+    for (int sb = 0; sb < 2; ++sb) {
+      uint32_t pa[4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const float x0 = __fmul_rn(p[sb][nt][0], kPScale), x1 = __fmul_rn(p[sb][nt][1], kPScale);
+        const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+        const __half l0 = __float2half_rn(__fsub_rn(x0, __half2float(h0)));
+        const __half l1 = __float2half_rn(__fsub_rn(x1, __half2float(h1)));
+        pa[2 * nt] = h2u(__halves2half2(h0, h1));
+        pa[2 * nt + 1] = h2u(__halves2half2(l0, l1));
+      }
+      // V rows of keys 16sb + 4t + r, channels g*(D/8) .. +D/8 (RB/8 bytes).
+      uint32_t vw[4][Geo::kVWords];
+      float vs[4], vz[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int kk = 16 * sb + 4 * t + r;
+        const int pos = pos0 + kk;
+        const bool valid = pos >= k_lo && pos < kend;
+        lds_words<Geo::kVWords>(vw[r], st + Geo::kPayload + kk * RB + g * (RB / 8));
+        const uint16_t sbits = valid ? sz[64 + kk] : uint16_t{0};
+        const uint16_t zbits = valid ? sz[96 + kk] : uint16_t{0};
+        vs[r] = attn::h2f(sbits);
+        vz[r] = attn::h2f(zbits);
+      }
+      if constexpr (F == KvFormat::kv4) {
+        __half2 s2[2], z2[2];
+#pragma unroll
+        for (int pr = 0; pr < 2; ++pr) {
+          s2[pr] = __halves2half2(__float2half_rn(vs[2 * pr]), __float2half_rn(vs[2 * pr + 1]));
+          z2[pr] = __halves2half2(__float2half_rn(-__fmul_rn(vs[2 * pr], vz[2 * pr])),
+                                  __float2half_rn(-__fmul_rn(vs[2 * pr + 1], vz[2 * pr + 1])));
+        }
+#pragma unroll
+        for (int wi = 0; wi < Geo::kVWords; ++wi) {
+          // Bytes of keys (4t, 4t+1) and (4t+2, 4t+3) interleaved: nibble i -> key a, 4+i ->
+          // key b, for channels 0..3 (bytes 0,1) and 4..7 (bytes 2,3) of the word.
+          const uint32_t t00 = __byte_perm(vw[0][wi], vw[1][wi], 0x5410u);
+          const uint32_t t01 = __byte_perm(vw[0][wi], vw[1][wi], 0x7632u);
+          const uint32_t t10 = __byte_perm(vw[2][wi], vw[3][wi], 0x5410u);
+          const uint32_t t11 = __byte_perm(vw[2][wi], vw[3][wi], 0x7632u);
+#pragma unroll
+          for (int di = 0; di < 8; ++di) {
+            const uint32_t b0 = kv4_deq(di < 4 ? t00 : t01, di & 3, s2[0], z2[0]);
+            const uint32_t b1 = kv4_deq(di < 4 ? t10 : t11, di & 3, s2[1], z2[1]);
+            mma16816(o[8 * wi + di], pa, b0, b1);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int wi = 0; wi < Geo::kVWords; ++wi) {
+#pragma unroll
+          for (int bi = 0; bi < 4; ++bi) {
+            const uint32_t b0 = h2u(__floats2half2_rn(kv8_val(vw[0][wi], bi, vs[0], vz[0]),
+                                                      kv8_val(vw[1][wi], bi, vs[1], vz[1])));
+            const uint32_t b1 = h2u(__floats2half2_rn(kv8_val(vw[2][wi], bi, vs[2], vz[2]),
+                                                      kv8_val(vw[3][wi], bi, vs[3], vz[3])));
+            mma16816(o[4 * wi + bi], pa, b0, b1);
+          }
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its ring: the merge scratch aliases it
+
+  // ---- in-CTA merge of the 4 warp streams -------------------------------------------------
+  float* red_o = reinterpret_cast<float*>(smem);  // [warp][8][D]
+  float* red_ml = red_o + kTcWarps * 8 * D;       // [warp][8][2]
+  l_part += __shfl_xor_sync(0xffffffffu, l_part, 1);
+  l_part += __shfl_xor_sync(0xffffffffu, l_part, 2);
+  {
+    float* ro = red_o + (warp * 8 + g) * D;
+#pragma unroll
+    for (int j = 0; j < Geo::kNTiles; ++j) {
+      // Output channel of n-index n in n-tile j is n*(D/8) + j; hi + lo rows, undo 2^15.
+      ro[(2 * t) * (D / 8) + j] = __fmul_rn(o[j][0] + o[j][2], kPInv);
+      ro[(2 * t + 1) * (D / 8) + j] = __fmul_rn(o[j][1] + o[j][3], kPInv);
+    }
+    if (t == 0) {
+      red_ml[(warp * 8 + g) * 2] = m_run;
+      red_ml[(warp * 8 + g) * 2 + 1] = l_part;
+    }
+  }
+  // Current token's scores (fp32 dot as the reference), one warp per head.
+  const bool has_cur = ctx >= k_lo && ctx < k_hi;
+  const int64_t cur_row = (q_row * a.geom.kv_heads + kvh) * D;
+  if (has_cur) {
+    for (int h = warp; h < G; h += kTcWarps) {
+      float d = 0.0f;
+      for (int c = lane; c < D; c += 32) d += q_s[h * D + c] * attn::h2f(a.k16[cur_row + c]);
+      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      if (lane == 0) misc[8 + h] = __fmul_rn(d, a.scale);
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < G * D; idx += kTcThreads) {
+    const int h = idx / D, c = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red_ml[(w * 8 + h) * 2]);
+    float L = 0.0f, O = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kTcWarps; ++w) {
+        const float mw = red_ml[(w * 8 + h) * 2];
+        const float wt = mw == -INFINITY ? 0.0f : expf(mw - M);
+        L += red_ml[(w * 8 + h) * 2 + 1] * wt;
+        O += red_o[(w * 8 + h) * D + c] * wt;
+      }
+    }
+    if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V
+      const float s = misc[8 + h];
+      const float m2 = fmaxf(M, s);
+      const float al = M == -INFINITY ? 0.0f : expf(M - m2);
+      const float pc = expf(s - m2);
+      O = O * al + pc * attn::h2f(a.v16[cur_row + c]);
+      L = L * al + pc;
+      M = m2;
+    }
+    const int64_t hq = static_cast<int64_t>(kvh) * G + h;
+    if (a.splits == 1) {
+      a.out[(q_row * a.num_heads + hq) * D + c] = O / L;
+    } else {
+      const int64_t pidx = (static_cast<int64_t>(seq) * a.num_heads + hq) * a.splits + split;
+      a.part_o[pidx * D + c] = O;
+      if (c == 0) {
+        a.part_ml[pidx * 2] = M;
+        a.part_ml[pidx * 2 + 1] = L;
+      }
+    }
+  }
+}
+
+// out = sum_j o_j e^(m_j - M) / sum_j l_j e^(m_j - M) over the used splits.
+__global__ void decode_tc_merge_kernel(const float* part_o, const float* part_ml,
+                                       const int32_t* token_offset, const int32_t* context_len,
+                                       int num_heads, int head_dim, int splits, int split_keys,
+                                       int window, float* out) {
+  const int h = blockIdx.x, seq = blockIdx.y;
+  const int ctx = context_len[seq];
+  const int lo = first_key(ctx, window);
+  const int used = (ctx + 1 - lo + split_keys - 1) / split_keys;
+  const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
+  float M = -INFINITY;
+  for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
+  float L = 0.0f;
+  for (int j = 0; j < used; ++j) {
+    const float m = part_ml[(base + j) * 2];
+    L += part_ml[(base + j) * 2 + 1] * (m == -INFINITY ? 0.0f : expf(m - M));
+  }
+  const int64_t row = token_offset[seq];
+  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+    float o = 0.0f;
+    for (int j = 0; j < used; ++j) {
+      const float m = part_ml[(base + j) * 2];
+      const float w = m == -INFINITY ? 0.0f : expf(m - M);
+      o += part_o[(base + j) * head_dim + c] * w;
+    }
+    out[(row * num_heads + h) * head_dim + c] = o / L;
+  }
+}
+
+template <KvFormat F, int D>
+void launch_tc(const TcArgs& a, int num_seqs, int kv_heads, cudaStream_t stream) {
+  constexpr int smem = TcGeom<F, D>::kSmemBytes;
+  // Idempotent and cheap; needed once per instantiation for > 48 KiB of dynamic smem.
+  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_tc_kernel<F, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                    "decode_attention_tc smem attribute");
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
+                  static_cast<unsigned>(num_seqs));
+  decode_tc_kernel<F, D><<<grid, kTcThreads, smem, stream>>>(a);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  return n;
+}
+
+}  // namespace
+
+bool decode_attention_tc_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                   int64_t head_dim) {
+  if (format != KvFormat::kv4 && format != KvFormat::kv8) return false;
+  if (head_dim != 64 && head_dim != 128) return false;
+  if (kv_heads <= 0 || kv_heads > 65535 || num_heads <= 0 || num_heads % kv_heads != 0) {
+    return false;
+  }
+  const int64_t g = num_heads / kv_heads;
+  return g >= 1 && g <= 8;  // the 8 hi rows / 8 lo rows of the m16 A operand
+}
+
+int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                       int64_t num_sms) {
+  // Two CTAs are resident per SM; ask for about two waves of them so the tail is short, but
+  // never splits below 256 keys (the workspace is sized for 256-key splits, and each of the 4
+  // warps should still stream a few 32-key blocks).
+  const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
+  const int64_t want =
+      std::max<int64_t>(1, (4 * std::max<int64_t>(1, num_sms) + base - 1) / base);
+  int64_t keys = (std::max<int64_t>(1, max_total_len) + want - 1) / want;
+  keys = (keys + kPage - 1) / kPage * kPage;
+  return std::max<int64_t>(kMinSplitKeys, keys);
+}
+
+void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v16,
+                         const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                         int64_t num_heads, int64_t window, float* out, void* workspace,
+                         size_t workspace_bytes, cudaStream_t stream) {
+  const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
+  const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
+                            " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
+                            " max_total_len=" + std::to_string(batch.max_total_len);
+  check(decode_attention_tc_supported(cache.format, num_heads, hkv, d),
+        "decode_attention_tc: needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in 1..8 (" + shape +
+            ")");
+  check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
+        "decode_attention_tc: 0..65535 sequences (" + shape + ")");
+  if (S == 0) return;
+  check(aligned16(q) && aligned16(k16) && aligned16(v16) && aligned16(cache.k_pool) &&
+            aligned16(cache.v_pool),
+        "decode_attention_tc: q, k16, v16 and the pools must be 16-byte aligned (" + shape + ")");
+  const size_t need = decode_attention_workspace_bytes(S, num_heads, d, batch.max_total_len);
+  check(workspace != nullptr && workspace_bytes >= need,
+        "decode_attention_tc: workspace of " + std::to_string(workspace_bytes) +
+            " bytes, need " + std::to_string(need) + " (" + shape + ")");
+
+  TcArgs a{};
+  a.q = q;
+  a.k16 = k16;
+  a.v16 = v16;
+  a.k_pool = cache.k_pool;
+  a.v_pool = cache.v_pool;
+  a.geom = attn::make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
+  a.token_offset = batch.token_offset;
+  a.context_len = batch.context_len;
+  a.block_table = batch.block_table;
+  a.block_stride = batch.block_stride;
+  a.num_heads = static_cast<int>(num_heads);
+  a.group = static_cast<int>(num_heads / hkv);
+  a.window = static_cast<int>(std::max<int64_t>(0, window));
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
+  const int64_t keys = decode_attention_tc_split_keys(S, hkv, batch.max_total_len, sm_count());
+  a.split_keys = static_cast<int>(keys);
+  a.splits = static_cast<int>(
+      std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
+  a.out = out;
+  a.part_o = static_cast<float*>(workspace);
+  a.part_ml = a.part_o + S * num_heads * a.splits * d;
+
+  const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
+  if (cache.format == KvFormat::kv4) {
+    if (d == 128) launch_tc<KvFormat::kv4, 128>(a, ns, nh, stream);
+    else launch_tc<KvFormat::kv4, 64>(a, ns, nh, stream);
+  } else {
+    if (d == 128) launch_tc<KvFormat::kv8, 128>(a, ns, nh, stream);
+    else launch_tc<KvFormat::kv8, 64>(a, ns, nh, stream);
+  }
+  check_launch("decode_attention_tc split", shape);
+  if (a.splits > 1) {
+    const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
+    decode_tc_merge_kernel<<<grid, 128, 0, stream>>>(a.part_o, a.part_ml, batch.token_offset,
+                                                     batch.context_len, a.num_heads,
+                                                     static_cast<int>(d), a.splits,
+                                                     a.split_keys, a.window, out);
+    check_launch("decode_attention_tc merge", shape);
+  }
+}
+
+}  // namespace qserve::cuda

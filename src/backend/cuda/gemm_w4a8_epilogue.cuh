@@ -1,0 +1,66 @@
+// The W4A8 fp16 epilogues (quant/gemm_w4a8.h) as device functors, shared by the simple dp4a
+// kernels (gemm_w4a8.cu) and the small-M kernel (gemm_w4a8_fast.cu). Every fp32 operation is
+// an explicit correctly rounded intrinsic in the CPU reference's order, so nvcc cannot contract
+// or reorder anything and y is bit-identical to the reference. Internal to src/backend/cuda.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/quant_device.cuh"
+
+namespace qserve::cuda::detail {
+
+struct W4PerChannelEpi {
+  const uint16_t* a_scale;
+  const uint16_t* a_sum;
+  const uint16_t* s1;
+  const uint16_t* s1_szeros;
+  const uint16_t* bias;
+  uint16_t* y;
+  int32_t* acc_out;
+  int64_t n_total;
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    const int64_t o = m * n_total + n;
+    if (acc_out != nullptr) acc_out[o] = acc;
+    // fma(a_scale, float(acc) * s1, -(s1_szero * a_sum)), both products rounded first.
+    const float scaled_acc = __fmul_rn(__int2float_rn(acc), h2f(s1[n]));
+    const float zero_term = __fmul_rn(h2f(s1_szeros[n]), h2f(a_sum[m]));
+    __half v = __float2half_rn(__fmaf_rn(h2f(a_scale[m]), scaled_acc, -zero_term));
+    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
+    y[o] = __half_as_ushort(v);
+  }
+};
+
+struct W4G128Epi {
+  const uint16_t* a_scale;
+  const uint16_t* s1;
+  const uint16_t* bias;
+  uint16_t* y;
+  int32_t* acc_out;
+  int64_t n_total;
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    const int64_t o = m * n_total + n;
+    if (acc_out != nullptr) acc_out[o] = acc;
+    const float scale = __fmul_rn(h2f(s1[n]), h2f(a_scale[m]));
+    __half v = __float2half_rn(__fmul_rn(__int2float_rn(acc), scale));
+    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
+    y[o] = __half_as_ushort(v);
+  }
+};
+
+// Four g128 weight bytes from four code bytes c_i (any values 0..255) and one group's s2 / zero:
+//   out_i = (c_i * uint8(s2) + uint8(zero)) mod 256  ==  quant::g128_int8_row's wrap_i8(q*s2+z)
+// (c * s2 mod 256 does not depend on whether s2 is read signed or unsigned). The products are
+// formed two bytes at a time in 16-bit lanes (<= 255 * 255 < 2^16, so no lane carries into the
+// next), and the zero is added byte-wise with the carries between bytes suppressed.
+__device__ __forceinline__ uint32_t g128_bytes(uint32_t codes, uint32_t s2u8, uint32_t zero4) {
+  const uint32_t even = ((codes & 0x00FF00FFu) * s2u8) & 0x00FF00FFu;
+  const uint32_t odd = (((codes >> 8) & 0x00FF00FFu) * s2u8) & 0x00FF00FFu;
+  const uint32_t prod = even | (odd << 8);
+  return ((prod & 0x7F7F7F7Fu) + (zero4 & 0x7F7F7F7Fu)) ^ ((prod ^ zero4) & 0x80808080u);
+}
+
+}  // namespace qserve::cuda::detail

@@ -1,0 +1,85 @@
+// The fast W4A8 paths (issue 7) behind gemm_w4a8_per_channel / gemm_w4a8_g128 (ops_cuda.h).
+// Numerics are those of quant/gemm_w4a8.h, bit for bit: every path computes the exact int32
+// accumulators (any summation order gives the same integer) and then the reference's fp16
+// epilogue with correctly rounded fp32 operations in the reference's order.
+//
+// Paths (docs/kernels.md, "W4A8"):
+//  - small M (1..kW4A8SmallMMax tokens): a memory-bound mma.sync kernel that streams the weights
+//    PACKED (two codes per byte, in the mma fragment order: the layout below), converts them to
+//    int8 in registers (g128: (Q * s2 + z) mod 256 byte-wise, integer ops only), splits K over
+//    the CTAs of a thread-block cluster and reduces the int32 partials exactly through
+//    distributed shared memory before the epilogue. Needs view.q_packed.
+//  - large M, per-channel: the CUTLASS sm90 wgmma kernel (as W8A8's kLargeM) run directly on the
+//    1-byte codes (0..15 are valid int8 values) with the per-channel epilogue as an EVT
+//    (gemm_w4a8_sm90.cu).
+//  - large M, g128: the W8A8 sm90 kernel on the expanded int8 weights w8 (view.w8, made once by
+//    upload(); without it they are expanded per call into a grow-only workspace) with s1 as the
+//    per-channel dequant scale; the W8A8 epilogue fp16(float(acc) * (s1 * a_scale)) is exactly
+//    the g128 epilogue. Bias, if any, is a separate fp16 add kernel (y = fp16_RN(y + bias)).
+//
+// Packed layout (w4a8_pack_codes). Requires n % 16 == 0 and k % 64 == 0. For row tile T (rows
+// 16T..16T+15), K block b (k in 64b..64b+63) and lane l = 4*g + t (g = l / 4, t = l % 4), 16
+// bytes at byte offset ((T * (k/64) + b) * 32 + l) * 16; in them, byte j (0..3) of 32-bit word w
+// (0..3) holds, with s = w / 2 and r = w % 2, kk = 64b + 16t + 8s + 4r + j:
+//   low nibble  = Q[16T + g][kk],   high nibble = Q[16T + g + 8][kk].
+// So the low/high nibbles of word 2s+r are exactly the A registers a(2r) / a(2r+1) of
+// mma.m16n8k32 K-step s for that lane, under a K permutation in which lane t's B registers are
+// the 16 contiguous activation bytes 64b + 16t .. +15 (one 16-byte load per token). Any K
+// permutation shared by A and B leaves the exact integer dot product unchanged.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cuda/ops_cuda.h"
+
+namespace qserve::cuda {
+
+// Largest M the small-M kernel takes (8 mma token tiles of 8).
+inline constexpr int64_t kW4A8SmallMMax = 64;
+
+// True when (n, k) admits the packed layout (n % 16 == 0, k % 64 == 0, both > 0).
+bool w4a8_packable(int64_t n, int64_t k);
+// Packs natural codes q [n, k] (device, one code per byte, only the low 4 bits are kept) into
+// `packed` (device, n * k / 2 bytes) in the layout above. Asynchronous on `stream`.
+void w4a8_pack_codes(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed,
+                     cudaStream_t stream);
+// Expands g128 weights to int8: w8[n, k] = int8((q * s2 + uint8(s2_zero)) mod 256), exactly
+// quant::g128_int8_row for any byte values. Asynchronous; w8 is a device array of n * k bytes.
+void w4a8_g128_expand(const W4G128View& w, int8_t* w8, cudaStream_t stream);
+
+// y[i] = fp16_RN(y[i] + bias[i % n]) over [m, n] (__hadd_rn, as the CPU's f16_add).
+void w4a8_add_bias(uint16_t* y, const uint16_t* bias, int64_t m, int64_t n, cudaStream_t stream);
+
+// The small-M kernel. Returns false (launching nothing) when it does not apply: no q_packed,
+// shape not packable, m outside 1..kW4A8SmallMMax, aq not 16-byte aligned, or the device is
+// not compute capability 9.x (thread-block clusters).
+bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale,
+                                   const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                   const uint16_t* bias, uint16_t* y, cudaStream_t stream);
+bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m,
+                            const W4G128View& w, const uint16_t* bias, uint16_t* y,
+                            cudaStream_t stream);
+
+// The large-M per-channel CUTLASS kernel (gemm_w4a8_sm90.cu). Same contract as gemm_w8a8_sm90:
+// false when not compiled / not applicable (n % 8, k % 16, 16-byte aligned aq, q, y, s1 and
+// s1_szeros, sm 9.0) or CUTLASS declines. Bias is not applied here.
+bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
+                                      const uint16_t* a_sum, int64_t m,
+                                      const W4PerChannelView& w, const uint16_t* y);
+bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                                int64_t m, const W4PerChannelView& w, uint16_t* y,
+                                cudaStream_t stream);
+
+// The name of the path gemm_w4a8_per_channel / gemm_w4a8_g128 take for these operands when
+// acc_out is null (for bench reports): "small_m_mma_packed", "sm90_wgmma_evt",
+// "expand+sm90_w8a8" (w8 from upload), "expand_per_call+sm90_w8a8", or "simple_dp4a".
+const char* gemm_w4a8_per_channel_path(const int8_t* aq, const uint16_t* a_scale,
+                                       const uint16_t* a_sum, int64_t m,
+                                       const W4PerChannelView& w, const uint16_t* y);
+const char* gemm_w4a8_g128_path(const int8_t* aq, const uint16_t* a_scale, int64_t m,
+                                const W4G128View& w, const uint16_t* y);
+
+}  // namespace qserve::cuda

@@ -1,0 +1,347 @@
+// Parity of the fast W4A8 paths (gemm_w4a8_fast.h) against the CPU reference quant/gemm_w4a8.h:
+//  - small M (1..64): the packed-weight mma.sync kernel with cluster split-K,
+//  - large M per-channel: the CUTLASS sm90 kernel with the per-channel EVT epilogue,
+//  - large M g128: expanded int8 weights (from upload(), and expanded per call) + the W8A8 sm90
+//    kernel with s1 as the per-channel scale, then the fp16 bias add.
+// All are specified bit-exact (exact int32 accumulators, the reference's fp32 RN operation
+// sequence), so y is compared exactly:
+//  - on every element against the simple dp4a kernel (passing acc_out forces that path;
+//    ParityGemmW4A8* in parity_gemm_test.cpp proves it bit-exact against the CPU), and
+//  - on a set of rows (all when cheap; else the first/last rows and rows at 64-row boundaries)
+//    against the CPU reference itself.
+// Each case also asserts which path the dispatch took, so a fast path that silently stopped
+// applying (and fell back to the simple kernel) fails here instead of passing vacuously.
+//
+// Skips without a GPU, on a device other than compute capability 9.0, or without CUTLASS.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/gemm_w4a8_fast.h"
+#include "backend/cuda/gemm_w8a8_sm90.h"
+#include "backend/cuda/ops_cuda.h"
+#include "parity/parity_main_util.h"
+#include "quant/gemm_w4a8.h"
+#include "quant/weights.h"
+
+namespace qserve::parity {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::to_device;
+using cuda::to_host;
+
+#define QSERVE_REQUIRE_SM90_W4A8()                                                           \
+  do {                                                                                       \
+    QSERVE_PARITY_REQUIRE_GPU();                                                             \
+    if (!cuda::w8a8_sm90_compiled()) GTEST_SKIP() << "built without CUTLASS (sm90 GEMMs off)"; \
+    int dev = 0, major = 0, minor = 0;                                                       \
+    ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);                                             \
+    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),        \
+              cudaSuccess);                                                                  \
+    ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),        \
+              cudaSuccess);                                                                  \
+    if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0 (sm_90a)";   \
+  } while (0)
+
+struct Shape {
+  int64_t m, n, k;
+};
+
+std::string mnk(const Shape& s) {
+  return shape_str({{"M", s.m}, {"N", s.n}, {"K", s.k}});
+}
+
+constexpr int64_t kFullCheckMacs = int64_t{1} << 31;
+
+std::vector<int64_t> cpu_rows(const Shape& s) {
+  std::vector<int64_t> rows;
+  if (s.m * s.n * s.k <= kFullCheckMacs) {
+    for (int64_t r = 0; r < s.m; ++r) rows.push_back(r);
+    return rows;
+  }
+  std::set<int64_t> set = {0, 1, s.m - 2, s.m - 1};
+  for (int64_t b = 64; b < s.m; b += 64) {
+    set.insert(b - 1);
+    set.insert(b);
+  }
+  for (int64_t r : set) {
+    if (r >= 0 && r < s.m) rows.push_back(r);
+  }
+  return rows;
+}
+
+struct Acts {
+  std::vector<int8_t> q;
+  std::vector<uint16_t> scale, sum;
+};
+
+Acts random_acts(ParityRng& rng, int64_t m, int64_t k) {
+  Acts a;
+  a.q = rng.fast_ints<int8_t>(static_cast<size_t>(m * k), -128, 127);
+  a.scale = rng.fp16_uniform(static_cast<size_t>(m), 1e-3f, 0.5f);
+  a.sum = rng.fp16_uniform(static_cast<size_t>(m), -200.0f, 200.0f);
+  return a;
+}
+
+quant::W4PerChannel random_w4pc(ParityRng& rng, int64_t n, int64_t k) {
+  quant::W4PerChannel w;
+  w.n = n;
+  w.k = k;
+  w.q = rng.fast_ints<uint8_t>(static_cast<size_t>(n * k), 0, 15);
+  w.s1_scales = rng.fp16_uniform(static_cast<size_t>(n), 1e-3f, 3e-2f);
+  w.s1_szeros.resize(static_cast<size_t>(n));
+  const std::vector<float> z = rng.uniform(static_cast<size_t>(n), 0.0f, 15.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    w.s1_szeros[static_cast<size_t>(i)] = float_to_fp16(
+        z[static_cast<size_t>(i)] * fp16_to_float(w.s1_scales[static_cast<size_t>(i)]));
+  }
+  quant::validate(w);
+  return w;
+}
+
+quant::W4G128 random_w4g128(ParityRng& rng, int64_t n, int64_t k) {
+  quant::W4G128 w;
+  w.n = n;
+  w.k = k;
+  const int64_t groups = k / quant::kGroupSize;
+  w.q = rng.fast_ints<uint8_t>(static_cast<size_t>(n * k), 0, 15);
+  w.s1_scales = rng.fp16_uniform(static_cast<size_t>(n), 1e-4f, 1e-2f);
+  // s2 up to 17 keeps 15 * s2 <= 255 (validate's domain); zeros over the whole int8 range so
+  // the byte-wise wrap of Q * s2 + zero is exercised.
+  w.s2_scales = rng.fast_ints<int8_t>(static_cast<size_t>(n * groups), 0, 17);
+  w.s2_zeros = rng.fast_ints<int8_t>(static_cast<size_t>(n * groups), -128, 127);
+  quant::validate(w);
+  return w;
+}
+
+// The path the public call must take for m tokens on a cc 9.0 device with CUTLASS, when the
+// weights come from upload() (q_packed present when packable, w8 present for g128).
+std::string expected_path(bool g128, int64_t m, int64_t n, int64_t k) {
+  if (m <= cuda::kW4A8SmallMMax) {
+    return cuda::w4a8_packable(n, k) ? "small_m_mma_packed" : "simple_dp4a";
+  }
+  const bool sm90_ok = n % 8 == 0 && k % 16 == 0;
+  if (!sm90_ok) return "simple_dp4a";
+  return g128 ? "expand+sm90_w8a8" : "sm90_wgmma_evt";
+}
+
+// One case: the fast dispatch (and, for g128 large M, the per-call expansion) vs the simple
+// kernel on all elements and vs the CPU on cpu_rows(). bias (fp16 [n]) when with_bias.
+void run_case(const Shape& s, const quant::W4PerChannel* wpc, const cuda::W4PerChannelOnDevice* dpc,
+              const quant::W4G128* wg, const cuda::W4G128OnDevice* dg, const Acts& a,
+              bool with_bias, const std::string& tag) {
+  const bool g128 = wg != nullptr;
+  ParityRng brng(static_cast<uint64_t>(s.n * 31 + s.m));
+  const std::vector<uint16_t> bias = brng.fp16_uniform(static_cast<size_t>(s.n), -2.0f, 2.0f);
+  const auto dbias = to_device(bias);
+  const uint16_t* bptr = with_bias ? dbias.data() : nullptr;
+  const auto da = to_device(a.q);
+  const auto dscale = to_device(a.scale);
+  const auto dsum = to_device(a.sum);
+  const size_t yn = static_cast<size_t>(s.m * s.n);
+  DeviceBuffer<uint16_t> y_ref(yn), y(yn);
+  DeviceBuffer<int32_t> acc(yn);
+
+  auto run = [&](uint16_t* out, int32_t* acc_out, bool drop_w8) {
+    if (g128) {
+      cuda::W4G128View v = dg->view();
+      if (drop_w8) v.w8 = nullptr;
+      cuda::gemm_w4a8_g128(da.data(), dscale.data(), s.m, v, bptr, out, acc_out, nullptr);
+    } else {
+      cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), s.m, dpc->view(), bptr,
+                                  out, acc_out, nullptr);
+    }
+  };
+
+  // Reference path on the GPU: asking for the accumulators forces the simple kernel.
+  poison(y_ref.data(), y_ref.bytes());
+  run(y_ref.data(), acc.data(), false);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint16_t> want_all = to_host(y_ref);
+
+  const std::vector<int64_t> rows = cpu_rows(s);
+  std::vector<uint16_t> want_rows(rows.size() * static_cast<size_t>(s.n));
+  std::vector<int32_t> racc(static_cast<size_t>(s.n));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t r = rows[i];
+    const size_t ri = static_cast<size_t>(r);
+    uint16_t* out = want_rows.data() + i * static_cast<size_t>(s.n);
+    if (g128) {
+      quant::w4a8_g128_accumulate(a.q.data() + r * s.k, 1, *wg, racc.data());
+      quant::w4a8_g128_epilogue(racc.data(), 1, &a.scale[ri], *wg, with_bias ? bias.data() : nullptr,
+                                out);
+    } else {
+      quant::w4a8_per_channel_accumulate(a.q.data() + r * s.k, 1, *wpc, racc.data());
+      quant::w4a8_per_channel_epilogue(racc.data(), 1, &a.scale[ri], &a.sum[ri], *wpc,
+                                       with_bias ? bias.data() : nullptr, out);
+    }
+  }
+  const char* kind = g128 ? "gemm_w4a8_g128" : "gemm_w4a8_per_channel";
+  std::string base = mnk(s) + tag + (with_bias ? ",bias" : "");
+  if (rows.size() != static_cast<size_t>(s.m)) base += ",cpu_rows=" + std::to_string(rows.size());
+  auto pick_rows = [&](const std::vector<uint16_t>& all) {
+    std::vector<uint16_t> out;
+    for (int64_t r : rows) out.insert(out.end(), all.begin() + r * s.n, all.begin() + (r + 1) * s.n);
+    return out;
+  };
+  {  // the simple kernel must itself agree with the CPU on those rows (guards the full compare)
+    const std::string op = std::string(kind) + ".simple.y_vs_cpu";
+    EXPECT_PARITY(compare_exact<uint16_t>(op, base, pick_rows(want_all), want_rows), op, base);
+  }
+
+  const std::string path =
+      g128 ? cuda::gemm_w4a8_g128_path(da.data(), dscale.data(), s.m, dg->view(), y.data())
+           : cuda::gemm_w4a8_per_channel_path(da.data(), dscale.data(), dsum.data(), s.m,
+                                              dpc->view(), y.data());
+  EXPECT_EQ(path, expected_path(g128, s.m, s.n, s.k)) << kind << " " << base;
+
+  const bool per_call = g128 && s.m > cuda::kW4A8SmallMMax;
+  for (const bool drop_w8 : {false, true}) {
+    if (drop_w8 && !per_call) continue;
+    poison(y.data(), y.bytes());
+    run(y.data(), nullptr, drop_w8);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kind << " " << base;
+    const std::vector<uint16_t> got = to_host(y);
+    const std::string op = std::string(kind) + "." + path + (drop_w8 ? ".expand_per_call" : "");
+    EXPECT_PARITY(compare_exact<uint16_t>(op + ".y_vs_simple", base, got, want_all),
+                  op + ".y_vs_simple", base);
+    EXPECT_PARITY(compare_exact<uint16_t>(op + ".y_vs_cpu", base, pick_rows(got), want_rows),
+                  op + ".y_vs_cpu", base);
+  }
+}
+
+void run_both(const Shape& s, const quant::W4PerChannel& wpc,
+              const cuda::W4PerChannelOnDevice& dpc, const quant::W4G128& wg,
+              const cuda::W4G128OnDevice& dg, const Acts& a, bool with_bias,
+              const std::string& tag) {
+  run_case(s, &wpc, &dpc, nullptr, nullptr, a, with_bias, tag);
+  run_case(s, nullptr, nullptr, &wg, &dg, a, with_bias, tag);
+}
+
+// The packed layout exists exactly for n % 16 == 0 and k % 64 == 0, and upload() makes it (and
+// the g128 int8 weights) for such shapes.
+TEST(ParityGemmFastW4A8, UploadLayouts) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  EXPECT_TRUE(cuda::w4a8_packable(16, 64));
+  EXPECT_FALSE(cuda::w4a8_packable(24, 64));
+  EXPECT_FALSE(cuda::w4a8_packable(16, 96));
+  ParityRng rng(700);
+  const auto wpc = random_w4pc(rng, 48, 256);
+  const auto dpc = cuda::upload(wpc);
+  EXPECT_NE(dpc.view().q_packed, nullptr);
+  const auto wg = random_w4g128(rng, 48, 256);
+  const auto dg = cuda::upload(wg);
+  EXPECT_NE(dg.view().q_packed, nullptr);
+  ASSERT_NE(dg.view().w8, nullptr);
+  // The uploaded int8 weights are quant::g128_int8_row's bytes.
+  const std::vector<int8_t> got = to_host(dg.w8);
+  std::vector<int8_t> want(static_cast<size_t>(wg.n * wg.k));
+  for (int64_t r = 0; r < wg.n; ++r) quant::g128_int8_row(wg, r, want.data() + r * wg.k);
+  EXPECT_PARITY(compare_exact<int8_t>("w4a8_g128_expand", "N=48,K=256", got, want),
+                "w4a8_g128_expand", "N=48,K=256");
+}
+
+// Small shapes: N not a multiple of the 128-channel CTA, K with 1..7 64-wide blocks (split-K
+// factors where blocks do not divide evenly), M from 1 over the 8-token tiles to past 64.
+TEST(ParityGemmFastW4A8, SmallShapesBitExact) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  ParityRng rng(701);
+  const std::vector<Shape> layers = {{0, 16, 128}, {0, 48, 384}, {0, 272, 896}, {0, 1040, 256}};
+  for (const Shape& l : layers) {
+    const auto wpc = random_w4pc(rng, l.n, l.k);
+    const auto dpc = cuda::upload(wpc);
+    const auto wg = random_w4g128(rng, l.n, l.k);
+    const auto dg = cuda::upload(wg);
+    for (const int64_t m : {1, 2, 7, 9, 16, 31, 33, 64, 65, 130}) {
+      const Shape s{m, l.n, l.k};
+      run_both(s, wpc, dpc, wg, dg, random_acts(rng, m, l.k), m % 2 == 1, "");
+    }
+  }
+}
+
+// Llama-3-8B linears: qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336.
+TEST(ParityGemmFastW4A8, Llama3_8BShapesBitExact) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  ParityRng rng(702);
+  const Shape layers[] = {{0, 6144, 4096}, {0, 4096, 4096}, {0, 28672, 4096}, {0, 4096, 14336}};
+  for (const Shape& l : layers) {
+    const auto wpc = random_w4pc(rng, l.n, l.k);
+    const auto dpc = cuda::upload(wpc);
+    const auto wg = random_w4g128(rng, l.n, l.k);
+    const auto dg = cuda::upload(wg);
+    for (const int64_t m : {1, 7, 16, 64, 133, 1024}) {
+      const Shape s{m, l.n, l.k};
+      run_both(s, wpc, dpc, wg, dg, random_acts(rng, m, l.k), m == 7 || m == 133, "");
+    }
+  }
+}
+
+// Extremes: codes 0 / 7 / 15, g128 weights at -128 and +127 (s2 = 17 with zero 0x81 and s2 = 0
+// with zero 127), activations -128 / 127 over K = 14336 (|acc| up to 14336 * 128 * 128 for
+// g128), fp16 scales and sums at the edges of what the reference sees (overflow to inf included).
+TEST(ParityGemmFastW4A8, ExtremesBitExact) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  const int64_t n = 144, k = 14336;
+  quant::W4PerChannel wpc;
+  wpc.n = n;
+  wpc.k = k;
+  wpc.q.assign(static_cast<size_t>(n * k), 15);
+  for (int64_t r = 1; r < n; r += 2) {
+    std::fill(wpc.q.begin() + r * k, wpc.q.begin() + (r + 1) * k, r % 4 == 1 ? 0 : 7);
+  }
+  wpc.s1_scales.assign(static_cast<size_t>(n), float_to_fp16(1e-4f));
+  wpc.s1_szeros.assign(static_cast<size_t>(n), float_to_fp16(7.5e-4f));
+  wpc.s1_scales[2] = float_to_fp16(3e-2f);  // large outputs
+  quant::validate(wpc);
+  const auto dpc = cuda::upload(wpc);
+
+  quant::W4G128 wg;
+  wg.n = n;
+  wg.k = k;
+  const int64_t groups = k / quant::kGroupSize;
+  wg.q.assign(static_cast<size_t>(n * k), 15);
+  wg.s1_scales.assign(static_cast<size_t>(n), float_to_fp16(1e-5f));
+  wg.s1_scales[3] = float_to_fp16(1.0f);  // |y| past 65504 -> inf, must match
+  wg.s2_scales.resize(static_cast<size_t>(n * groups));
+  wg.s2_zeros.resize(static_cast<size_t>(n * groups));
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const size_t i = static_cast<size_t>(r * groups + g);
+      wg.s2_scales[i] = r % 2 == 0 ? 17 : 0;  // 15 * 17 = 255 (validate's limit)
+      wg.s2_zeros[i] = r % 2 == 0 ? static_cast<int8_t>(-127) : static_cast<int8_t>(127);
+    }
+  }
+  quant::validate(wg);
+  std::vector<int8_t> row(static_cast<size_t>(k));
+  quant::g128_int8_row(wg, 0, row.data());
+  ASSERT_EQ(row[0], -128) << "the extreme g128 weight construction is wrong";
+  const auto dg = cuda::upload(wg);
+
+  for (const int64_t m : {5, 64, 133}) {
+    Acts a;
+    a.q.resize(static_cast<size_t>(m * k));
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t i = 0; i < k; ++i) {
+        a.q[static_cast<size_t>(r * k + i)] =
+            r % 3 == 0 ? -128 : r % 3 == 1 ? 127 : (i % 2 == 0 ? -128 : 127);
+      }
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      const float scales[] = {0.5f, 1e-3f, 0.065504f, 6e-5f, 1.0f};
+      const float sums[] = {-60000.0f, 60000.0f, 0.0f, 1.0f, -3.0f};
+      a.scale.push_back(float_to_fp16(scales[r % 5]));
+      a.sum.push_back(float_to_fp16(sums[r % 5]));
+    }
+    const Shape s{m, n, k};
+    run_both(s, wpc, dpc, wg, dg, a, m == 133, ",extreme");
+  }
+}
+
+}  // namespace
+}  // namespace qserve::parity
