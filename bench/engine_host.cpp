@@ -150,6 +150,16 @@ int main(int argc, char** argv) {
                          {"running", running}, {"us", f.step_us_median},
                          {"us_p99", f.step_us_p99}});
     }
+    if (tok) {
+      // Scheduling + detokenization with sampling made negligible (16 logits per row; ids 0-15
+      // are real tokens of the vocabulary): the host cost left once sampling runs on the GPU.
+      const StepFigures f = time_engine(running, tok.get(), 16, greedy);
+      std::printf("%-10lld %-22s %14.1f %14.1f\n", static_cast<long long>(running),
+                  "scheduler+detok", f.step_us_median, f.step_us_p99);
+      results.push_back({{"system", "qserve.cpp"}, {"case", "engine_step_bookkeeping_detok"},
+                         {"running", running}, {"us", f.step_us_median},
+                         {"us_p99", f.step_us_p99}});
+    }
     for (const auto& [name, params] :
          {std::pair<const char*, qserve::SamplingParams>{"greedy", greedy}, {"top-k40-p0.95", topp}}) {
       const double us = time_sampling_us(running, 128256, params);
