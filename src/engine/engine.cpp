@@ -55,15 +55,26 @@ Engine::Engine(std::unique_ptr<ModelExecutor> executor, const Tokenizer* tokeniz
 
 Engine::~Engine() = default;
 
+int64_t engine_max_model_len(const EngineConfig& cfg, const ModelConfig& model) {
+  return cfg.max_model_len > 0 ? std::min(cfg.max_model_len, model.max_position_embeddings)
+                               : model.max_position_embeddings;
+}
+
+int64_t engine_full_pages(const EngineConfig& cfg, int64_t max_model_len) {
+  check(cfg.max_num_seqs > 0, "engine: max_num_seqs must be positive");
+  return pages_for_tokens(max_model_len) * cfg.max_num_seqs;
+}
+
+std::vector<int32_t> engine_eos_ids(const Tokenizer* tokenizer) {
+  return tokenizer != nullptr ? tokenizer->eos_ids() : std::vector<int32_t>{};
+}
+
 std::unique_ptr<Engine> Engine::create(const LlamaModel& model, const Tokenizer* tokenizer,
                                        const EngineConfig& cfg) {
   const ModelConfig& mc = model.config();
-  const int64_t max_len = cfg.max_model_len > 0
-                              ? std::min(cfg.max_model_len, mc.max_position_embeddings)
-                              : mc.max_position_embeddings;
-  check(cfg.max_num_seqs > 0, "engine: max_num_seqs must be positive");
+  const int64_t max_len = engine_max_model_len(cfg, mc);
   // Enough pages for every slot at full length, unless memory says fewer.
-  const int64_t want = pages_for_tokens(max_len) * cfg.max_num_seqs;
+  const int64_t want = engine_full_pages(cfg, max_len);
   int64_t fallback = want;
   const int64_t avail = host_available_bytes();
   if (avail > 0) {
@@ -72,10 +83,8 @@ std::unique_ptr<Engine> Engine::create(const LlamaModel& model, const Tokenizer*
     fallback = std::max<int64_t>(1, std::min(want, fit));
   }
   const int64_t pages = resolve_num_pages(cfg.num_pages, fallback);
-  std::vector<int32_t> eos;
-  if (tokenizer != nullptr) eos = tokenizer->eos_ids();
   return std::make_unique<Engine>(make_cpu_executor(model, pages, cfg.max_num_seqs, max_len),
-                                  tokenizer, cfg, max_len, std::move(eos));
+                                  tokenizer, cfg, max_len, engine_eos_ids(tokenizer));
 }
 
 int64_t Engine::add_request(std::vector<int32_t> prompt_ids, const SamplingParams& params,

@@ -28,6 +28,7 @@
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "engine/stop_checker.h"
+#include "formats/hf_config.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qserve {
@@ -121,6 +122,14 @@ class Engine {
   std::vector<const PageTable*> tables_;
   std::vector<float> logits_;
 };
+
+// Shared by every backend's engine factory (Engine::create, create_cuda_engine):
+// the context limit (cfg.max_model_len capped at the model's, or the model's),
+int64_t engine_max_model_len(const EngineConfig& cfg, const ModelConfig& model);
+// the KV pages that hold every slot at that length (the default before memory caps it),
+int64_t engine_full_pages(const EngineConfig& cfg, int64_t max_model_len);
+// and the stop ids a tokenizer contributes (none without one).
+std::vector<int32_t> engine_eos_ids(const Tokenizer* tokenizer);
 
 // One finished request of an offline run.
 struct CompletedRequest {

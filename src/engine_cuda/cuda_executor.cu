@@ -371,25 +371,19 @@ std::unique_ptr<ModelExecutor> make_cuda_executor(const LlamaModel& model, int64
 
 std::unique_ptr<Engine> create_cuda_engine(const LlamaModel& model, const Tokenizer* tokenizer,
                                            const EngineConfig& cfg) {
-  const ModelConfig& mc = model.config();
   check(cuda::device_count() > 0, "--device cuda: no CUDA device is visible");
-  check(cfg.max_num_seqs > 0, "engine: max_num_seqs must be positive");
-  const int64_t max_len = cfg.max_model_len > 0
-                              ? std::min(cfg.max_model_len, mc.max_position_embeddings)
-                              : mc.max_position_embeddings;
+  const int64_t max_len = engine_max_model_len(cfg, model.config());
+  const int64_t want = engine_full_pages(cfg, max_len);
   // After the weights are uploaded: every slot at full length, or what free memory allows
   // (QServe's rule, with the scale/zero bytes of KV4/KV8 pages counted), unless the flag or
   // NUM_GPU_PAGE_BLOCKS says otherwise.
   const auto pages_for = [&](int64_t free_b, int64_t total_b, int64_t page_bytes) {
-    const int64_t want = pages_for_tokens(max_len) * cfg.max_num_seqs;
     const int64_t fit = pages_from_memory(free_b, total_b, cfg.memory_utilization, page_bytes);
     return resolve_num_pages(cfg.num_pages, std::min(want, fit));
   };
-  std::vector<int32_t> eos;
-  if (tokenizer != nullptr) eos = tokenizer->eos_ids();
   return std::make_unique<Engine>(
       std::make_unique<CudaExecutor>(model, pages_for, cfg.max_num_seqs, max_len), tokenizer, cfg,
-      max_len, std::move(eos));
+      max_len, engine_eos_ids(tokenizer));
 }
 
 }  // namespace qserve
