@@ -3,7 +3,7 @@
 # here). Idempotent; skips apt-get when everything is already installed.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang libclang-rt-14-dev pkg-config nlohmann-json3-dev libcli11-dev
-      libpcre2-dev libsentencepiece-dev libgtest-dev libgmock-dev)
+      libpcre2-dev libsentencepiece-dev libgtest-dev libgmock-dev libcpp-httplib-dev curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
