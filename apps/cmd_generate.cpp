@@ -46,18 +46,19 @@ std::string token_text(const Tokenizer& tok, std::optional<int32_t> id) {
   return tok.decode({&v, 1}, /*skip_special_tokens=*/false);
 }
 
-ChatTemplate pick_template(const GenerateArgs& a) {
-  return a.chat_template.empty() ? detect_chat_template(a.model)
-                                 : parse_chat_template(a.chat_template);
-}
-
-std::vector<int32_t> encode_chat(const Tokenizer& tok, ChatTemplate t,
-                                 std::span<const ChatMessage> msgs) {
+// The model's own Jinja chat template, or a built-in (--chat-template NAME|FILE.jinja, or
+// inferred when the folder has none); the tokenizer's BOS/EOS fill in what the folder's
+// tokenizer_config.json does not name.
+ChatFormatter pick_formatter(const GenerateArgs& a, const Tokenizer& tok) {
   const std::optional<int32_t> eos =
       tok.eos_ids().empty() ? std::nullopt : std::optional<int32_t>(tok.eos_ids().front());
-  const std::string text =
-      render_chat(t, msgs, /*add_generation_prompt=*/true, token_text(tok, tok.bos_id()),
-                  token_text(tok, eos));
+  return ChatFormatter::for_model(a.model, a.chat_template, token_text(tok, tok.bos_id()),
+                                  token_text(tok, eos));
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tok, const ChatFormatter& f,
+                                 std::span<const ChatMessage> msgs) {
+  const std::string text = f.render(msgs, /*add_generation_prompt=*/true);
   // The rendered text carries BOS where the template has it.
   return tok.encode(text, /*add_special_tokens=*/false);
 }
@@ -76,7 +77,7 @@ void run_single(const GenerateArgs& a, LoadedModel& m) {
   std::vector<int32_t> ids;
   if (a.chat) {
     const ChatMessage msg{"user", a.prompt};
-    ids = encode_chat(tok, pick_template(a), {&msg, 1});
+    ids = encode_chat(tok, pick_formatter(a, tok), {&msg, 1});
   } else {
     ids = tok.encode(a.prompt, !a.no_special);
   }
@@ -112,7 +113,7 @@ void run_dataset(const GenerateArgs& a, LoadedModel& m) {
   const std::vector<DatasetRow> rows = read_prompt_dataset(a.dataset);
   check(!rows.empty(), a.dataset + ": no rows");
   // Prepare every request first: a bad row stops the run before any work is done.
-  std::optional<ChatTemplate> tmpl;
+  std::optional<ChatFormatter> formatter;
   std::vector<GenerationRequest> reqs;
   const SamplingParams defaults = a.sampling.params();
   for (const DatasetRow& row : rows) {
@@ -121,8 +122,12 @@ void run_dataset(const GenerateArgs& a, LoadedModel& m) {
     if (row.prompt) {
       r.prompt_ids = tok.encode(*row.prompt, !a.no_special);
     } else {
-      if (!tmpl) tmpl = pick_template(a);
-      r.prompt_ids = encode_chat(tok, *tmpl, row.conversation);
+      if (!formatter) formatter = pick_formatter(a, tok);
+      try {
+        r.prompt_ids = encode_chat(tok, *formatter, row.conversation);
+      } catch (const Error& e) {
+        throw Error(where + ": " + e.what());
+      }
     }
     r.params = apply_sampling_fields(defaults, row.sampling, where);
     validate(r.params);
@@ -153,8 +158,8 @@ void run_dataset(const GenerateArgs& a, LoadedModel& m) {
       const int filled = static_cast<int>(width * done / rows.size());
       std::fprintf(stderr, "\r[%s%s] %zu/%zu requests, %.1f output tok/s",
                    std::string(static_cast<size_t>(filled), '#').c_str(),
-                   std::string(static_cast<size_t>(width - filled), '.').c_str(), done,
-                   rows.size(), static_cast<double>(out_tokens) / std::max(secs, 1e-9));
+                   std::string(static_cast<size_t>(width - filled), '.').c_str(), done, rows.size(),
+                   static_cast<double>(out_tokens) / std::max(secs, 1e-9));
     }
   };
   const std::vector<CompletedRequest> results = generate(*engine, reqs, on_done);
@@ -195,9 +200,12 @@ void add_generate(CLI::App& app) {
       "--dataset", args->dataset,
       R"(JSONL: rows {"prompt": ...} or {"conversation"|"messages": [{"role","content"},...]}, with optional per-row sampling fields)");
   prompt->excludes(dataset);
-  cmd->add_option("--output", args->output, "Write the dataset's results (JSONL) here (default stdout)");
+  cmd->add_option("--output", args->output,
+                  "Write the dataset's results (JSONL) here (default stdout)");
   cmd->add_option("--chat-template", args->chat_template,
-                  "llama-3, llama-2, mistral, chatml or vicuna (default: from the model folder)");
+                  "A built-in template (llama-3, llama-2, mistral, chatml, vicuna) or a Jinja "
+                  "template file (default: the model's own chat_template, else a built-in "
+                  "inferred from config.json)");
   cmd->add_flag("--chat", args->chat, "Render --prompt as one user turn of the chat template");
   cmd->add_flag("--json", args->json, R"(Print {"text": ..., "token_ids": [...], ...})");
   cmd->add_flag("--no-special", args->no_special, "Do not add BOS/special tokens to plain prompts");

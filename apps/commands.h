@@ -17,6 +17,9 @@ void add_perplexity(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_quantize(CLI::App& app);
+void add_serve(CLI::App& app);
+void add_bench_serve(CLI::App& app);
 
 // A model and its tokenizer (null for synthetic models), from a folder or "synthetic:NAME",
 // at the precision in `opts` (quantized at load).
@@ -24,7 +27,10 @@ struct LoadedModel {
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
 };
-LoadedModel load_model(const std::string& spec, bool need_tokenizer, const LoadOptions& opts = {});
+// tokenizer_dir: take the tokenizer from this folder instead; with a synthetic model its
+// vocabulary size replaces the synthetic config's (every id the model emits then decodes).
+LoadedModel load_model(const std::string& spec, bool need_tokenizer, const LoadOptions& opts = {},
+                       const std::string& tokenizer_dir = "");
 
 // The --precision option (and, with `norm_flag`, --qserve-norm) of a subcommand. options()
 // parses the spelling when the command runs, so a bad one is a one-line qserve::Error that

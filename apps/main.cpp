@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   qserve::cli::add_inspect(app);
   qserve::cli::add_bench(app);
   qserve::cli::add_convert(app);
+  qserve::cli::add_quantize(app);
+  qserve::cli::add_serve(app);
+  qserve::cli::add_bench_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -24,3 +24,11 @@ if ! python3 -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_s
     python3 -m pip install -q --no-deps --user --break-system-packages nvidia-cutlass==4.2.0.0 ||
     echo "warning: pip could not install nvidia-cutlass; the sm_90a W8A8 GEMM will not be built"
 fi
+# The official OpenAI Python client, for the black-box server test (tests/server/
+# openai_client_test.py, CTest server_openai_client; it skips itself when the package is absent).
+if ! python3 -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('openai') else 1)" 2>/dev/null; then
+  echo "installing: openai (pip, for the server's client test)"
+  python3 -m pip install -q openai ||
+    python3 -m pip install -q --user --break-system-packages openai ||
+    echo "warning: pip could not install openai; the server's Python client test will be skipped"
+fi

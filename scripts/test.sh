@@ -16,7 +16,7 @@ cmake --build build-fuzz -j "$(nproc)" --target "${targets[@]}"
 echo "fuzz targets built: ${targets[*]}"
 
 # The parsers, core and quantized numerics again under AddressSanitizer + UndefinedBehaviorSanitizer.
-sanitized=(test_core test_formats test_tokenizer test_quant)
+sanitized=(test_core test_formats test_tokenizer test_quant test_jinja)
 cmake -S . -B build-asan -G Ninja -DQSERVE_CUDA=OFF -DQSERVE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
   > /dev/null
 cmake --build build-asan -j "$(nproc)" --target "${sanitized[@]}" test_engine

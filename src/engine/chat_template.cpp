@@ -47,8 +47,8 @@ bool decode_at(const std::string& s, size_t i, uint32_t* cp, size_t* n) {
 // Python's str.isspace() code points (what str.strip() and Jinja's trim remove).
 bool is_py_space(uint32_t c) {
   return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202F || c == 0x205F || c == 0x3000;
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
 }
 
 void check_role(const ChatMessage& m, size_t i) {
@@ -78,7 +78,8 @@ const ChatMessage* check_alternation(ChatTemplate t, std::span<const ChatMessage
     if ((msgs[i].role == "user") != want_user) {
       throw Error("chat: the " + chat_template_name(t) +
                   " template needs user/assistant turns to alternate, starting with user "
-                  "(message " + std::to_string(i) + " is " + msgs[i].role + ")");
+                  "(message " +
+                  std::to_string(i) + " is " + msgs[i].role + ")");
     }
   }
   return sys;
@@ -171,15 +172,21 @@ std::string read_text(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// The folder's Jinja chat template, "" if it has none.
-std::string folder_chat_template(const std::filesystem::path& dir) {
+}  // namespace
+
+std::string model_chat_template(const std::string& model_dir, std::string* source) {
+  const std::filesystem::path dir(model_dir);
   std::error_code ec;
   const std::filesystem::path jinja = dir / "chat_template.jinja";
-  if (std::filesystem::is_regular_file(jinja, ec)) return read_text(jinja);
+  if (std::filesystem::is_regular_file(jinja, ec)) {
+    if (source != nullptr) *source = jinja.string();
+    return read_text(jinja);
+  }
   const std::filesystem::path cfg = dir / "tokenizer_config.json";
   if (!std::filesystem::is_regular_file(cfg, ec)) return "";
   const nlohmann::json j = formats_detail::read_json_file(cfg.string());
   if (!j.is_object() || !j.contains("chat_template")) return "";
+  if (source != nullptr) *source = cfg.string();
   const nlohmann::json& t = j["chat_template"];
   if (t.is_string()) return t.get<std::string>();
   if (t.is_array()) {
@@ -195,8 +202,6 @@ std::string folder_chat_template(const std::filesystem::path& dir) {
   throw Error(cfg.string() + ": chat_template is " + formats_detail::describe_json(t) +
               "; expected a string or a list with a \"default\" entry");
 }
-
-}  // namespace
 
 std::string python_strip(const std::string& s) {
   size_t b = 0, e = s.size();
@@ -225,32 +230,45 @@ ChatTemplate parse_chat_template(const std::string& name) {
 
 std::string chat_template_name(ChatTemplate t) {
   switch (t) {
-    case ChatTemplate::kLlama3: return "llama-3";
-    case ChatTemplate::kLlama2: return "llama-2";
-    case ChatTemplate::kMistral: return "mistral";
-    case ChatTemplate::kChatML: return "chatml";
-    case ChatTemplate::kVicuna: return "vicuna";
+    case ChatTemplate::kLlama3:
+      return "llama-3";
+    case ChatTemplate::kLlama2:
+      return "llama-2";
+    case ChatTemplate::kMistral:
+      return "mistral";
+    case ChatTemplate::kChatML:
+      return "chatml";
+    case ChatTemplate::kVicuna:
+      return "vicuna";
   }
   return "?";
 }
 
-std::span<const ChatTemplate> all_chat_templates() { return kAll; }
+std::span<const ChatTemplate> all_chat_templates() {
+  return kAll;
+}
 
 bool recognize_chat_template(const std::string& jinja, ChatTemplate* out) {
   auto has = [&](const char* marker) { return jinja.find(marker) != std::string::npos; };
   // Order matters: Llama-2's template also contains "[INST]".
-  if (has("<|start_header_id|>")) *out = ChatTemplate::kLlama3;
-  else if (has("<|im_start|>")) *out = ChatTemplate::kChatML;
-  else if (has("<<SYS>>")) *out = ChatTemplate::kLlama2;
-  else if (has("[INST]")) *out = ChatTemplate::kMistral;
-  else if (has("USER:") && has("ASSISTANT:")) *out = ChatTemplate::kVicuna;
-  else return false;
+  if (has("<|start_header_id|>"))
+    *out = ChatTemplate::kLlama3;
+  else if (has("<|im_start|>"))
+    *out = ChatTemplate::kChatML;
+  else if (has("<<SYS>>"))
+    *out = ChatTemplate::kLlama2;
+  else if (has("[INST]"))
+    *out = ChatTemplate::kMistral;
+  else if (has("USER:") && has("ASSISTANT:"))
+    *out = ChatTemplate::kVicuna;
+  else
+    return false;
   return true;
 }
 
 ChatTemplate detect_chat_template(const std::string& model_dir) {
   const std::filesystem::path dir(model_dir);
-  const std::string jinja = folder_chat_template(dir);
+  const std::string jinja = model_chat_template(model_dir);
   ChatTemplate t{};
   if (!jinja.empty()) {
     if (recognize_chat_template(jinja, &t)) return t;
@@ -261,8 +279,10 @@ ChatTemplate detect_chat_template(const std::string& model_dir) {
   const std::filesystem::path cfg_path = dir / "config.json";
   std::error_code ec;
   if (!std::filesystem::is_regular_file(cfg_path, ec)) {
-    throw Error(model_dir + ": no chat template and no config.json to infer one from; pass one "
-                "explicitly (" + valid_names() + ")");
+    throw Error(model_dir +
+                ": no chat template and no config.json to infer one from; pass one "
+                "explicitly (" +
+                valid_names() + ")");
   }
   const nlohmann::json cfg = formats_detail::read_json_file(cfg_path.string());
   std::string type = cfg.is_object() ? lower(cfg.value("model_type", std::string())) : "";
@@ -270,16 +290,21 @@ ChatTemplate detect_chat_template(const std::string& model_dir) {
       cfg["architectures"].is_array() && !cfg["architectures"].empty() &&
       cfg["architectures"][0].is_string()) {
     const std::string arch = lower(cfg["architectures"][0].get<std::string>());
-    if (arch.rfind("llama", 0) == 0) type = "llama";
-    else if (arch.rfind("mistral", 0) == 0) type = "mistral";
-    else if (arch.rfind("mixtral", 0) == 0) type = "mixtral";
-    else if (arch.rfind("qwen2", 0) == 0) type = "qwen2";
+    if (arch.rfind("llama", 0) == 0)
+      type = "llama";
+    else if (arch.rfind("mistral", 0) == 0)
+      type = "mistral";
+    else if (arch.rfind("mixtral", 0) == 0)
+      type = "mixtral";
+    else if (arch.rfind("qwen2", 0) == 0)
+      type = "qwen2";
   }
-  const int64_t vocab = cfg.is_object() && cfg.contains("vocab_size") &&
-                                cfg["vocab_size"].is_number_integer()
-                            ? cfg["vocab_size"].get<int64_t>()
-                            : 0;
-  std::string folder = lower((dir.filename().empty() ? dir.parent_path() : dir).filename().string());
+  const int64_t vocab =
+      cfg.is_object() && cfg.contains("vocab_size") && cfg["vocab_size"].is_number_integer()
+          ? cfg["vocab_size"].get<int64_t>()
+          : 0;
+  std::string folder =
+      lower((dir.filename().empty() ? dir.parent_path() : dir).filename().string());
   if (type == "qwen2" || type == "qwen") return ChatTemplate::kChatML;
   if (type == "mistral" || type == "mixtral") return ChatTemplate::kMistral;
   if (type == "llama") {
@@ -302,10 +327,14 @@ std::string render_chat(ChatTemplate t, std::span<const ChatMessage> messages,
   }
   check(any_turn, "chat: the conversation has no user or assistant message");
   switch (t) {
-    case ChatTemplate::kLlama3: return render_llama3(messages, add_generation_prompt, bos_token);
-    case ChatTemplate::kLlama2: return render_llama2(messages, bos_token, eos_token);
-    case ChatTemplate::kMistral: return render_mistral(messages, bos_token, eos_token);
-    case ChatTemplate::kChatML: return render_chatml(messages, add_generation_prompt);
+    case ChatTemplate::kLlama3:
+      return render_llama3(messages, add_generation_prompt, bos_token);
+    case ChatTemplate::kLlama2:
+      return render_llama2(messages, bos_token, eos_token);
+    case ChatTemplate::kMistral:
+      return render_mistral(messages, bos_token, eos_token);
+    case ChatTemplate::kChatML:
+      return render_chatml(messages, add_generation_prompt);
     case ChatTemplate::kVicuna:
       return render_vicuna(messages, add_generation_prompt, bos_token, eos_token);
   }

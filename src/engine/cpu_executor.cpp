@@ -13,7 +13,9 @@ namespace {
 class CpuExecutor final : public ModelExecutor {
  public:
   CpuExecutor(const LlamaModel& model, int64_t num_pages, int64_t num_slots, int64_t max_model_len)
-      : model_(model), num_pages_(num_pages), cache_(make(model, num_pages, num_slots, max_model_len)) {}
+      : model_(model),
+        num_pages_(num_pages),
+        cache_(make(model, num_pages, num_slots, max_model_len)) {}
 
   int64_t vocab_size() const override { return model_.config().vocab_size; }
   int64_t num_slots() const override { return cache_.slots(); }
@@ -37,8 +39,8 @@ class CpuExecutor final : public ModelExecutor {
   }
 
   std::string describe() const override {
-    return "cpu, " + model_.precision().name() + ", " + std::to_string(num_pages_) +
-           " KV pages, " + std::to_string(cache_.slots()) + " slots";
+    return "cpu, " + model_.precision().name() + ", " + std::to_string(num_pages_) + " KV pages, " +
+           std::to_string(cache_.slots()) + " slots";
   }
 
  private:
@@ -48,9 +50,8 @@ class CpuExecutor final : public ModelExecutor {
     const KvPrecision kv = model.precision().kv;
     if (kv == KvPrecision::kKv16) return model.make_cache(num_slots, max_model_len);
     const quant::KvBits bits = kv == KvPrecision::kKv8 ? quant::KvBits::k8 : quant::KvBits::k4;
-    return KvCache(PagedKvCache::with_external_pages(bits, cfg.num_layers, num_pages, num_slots,
-                                                     max_model_len, cfg.num_kv_heads,
-                                                     cfg.head_dim));
+    return KvCache(PagedKvCache::with_external_pages(
+        bits, cfg.num_layers, num_pages, num_slots, max_model_len, cfg.num_kv_heads, cfg.head_dim));
   }
 
   const LlamaModel& model_;
@@ -59,10 +60,6 @@ class CpuExecutor final : public ModelExecutor {
 };
 
 }  // namespace
-
-void ModelExecutor::score(std::span<const int32_t>, std::vector<float>&) {
-  throw Error("this executor (" + describe() + ") cannot score sequences");
-}
 
 std::unique_ptr<ModelExecutor> make_cpu_executor(const LlamaModel& model, int64_t num_pages,
                                                  int64_t num_slots, int64_t max_model_len) {

@@ -24,8 +24,7 @@ struct Engine::Request {
   Clock::time_point arrival, first_token;
   bool has_first_token = false;
 
-  Request(const SamplingParams& p, const Tokenizer* tok)
-      : params(p), sampler(p), stops(p.stop) {
+  Request(const SamplingParams& p, const Tokenizer* tok) : params(p), sampler(p), stops(p.stop) {
     if (tok != nullptr) detok.emplace(*tok, p.skip_special_tokens);
   }
 };
@@ -96,8 +95,7 @@ int64_t Engine::add_request(std::vector<int32_t> prompt_ids, const SamplingParam
     check(t >= 0 && t < vocab, "request: prompt token id " + std::to_string(t) +
                                    " outside the vocabulary of " + std::to_string(vocab));
   }
-  check(params.stop.empty() || tokenizer_ != nullptr,
-        "request: stop strings need a tokenizer");
+  check(params.stop.empty() || tokenizer_ != nullptr, "request: stop strings need a tokenizer");
   auto r = std::make_unique<Request>(params, tokenizer_);
   r->id = next_id_;
   r->seq.id = r->id;
@@ -118,7 +116,9 @@ int64_t Engine::add_request(std::vector<int32_t> prompt_ids, const SamplingParam
   return id;
 }
 
-bool Engine::has_unfinished() const { return scheduler_->has_unfinished() || !pending_.empty(); }
+bool Engine::has_unfinished() const {
+  return scheduler_->has_unfinished() || !pending_.empty();
+}
 
 RequestOutput Engine::new_output(const Request& r) const {
   RequestOutput o;
@@ -154,12 +154,36 @@ bool Engine::abort(int64_t id) {
   return true;
 }
 
+// Where the next token of r is sampled: on the executor's device when it can and nothing
+// host-only is needed (logprobs, min-p, ids banned before min_tokens), else from the logits.
+RowSample Engine::plan_row(Request& r) {
+  RowSample row;
+  const bool banning = r.seq.num_output() < r.params.min_tokens && !r.banned.empty();
+  if (executor_->samples_on_device() && r.sampler.device_eligible() && !banning) {
+    const Sampler::DeviceRow d = r.sampler.next_device_row();
+    row.kind = RowSample::Kind::kDevice;
+    row.temperature = d.temperature;
+    row.top_k = d.top_k;
+    row.top_p = d.top_p;
+    row.uniform = d.uniform;
+  } else {
+    row.kind = RowSample::Kind::kLogits;
+  }
+  return row;
+}
+
 void Engine::sample_and_check(Request& r, std::span<const float> logits, RequestOutput& out) {
+  const bool before_min = r.seq.num_output() < r.params.min_tokens;
+  accept_token(r,
+               r.sampler.sample(logits, before_min ? std::span<const int32_t>(r.banned)
+                                                   : std::span<const int32_t>()),
+               out);
+}
+
+// Appends a sampled token to r and applies the stop rules.
+void Engine::accept_token(Request& r, const SampledToken& tok, RequestOutput& out) {
   const SamplingParams& p = r.params;
   const bool before_min = r.seq.num_output() < p.min_tokens;
-  const SampledToken tok =
-      r.sampler.sample(logits, before_min ? std::span<const int32_t>(r.banned)
-                                          : std::span<const int32_t>());
   if (!r.has_first_token) {
     r.has_first_token = true;
     r.first_token = Clock::now();
@@ -245,18 +269,32 @@ std::vector<RequestOutput> Engine::step() {
         stats_.prefill_tokens += c.num_tokens;
       }
     }
-    executor_->execute(tokens_, spans_, tables_, logits_);
+    rows_.clear();
+    size_t n_logits = 0, n_ids = 0;
+    for (const ScheduledChunk& c : sched.chunks) {
+      rows_.push_back(c.samples ? plan_row(*requests_.at(c.seq->id)) : RowSample{});
+      n_logits += rows_.back().kind == RowSample::Kind::kLogits;
+      n_ids += rows_.back().kind == RowSample::Kind::kDevice;
+    }
+    executor_->execute_rows(tokens_, spans_, tables_, rows_, logits_, ids_);
     ++stats_.steps;
     scheduler_->on_step_done(sched);
-    const int64_t vocab = executor_->vocab_size();
-    check(static_cast<int64_t>(logits_.size()) == vocab * static_cast<int64_t>(sched.chunks.size()),
-          "engine: executor returned logits of the wrong size");
+    const size_t vocab = static_cast<size_t>(executor_->vocab_size());
+    check(logits_.size() == vocab * n_logits && ids_.size() == n_ids,
+          "engine: executor returned logits or ids of the wrong size");
+    size_t li = 0, di = 0;
     for (size_t i = 0; i < sched.chunks.size(); ++i) {
-      const ScheduledChunk& c = sched.chunks[i];
-      if (!c.samples) continue;
-      Request& r = *requests_.at(c.seq->id);
+      if (rows_[i].kind == RowSample::Kind::kNone) continue;
+      Request& r = *requests_.at(sched.chunks[i].seq->id);
       RequestOutput out = new_output(r);
-      sample_and_check(r, {logits_.data() + i * vocab, static_cast<size_t>(vocab)}, out);
+      if (rows_[i].kind == RowSample::Kind::kLogits) {
+        sample_and_check(r, {logits_.data() + vocab * li++, vocab}, out);
+      } else {
+        const int32_t id = ids_[di++];
+        check(id >= 0 && static_cast<size_t>(id) < vocab,
+              "engine: the executor sampled an id outside the vocabulary");
+        accept_token(r, SampledToken{id, 0.0f, {}}, out);
+      }
       outputs.push_back(std::move(out));
     }
   }
@@ -269,8 +307,9 @@ std::vector<RequestOutput> Engine::step() {
   return outputs;
 }
 
-std::vector<CompletedRequest> generate(Engine& engine, const std::vector<GenerationRequest>& requests,
-                                       const std::function<void(const CompletedRequest&)>& on_done) {
+std::vector<CompletedRequest> generate(
+    Engine& engine, const std::vector<GenerationRequest>& requests,
+    const std::function<void(const CompletedRequest&)>& on_done) {
   std::vector<CompletedRequest> done(requests.size());
   std::unordered_map<int64_t, size_t> index;
   try {

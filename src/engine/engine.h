@@ -41,21 +41,24 @@ struct EngineConfig {
   double memory_utilization = 0.9;     // fraction of memory the KV cache may take when sizing
   double watermark = 0.01;             // fraction of pages kept free at admission
   bool chunked_prefill = true;
+  // Per-op-class GPU timing of every step (executors that support it; see
+  // ModelExecutor::profile_report). Slows the run a little.
+  bool profile = false;
 };
 
 // What a request produced since its last output (and, when finished, how it ended).
 struct RequestOutput {
   int64_t id = 0;
-  std::string text;                  // new text (complete UTF-8; stop strings never included)
-  std::vector<int32_t> token_ids;    // new token ids (an EOS / stop token id included)
+  std::string text;                    // new text (complete UTF-8; stop strings never included)
+  std::vector<int32_t> token_ids;      // new token ids (an EOS / stop token id included)
   std::vector<SampledToken> logprobs;  // per new token, when SamplingParams::logprobs
   bool finished = false;
-  std::string finish_reason;         // "stop" | "length" | "abort", when finished
-  std::string stop_reason;           // the stop string or "token:<id>" that ended it
+  std::string finish_reason;  // "stop" | "length" | "abort", when finished
+  std::string stop_reason;    // the stop string or "token:<id>" that ended it
   int64_t prompt_tokens = 0;
-  int64_t completion_tokens = 0;     // generated so far
-  double ttft_s = 0.0;               // arrival to first token (0 until there is one)
-  double latency_s = 0.0;            // arrival to finish (when finished)
+  int64_t completion_tokens = 0;  // generated so far
+  double ttft_s = 0.0;            // arrival to first token (0 until there is one)
+  double latency_s = 0.0;         // arrival to finish (when finished)
 };
 
 using OutputCallback = std::function<void(const RequestOutput&)>;
@@ -100,7 +103,9 @@ class Engine {
 
  private:
   struct Request;
+  RowSample plan_row(Request& r);
   void sample_and_check(Request& r, std::span<const float> logits, RequestOutput& out);
+  void accept_token(Request& r, const SampledToken& tok, RequestOutput& out);
   void finish(Request& r, const std::string& reason, RequestOutput& out);
   RequestOutput new_output(const Request& r) const;
 
@@ -120,7 +125,9 @@ class Engine {
   std::vector<int32_t> tokens_;
   std::vector<SeqSpan> spans_;
   std::vector<const PageTable*> tables_;
+  std::vector<RowSample> rows_;
   std::vector<float> logits_;
+  std::vector<int32_t> ids_;
 };
 
 // Shared by every backend's engine factory (Engine::create, create_cuda_engine):
@@ -149,7 +156,8 @@ struct GenerationRequest {
 
 // Offline generation: queues every request and steps until all finish. Results come in the
 // order of `requests`. on_progress (optional) is called after each request finishes.
-std::vector<CompletedRequest> generate(Engine& engine, const std::vector<GenerationRequest>& requests,
-                                       const std::function<void(const CompletedRequest&)>& on_done = {});
+std::vector<CompletedRequest> generate(
+    Engine& engine, const std::vector<GenerationRequest>& requests,
+    const std::function<void(const CompletedRequest&)>& on_done = {});
 
 }  // namespace qserve

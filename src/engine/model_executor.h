@@ -17,6 +17,22 @@ namespace qserve {
 
 class LlamaModel;
 
+// What the engine needs from one sequence's last-token logits in a step.
+struct RowSample {
+  enum class Kind : uint8_t {
+    kNone,    // nothing (a prefill chunk that does not reach the end of its prompt)
+    kLogits,  // the logits row, to sample on the host (logprobs, min-p, banned ids)
+    kDevice,  // one token id sampled where the logits are (samples_on_device() executors)
+  };
+  Kind kind = Kind::kNone;
+  // kDevice: the contract of cuda::sample_rows (ops_cuda_attention.h): temperature 0 = greedy,
+  // top_k 0 = off, top_p 1 = off, uniform in [0, 1) drawn from the request's seeded RNG.
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  double uniform = 0.0;
+};
+
 class ModelExecutor {
  public:
   virtual ~ModelExecutor() = default;
@@ -30,6 +46,20 @@ class ModelExecutor {
   // [seqs.size(), vocab] (the last row of each sequence) to `logits`.
   virtual void execute(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                        std::span<const PageTable* const> pages, std::vector<float>& logits) = 0;
+  // One step like execute(), returning only what `rows` (one per sequence) asks for: the
+  // logits rows of kind kLogits, in order, as [n_logits, vocab] in `logits`, and the ids of the
+  // rows of kind kDevice, in order, in `ids`. An executor on a GPU samples kDevice rows there,
+  // so a decode step moves a few bytes per sequence to the host instead of a vocabulary row.
+  // The default runs execute() and copies the kLogits rows; it accepts kDevice rows only if
+  // samples_on_device() (which it is not).
+  virtual void execute_rows(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
+                            std::span<const PageTable* const> pages,
+                            std::span<const RowSample> rows, std::vector<float>& logits,
+                            std::vector<int32_t>& ids);
+  virtual bool samples_on_device() const { return false; }
+  // With EngineConfig::profile: where the steps so far spent their time (a table per step
+  // kind); empty when the executor does not profile.
+  virtual std::string profile_report() const { return {}; }
   virtual std::string describe() const = 0;
   // Evaluation (perplexity, golden logits): logits [tokens.size(), vocab] at every position of
   // one sequence run from an empty context, through the same forward as execute(). Uses the

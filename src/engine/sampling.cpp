@@ -43,8 +43,8 @@ double uniform01(std::mt19937_64& rng) {
 void validate(const SamplingParams& p) {
   check(std::isfinite(p.temperature) && p.temperature >= 0.0f,
         "sampling: temperature must be a finite number >= 0 (got " + num(p.temperature) + ")");
-  check(p.top_k >= -1, "sampling: top_k must be >= 0, or -1 for off (got " +
-                           std::to_string(p.top_k) + ")");
+  check(p.top_k >= -1,
+        "sampling: top_k must be >= 0, or -1 for off (got " + std::to_string(p.top_k) + ")");
   check(p.top_p > 0.0f && p.top_p <= 1.0f,
         "sampling: top_p must be in (0, 1] (got " + num(p.top_p) + ")");
   check(p.min_p >= 0.0f && p.min_p <= 1.0f,
@@ -109,9 +109,8 @@ int32_t Sampler::draw(std::span<const float> l, float mx) {
   };
   // min-p first: p_i / p_max = exp((l_i - max) / T) does not depend on which other tokens
   // survive, so it commutes with top-k, and it is one compare per logit.
-  const float min_logit = p_.min_p > 0.0f
-                              ? mx + p_.temperature * std::log(p_.min_p)
-                              : -std::numeric_limits<float>::infinity();
+  const float min_logit = p_.min_p > 0.0f ? mx + p_.temperature * std::log(p_.min_p)
+                                          : -std::numeric_limits<float>::infinity();
   auto eligible = [&](float li) { return li > kNegInf && li >= min_logit; };
   const bool top_p = p_.top_p < 1.0f;
   const size_t k = p_.top_k > 0 ? static_cast<size_t>(p_.top_k) : 0;
@@ -196,6 +195,11 @@ int32_t Sampler::draw(std::span<const float> l, float mx) {
   return cand_[keep - 1].id;  // rounding left r >= 0 after the last candidate
 }
 
+Sampler::DeviceRow Sampler::next_device_row() {
+  if (p_.temperature < kGreedyEps) return {0.0f, 0, 1.0f, 0.0};
+  return {p_.temperature, p_.top_k > 0 ? p_.top_k : 0, p_.top_p, uniform01(rng_)};
+}
+
 SampledToken Sampler::sample(std::span<const float> logits, std::span<const int32_t> banned) {
   check(!logits.empty(), "sampling: empty logits");
   const size_t n = logits.size();
@@ -231,7 +235,8 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const int3
     double sum = 0.0;
     for (const float li : logits) sum += std::exp(li - static_cast<float>(m));  // float exp: speed
     const double lse = m + std::log(sum);
-    out.logprob = static_cast<float>(static_cast<double>(logits[static_cast<size_t>(out.id)]) - lse);
+    out.logprob =
+        static_cast<float>(static_cast<double>(logits[static_cast<size_t>(out.id)]) - lse);
     const size_t want = std::min(static_cast<size_t>(p_.top_logprobs), n);
     if (want > 0) {
       // One pass with a small sorted buffer (want <= 20): most logits fail the first compare.

@@ -59,6 +59,22 @@ class Sampler {
   // pick is the argmax (lowest id on ties) of the allowed ids.
   SampledToken sample(std::span<const float> logits, std::span<const int32_t> banned = {});
 
+  // Whether this request's next token may be sampled by a device sampler (the contract of
+  // cuda::sample_rows): not with logprobs or min-p, whose inputs only the host path computes.
+  bool device_eligible() const { return !p_.logprobs && p_.min_p == 0.0f; }
+  // The device sampler's parameters for the next token: temperature (0 when greedy), top-k
+  // (0 = off), top-p, and one uniform in [0, 1) from this request's RNG (none when greedy), so
+  // seeded requests stay reproducible on a device. The pick follows the device contract
+  // (integer weights in double), not sample()'s float arithmetic: the same seed may pick a
+  // different token on the host and on a device.
+  struct DeviceRow {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    double uniform;
+  };
+  DeviceRow next_device_row();
+
  private:
   struct Cand {
     float logit;

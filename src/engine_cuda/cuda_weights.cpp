@@ -4,6 +4,8 @@
 
 #include "backend/cpu/ops_cpu.h"
 #include "core/error.h"
+#include "core/half.h"
+#include "core/thread_pool.h"
 
 namespace qserve::cuda {
 
@@ -53,7 +55,6 @@ LlamaOnDevice upload_llama(const LlamaModel& model, cudaStream_t stream) {
   LlamaOnDevice d;
   d.embed = upload_vec(w.embed, stream, d.bytes);
   d.final_norm = upload_vec(w.final_norm, stream, d.bytes);
-  d.lm_head = upload_f32(w.lm_head, stream, d.bytes);
   d.inv_freq = upload_vec(cpu::rope_inv_freq(model.config()), stream, d.bytes);
   d.layers.reserve(w.layers.size());
   for (const LayerWeights& L : w.layers) {
@@ -75,6 +76,23 @@ LlamaOnDevice upload_llama(const LlamaModel& model, cudaStream_t stream) {
             "cuda: every decoder linear must have the same kind of precision (all quantized or "
             "all fp32)");
     }
+  }
+  // The lm_head: fp32 for W16A16 (the parity path); for quantized models fp16 weights, as in
+  // QServe (its checkpoints keep lm_head in fp16), which halves the largest read of a decode
+  // step and runs on the fp16 tensor cores instead of fp32 math.
+  if (d.quantized && w.lm_head.bias.empty()) {
+    d.lm_head.n = w.lm_head.n;
+    d.lm_head.k = w.lm_head.k;
+    std::vector<uint16_t> h(w.lm_head.w.size());
+    ThreadPool::global().parallel_for(
+        static_cast<int64_t>(h.size()), 1 << 16, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            h[static_cast<size_t>(i)] = float_to_fp16(w.lm_head.w[static_cast<size_t>(i)]);
+          }
+        });
+    d.lm_head16 = upload_vec(h, stream, d.bytes);
+  } else {
+    d.lm_head = upload_f32(w.lm_head, stream, d.bytes);
   }
   cuda_check(cudaStreamSynchronize(stream), "upload_llama");
   return d;

@@ -34,10 +34,11 @@ struct LlamaOnDevice {
   DeviceBuffer<float> embed;  // [V, H]
   std::vector<LayerOnDevice> layers;
   DeviceBuffer<float> final_norm;
-  LinearF32OnDevice lm_head;
-  DeviceBuffer<float> inv_freq;  // [head_dim / 2]
-  bool quantized = false;        // the decoder linears take int8 activations
-  size_t bytes = 0;              // device bytes of all of the above
+  LinearF32OnDevice lm_head;         // fp32 (W16A16 models; w empty when lm_head16 is used)
+  DeviceBuffer<uint16_t> lm_head16;  // [V, H] fp16: quantized models, as QServe serves them
+  DeviceBuffer<float> inv_freq;      // [head_dim / 2]
+  bool quantized = false;            // the decoder linears take int8 activations
+  size_t bytes = 0;                  // device bytes of all of the above
 };
 
 LlamaOnDevice upload_llama(const LlamaModel& model, cudaStream_t stream);

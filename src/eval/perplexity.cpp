@@ -40,8 +40,8 @@ double token_nll(const float* logits, int64_t vocab, int32_t target) {
 }
 
 PerplexityResult perplexity(
-    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits,
-    int64_t vocab, const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
+    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits, int64_t vocab,
+    const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
     const std::function<void(int64_t, int64_t)>& progress) {
   check(window >= 2, "perplexity: window must be at least 2 tokens");
   const int64_t n = static_cast<int64_t>(stream.size());
@@ -73,14 +73,29 @@ PerplexityResult perplexity(
 
 PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>& stream,
                             int64_t window, int64_t max_windows,
-                            const std::function<void(int64_t, int64_t)>& progress) {
+                            const std::function<void(int64_t, int64_t)>& progress,
+                            int64_t prefill_chunk) {
+  check(prefill_chunk >= 0, "perplexity: the prefill chunk must be >= 0");
   check(window <= model.config().max_position_embeddings,
         "perplexity: window " + std::to_string(window) + " exceeds the model's context of " +
             std::to_string(model.config().max_position_embeddings) + " tokens");
   KvCache cache = model.make_cache(1, std::max<int64_t>(window, 1));
   const auto logits = [&](std::span<const int32_t> tokens) {
-    const SeqSpan s{0, static_cast<int64_t>(tokens.size()), 0, 0};
-    return model.forward(tokens, {&s, 1}, cache, LogitsMode::AllTokens);
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (prefill_chunk <= 0 || prefill_chunk >= n) {
+      const SeqSpan s{0, n, 0, 0};
+      return model.forward(tokens, {&s, 1}, cache, LogitsMode::AllTokens);
+    }
+    std::vector<float> all;
+    for (int64_t start = 0; start < n; start += prefill_chunk) {
+      const int64_t len = std::min(prefill_chunk, n - start);
+      const SeqSpan s{0, len, start, 0};
+      const std::vector<float> part =
+          model.forward(tokens.subspan(static_cast<size_t>(start), static_cast<size_t>(len)),
+                        {&s, 1}, cache, LogitsMode::AllTokens);
+      all.insert(all.end(), part.begin(), part.end());
+    }
+    return all;
   };
   return perplexity(logits, model.config().vocab_size, stream, window, max_windows, progress);
 }
@@ -93,7 +108,8 @@ std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& 
   int32_t eot = -1;
   if (!eot_token.empty()) {
     auto id = tok.token_to_id(eot_token);
-    check(id.has_value(), "perplexity: end-of-text token '" + eot_token + "' is not in the vocabulary");
+    check(id.has_value(),
+          "perplexity: end-of-text token '" + eot_token + "' is not in the vocabulary");
     eot = *id;
   } else if (auto a = tok.token_to_id("<|end_of_text|>")) {
     eot = *a;
@@ -107,7 +123,8 @@ std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& 
   size_t start = 0;
   for (;;) {
     const size_t end = text.find(doc_separator, start);
-    const std::string doc = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    const std::string doc =
+        text.substr(start, end == std::string::npos ? std::string::npos : end - start);
     stream.push_back(*tok.bos_id());
     std::vector<int32_t> ids = tok.encode(doc, /*add_special_tokens=*/false);
     stream.insert(stream.end(), ids.begin(), ids.end());

@@ -24,16 +24,20 @@ struct PerplexityResult {
 };
 
 // Runs the protocol on `stream`. max_windows > 0 limits the number of windows evaluated.
-// progress (optional) is called after each window with (done, total).
+// progress (optional) is called after each window with (done, total). prefill_chunk > 0 runs
+// each window as consecutive prefill chunks of that many tokens, so that later chunks attend to
+// the earlier ones through the KV cache - with a KV4/KV8 cache, through its quantized pages (one
+// prefill per window, the default, never reads the quantized cache; docs/precision.md §4).
 PerplexityResult perplexity(const LlamaModel& model, const std::vector<int32_t>& stream,
                             int64_t window, int64_t max_windows,
-                            const std::function<void(int64_t, int64_t)>& progress = {});
+                            const std::function<void(int64_t, int64_t)>& progress = {},
+                            int64_t prefill_chunk = 0);
 
 // The same protocol over any scorer: window_logits(tokens) returns logits [tokens, vocab] for
 // one window run from an empty context (e.g. ModelExecutor::score on the GPU).
 PerplexityResult perplexity(
-    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits,
-    int64_t vocab, const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
+    const std::function<std::vector<float>(std::span<const int32_t>)>& window_logits, int64_t vocab,
+    const std::vector<int32_t>& stream, int64_t window, int64_t max_windows,
     const std::function<void(int64_t, int64_t)>& progress = {});
 
 // Builds the token stream from text. Without a separator: encode(text) with special tokens (one

@@ -1,28 +1,49 @@
 // Random-weight models with real shapes, so benchmarks and tests run without a download.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 
+#include "core/thread_pool.h"
 #include "model/llama_model.h"
 
 namespace qserve {
 
 namespace {
 
-std::vector<float> random_vec(std::mt19937_64& rng, int64_t n, float stddev) {
-  std::normal_distribution<float> dist(0.0f, stddev);
+uint64_t splitmix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// n normal values drawn in 64Ki-element chunks, each from its own generator seeded by
+// (seed, chunk), on the thread pool: an 8B model's weights are ~8e9 draws, minutes on one core.
+// The values depend only on seed and n, never on the thread count.
+std::vector<float> random_vec(uint64_t seed, int64_t n, float stddev) {
+  constexpr int64_t kChunk = 1 << 16;
   std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = dist(rng);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  ThreadPool::global().parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      std::mt19937_64 rng(splitmix64(seed ^ splitmix64(static_cast<uint64_t>(c))));
+      std::normal_distribution<float> dist(0.0f, stddev);
+      const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+      for (int64_t i = lo; i < hi; ++i) v[static_cast<size_t>(i)] = dist(rng);
+    }
+  });
   return v;
 }
 
+// Each tensor gets its own seed from the model's generator, in a fixed order.
 cpu::LinearF32 random_linear(std::mt19937_64& rng, int64_t n, int64_t k, bool bias) {
   cpu::LinearF32 l;
   l.n = n;
   l.k = k;
   // 1/sqrt(k) keeps activations at unit scale through the residual stream.
-  l.w = random_vec(rng, n * k, 1.0f / std::sqrt(static_cast<float>(k)));
-  if (bias) l.bias = random_vec(rng, n, 0.02f);
+  l.w = random_vec(rng(), n * k, 1.0f / std::sqrt(static_cast<float>(k)));
+  if (bias) l.bias = random_vec(rng(), n, 0.02f);
   return l;
 }
 
@@ -33,7 +54,7 @@ std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64
   std::mt19937_64 rng(seed);
   const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
   LlamaWeights w;
-  w.embed = random_vec(rng, V * H, 1.0f);
+  w.embed = random_vec(rng(), V * H, 1.0f);
   w.layers.resize(static_cast<size_t>(cfg.num_layers));
   // Each linear is quantized right after it is drawn, so the fp32 copy of only one exists at a
   // time. The random stream does not depend on the precision: every precision of one seed

@@ -13,7 +13,9 @@ namespace {
 
 using qserve::test::RunResult;
 
-std::string quote(const std::string& s) { return qserve::test::shell_quote(s); }
+std::string quote(const std::string& s) {
+  return qserve::test::shell_quote(s);
+}
 
 RunResult qserve(const std::string& args, bool merge_stderr = true) {
   return qserve::test::run_qserve(args, merge_stderr);
@@ -30,8 +32,8 @@ TEST(Cli, GenerateJsonMatchesGreedyGolden) {
   const auto g = golden();
   const auto& p = g["prompts"][0];
   RunResult r = qserve("generate --model " + kDoc + " --prompt " + quote(p["text"]) +
-                     " --max-tokens 32 --temperature 0 --json",
-                 false);
+                           " --max-tokens 32 --temperature 0 --json",
+                       false);
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["token_ids"], p["greedy_32"]);
@@ -42,8 +44,8 @@ TEST(Cli, GeneratePrintsContinuationOnly) {
   const auto g = golden();
   const auto& p = g["prompts"][3];
   RunResult r = qserve("generate --model " + kDoc + " --prompt " + quote(p["text"]) +
-                     " --max-tokens 32 --temperature 0",
-                 false);
+                           " --max-tokens 32 --temperature 0",
+                       false);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out, p["greedy_32_text"].get<std::string>() + "\n");
 }
@@ -54,17 +56,19 @@ TEST(Cli, TokenizeWithAndWithoutSpecial) {
     RunResult a = qserve("tokenize --model " + kDoc + " --text " + quote(c["text"]), false);
     ASSERT_EQ(a.code, 0) << a.out;
     EXPECT_EQ(nlohmann::json::parse(a.out), c["ids"]) << c["text"];
-    RunResult b = qserve("tokenize --model " + kDoc + " --text " + quote(c["text"]) + " --no-special", false);
+    RunResult b =
+        qserve("tokenize --model " + kDoc + " --text " + quote(c["text"]) + " --no-special", false);
     ASSERT_EQ(b.code, 0) << b.out;
     EXPECT_EQ(nlohmann::json::parse(b.out), c["ids_no_special"]) << c["text"];
   }
 }
 
 TEST(Cli, PerplexityJsonOnAFewWindows) {
-  RunResult r = qserve("perplexity --model " + kDoc + " --text " +
-                     quote(qserve::test::shared_dir() + "/data/eval/doc-heldout.txt") +
-                     " --window 128 --doc-separator '\\n\\n<|doc|>\\n\\n' --max-windows 2 --json",
-                 false);
+  RunResult r =
+      qserve("perplexity --model " + kDoc + " --text " +
+                 quote(qserve::test::shared_dir() + "/data/eval/doc-heldout.txt") +
+                 " --window 128 --doc-separator '\\n\\n<|doc|>\\n\\n' --max-windows 2 --json",
+             false);
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["windows"], 2);
@@ -93,6 +97,9 @@ TEST(Cli, ErrorsAreOneClearLine) {
   RunResult b = qserve("bench --model synthetic:nope");
   EXPECT_EQ(b.code, 1);
   EXPECT_NE(b.out.find("unknown synthetic model 'nope'"), std::string::npos) << b.out;
+  RunResult s = qserve("serve --model synthetic:tiny");  // no tokenizer to serve text with
+  EXPECT_EQ(s.code, 1);
+  EXPECT_NE(s.out.find("--tokenizer DIR"), std::string::npos) << s.out;
   RunResult c = qserve("perplexity --model " + kDoc + " --text /nonexistent.txt");
   EXPECT_EQ(c.code, 1);
   EXPECT_NE(c.out.find("/nonexistent.txt"), std::string::npos) << c.out;

@@ -127,7 +127,8 @@ TEST(EngineFake, AbortWhileWaiting) {
   EXPECT_EQ(e->scheduler().num_waiting(), 0);
   bool saw_abort = false;
   while (e->has_unfinished()) {
-    for (const RequestOutput& o : e->step()) saw_abort |= o.id == queued && o.finish_reason == "abort";
+    for (const RequestOutput& o : e->step())
+      saw_abort |= o.id == queued && o.finish_reason == "abort";
   }
   EXPECT_TRUE(saw_abort);
 }
@@ -137,8 +138,8 @@ TEST(EngineFake, EosStopsUnlessIgnoredAndNotBeforeMinTokens) {
   const std::vector<int32_t> prompt = random_prompt(rng, 20);
   const auto run = [&](const SamplingParams& p) {
     auto e = make_engine(16, 2, 256, 1024, {5});
-    auto* fake = const_cast<test::FakeExecutor*>(
-        dynamic_cast<const test::FakeExecutor*>(&e->executor()));
+    auto* fake =
+        const_cast<test::FakeExecutor*>(dynamic_cast<const test::FakeExecutor*>(&e->executor()));
     fake->favour = 5;
     fake->favour_bonus = 100.0f;  // EOS always wins unless banned
     return generate(*e, {{prompt, p}}).front();
@@ -181,8 +182,8 @@ TEST(EngineFake, BadRequestsAreRefusedAndLoseNothing) {
   SamplingParams ok;
   ok.max_tokens = 5;
   const int64_t good = e->add_request(random_prompt(rng, 10), ok);
-  EXPECT_THROW(e->add_request({}, ok), Error);                       // empty
-  EXPECT_THROW(e->add_request({kVocab}, ok), Error);                 // outside the vocabulary
+  EXPECT_THROW(e->add_request({}, ok), Error);                        // empty
+  EXPECT_THROW(e->add_request({kVocab}, ok), Error);                  // outside the vocabulary
   EXPECT_THROW(e->add_request(random_prompt(rng, 1000), ok), Error);  // fills the context
   SamplingParams big = ok;
   big.max_tokens = 400;  // 410 tokens need 7 pages, the cache has 4
@@ -228,6 +229,79 @@ TEST(EngineFake, OutputsStreamToCallbacksAndCarryTimings) {
   EXPECT_EQ(last.prompt_tokens, 30);
   EXPECT_GT(last.ttft_s, 0.0);
   EXPECT_GE(last.latency_s, last.ttft_s);
+}
+
+}  // namespace
+}  // namespace qserve
+
+namespace qserve {
+namespace {
+
+// An executor that samples on a device gets kDevice rows for plain requests and kLogits rows for
+// what only the host can do (logprobs, min-p, ids banned before min_tokens); rows of chunks that
+// do not reach the end of the prompt ask for nothing. Greedy device rows equal host greedy,
+// and seeded device rows do not depend on the batch.
+TEST(EngineFake, RowsGoToTheDeviceUnlessTheHostIsNeeded) {
+  const auto make = [](bool device, int64_t budget) {
+    EngineConfig cfg;
+    cfg.max_num_seqs = 8;
+    cfg.max_num_batched_tokens = budget;
+    auto exec = std::make_unique<test::FakeExecutor>(kVocab, 64, 8);
+    exec->device_sampling = device;
+    test::FakeExecutor* raw = exec.get();
+    return std::make_pair(
+        std::make_unique<Engine>(std::move(exec), nullptr, cfg, 1024, std::vector<int32_t>{7}),
+        raw);
+  };
+  std::mt19937_64 rng(5);
+  const std::vector<int32_t> prompt = random_prompt(rng, 100);
+  SamplingParams greedy;
+  greedy.max_tokens = 12;
+  greedy.ignore_eos = true;
+  SamplingParams seeded = greedy;
+  seeded.temperature = 0.9f;
+  seeded.top_k = 20;
+  seeded.top_p = 0.8f;
+  seeded.seed = 42;
+  SamplingParams logprobs = greedy;
+  logprobs.logprobs = true;
+  SamplingParams minp = seeded;
+  minp.min_p = 0.1f;
+  SamplingParams banned = greedy;
+  banned.ignore_eos = false;
+  banned.min_tokens = 5;
+  const std::vector<GenerationRequest> reqs = {
+      {prompt, greedy}, {prompt, seeded}, {prompt, logprobs}, {prompt, minp}, {prompt, banned}};
+
+  auto [dev, dev_exec] = make(true, 64);  // 64-token budget: 100-token prompts take two chunks
+  const auto got = generate(*dev, reqs);
+  int none = 0, logits = 0, device = 0;
+  for (const RowSample& r : dev_exec->seen) {
+    none += r.kind == RowSample::Kind::kNone;
+    logits += r.kind == RowSample::Kind::kLogits;
+    device += r.kind == RowSample::Kind::kDevice;
+    if (r.kind == RowSample::Kind::kDevice && r.temperature > 0.0f) {
+      EXPECT_EQ(r.top_k, 20);
+      EXPECT_FLOAT_EQ(r.top_p, 0.8f);
+      EXPECT_GE(r.uniform, 0.0);
+      EXPECT_LT(r.uniform, 1.0);
+    }
+  }
+  EXPECT_GT(none, 0);  // first chunks of the prompts
+  // logprobs and min_p: 12 tokens each on the host; banned: its first 5 tokens.
+  EXPECT_EQ(logits, 12 + 12 + 5);
+  EXPECT_EQ(device, 12 + 12 + 7);
+  EXPECT_EQ(got[2].logprobs.size(), 12u);
+  EXPECT_GE(got[4].token_ids.size(), 5u);
+
+  // Greedy on the device is the host's argmax; a seeded device request is batch-independent.
+  auto [host, host_exec] = make(false, 4096);
+  const auto ref = generate(*host, {{prompt, greedy}});
+  EXPECT_EQ(got[0].token_ids, ref[0].token_ids);
+  for (const RowSample& r : host_exec->seen) EXPECT_NE(r.kind, RowSample::Kind::kDevice);
+  auto [alone, alone_exec] = make(true, 4096);
+  (void)alone_exec;
+  EXPECT_EQ(generate(*alone, {{prompt, seeded}})[0].token_ids, got[1].token_ids);
 }
 
 }  // namespace

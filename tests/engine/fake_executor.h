@@ -6,6 +6,7 @@
 // paging, not just the bookkeeping.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -19,7 +20,10 @@ namespace qserve::test {
 class FakeExecutor final : public ModelExecutor {
  public:
   FakeExecutor(int64_t vocab, int64_t num_pages, int64_t num_slots, uint64_t seed = 1)
-      : vocab_(vocab), num_pages_(num_pages), num_slots_(num_slots), seed_(seed),
+      : vocab_(vocab),
+        num_pages_(num_pages),
+        num_slots_(num_slots),
+        seed_(seed),
         kv_(static_cast<size_t>(num_pages * kPageTokens), -1) {}
 
   int64_t vocab_size() const override { return vocab_; }
@@ -59,8 +63,41 @@ class FakeExecutor final : public ModelExecutor {
     }
   }
 
+  // With device_sampling, the fake claims to sample on a device: kDevice rows get argmax
+  // (temperature 0) or floor(uniform * vocab), a deterministic function of the row's uniform, so
+  // seeded reproducibility is visible; every RowSample seen is recorded in `seen`.
+  bool samples_on_device() const override { return device_sampling; }
+  void execute_rows(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
+                    std::span<const PageTable* const> pages, std::span<const RowSample> rows,
+                    std::vector<float>& logits, std::vector<int32_t>& ids) override {
+    if (!device_sampling) {
+      ModelExecutor::execute_rows(tokens, seqs, pages, rows, logits, ids);
+      seen.insert(seen.end(), rows.begin(), rows.end());
+      return;
+    }
+    std::vector<float> all;
+    execute(tokens, seqs, pages, all);
+    logits.clear();
+    ids.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      seen.push_back(rows[i]);
+      const float* row = all.data() + i * static_cast<size_t>(vocab_);
+      if (rows[i].kind == RowSample::Kind::kLogits) {
+        logits.insert(logits.end(), row, row + vocab_);
+      } else if (rows[i].kind == RowSample::Kind::kDevice) {
+        if (rows[i].temperature == 0.0f) {
+          ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab_) - row));
+        } else {
+          ids.push_back(static_cast<int32_t>(rows[i].uniform * static_cast<double>(vocab_)));
+        }
+      }
+    }
+  }
+
+  bool device_sampling = false;
+  std::vector<RowSample> seen;
   int64_t steps = 0;
-  int32_t favour = -1;        // a token id to boost in every row (e.g. EOS), tests only
+  int32_t favour = -1;  // a token id to boost in every row (e.g. EOS), tests only
   float favour_bonus = 0.0f;
 
  private:

@@ -14,7 +14,9 @@
 namespace qserve {
 namespace {
 
-std::string read_file(const std::string& path) { return read_text_file(path); }
+std::string read_file(const std::string& path) {
+  return read_text_file(path);
+}
 
 class PerplexityDocLlama : public ::testing::Test {
  protected:
@@ -72,6 +74,23 @@ TEST_F(PerplexityDocLlama, WindowLossMatchesDirectComputation) {
   // A trained model on in-domain text: far better than uniform over 8192 tokens.
   EXPECT_LT(r.ppl, 60.0);
   EXPECT_GT(r.ppl, 2.0);
+}
+
+// --prefill-chunk: with the fp32 cache, chunked prefill gives the one-prefill perplexity; with a
+// KV4 cache the later chunks read quantized pages, which one prefill never does.
+TEST_F(PerplexityDocLlama, ChunkedPrefillReadsTheQuantizedCache) {
+  const std::string text = read_file(test::shared_dir() + "/data/eval/doc-heldout.txt");
+  const auto stream = perplexity_stream(*tok_, text, "\n\n<|doc|>\n\n");
+  const double whole = perplexity(*model_, stream, 128, 2).ppl;
+  EXPECT_NEAR(perplexity(*model_, stream, 128, 2, {}, 32).ppl, whole, 1e-5 * whole);
+  LoadOptions kv4;
+  kv4.precision = Precision::parse("w16a16kv4");
+  const auto m4 = LlamaModel::load(test::model_dir("doc-llama-22m"), kv4);
+  const double one = perplexity(*m4, stream, 128, 2).ppl;
+  const double chunked = perplexity(*m4, stream, 128, 2, {}, 32).ppl;
+  EXPECT_NEAR(one, whole, 1e-3 * whole);  // only the fp16 rounding of K/V
+  EXPECT_GT(std::fabs(chunked - one), 1e-4 * one);
+  EXPECT_THROW(perplexity(*model_, stream, 128, 1, {}, -1), Error);
 }
 
 TEST_F(PerplexityDocLlama, RejectsImpossibleWindows) {

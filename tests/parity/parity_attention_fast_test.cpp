@@ -204,8 +204,11 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
                                 d_out.data(), d_ws.data(), ws, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
-    cuda::prefill_attention(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
-                            d_out.data(), stream);
+    // The fp32 contract below is the baseline prefill kernel's; prefill_attention itself now
+    // dispatches to the fp16 tensor-core kernel, whose own contract is tested in
+    // parity_attention_prefill_tc_test.cpp.
+    cuda::prefill_attention_baseline(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                     d_out.data(), stream);
   }
   const std::vector<float> got = cuda::to_host(d_out);
 
@@ -214,11 +217,16 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const double B = scale * static_cast<double>(d) * max_abs(q) * kq;
   const double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
-  const std::string op = std::string(decode ? "decode_attention_fast_" : "prefill_attention_") +
-                         fmt_name(fmt);
+  const std::string op =
+      std::string(decode ? "decode_attention_fast_" : "prefill_attention_") + fmt_name(fmt);
   std::string shape = c.name + ":" +
-                      parity::shape_str({{"S", S}, {"T", T}, {"Hq", hq}, {"Hkv", hkv}, {"D", d},
-                                         {"max_total", max_total}, {"window", c.window}});
+                      parity::shape_str({{"S", S},
+                                         {"T", T},
+                                         {"Hq", hq},
+                                         {"Hkv", hkv},
+                                         {"D", d},
+                                         {"max_total", max_total},
+                                         {"window", c.window}});
   const parity::ParityResult r = parity::compare_close(op, shape, got, want, tol, 0.0);
   EXPECT_PARITY(r, op, shape);
 }
@@ -229,18 +237,25 @@ const KvFormat kFastFormats[] = {KvFormat::kv4, KvFormat::kv8};
 // boundaries and tile edges, the empty context, and a long context (several splits).
 TEST(ParityAttentionFast, DecodeLlama3Group4) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"llama3-8b-g4", 32, 8, 128,
-                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}, {0, 1}}, 0,
-                   1.0f, 1.0f, 1.0f, 101};
+  const AttnCase c{"llama3-8b-g4",
+                   32,
+                   8,
+                   128,
+                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}, {0, 1}},
+                   0,
+                   1.0f,
+                   1.0f,
+                   1.0f,
+                   101};
   for (KvFormat f : kFastFormats) run_case(c, f, true);
 }
 
 // GQA group 8 at head_dim 128 (32 q heads / 4 KV heads), same contexts.
 TEST(ParityAttentionFast, DecodeGroup8) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"hd128-g8", 32, 4, 128,
-                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}}, 0, 1.0f, 1.0f,
-                   1.0f, 102};
+  const AttnCase c{
+      "hd128-g8", 32,   4,    128,  {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}},
+      0,          1.0f, 1.0f, 1.0f, 102};
   for (KvFormat f : kFastFormats) run_case(c, f, true);
 }
 
@@ -272,8 +287,8 @@ TEST(ParityAttentionFast, DecodeHeadDim64) {
 // Sliding window: visible ranges start off page boundaries (the unaligned tile path).
 TEST(ParityAttentionFast, DecodeSlidingWindow) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"window100", 32, 8, 128, {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
-                   100, 1.0f, 1.0f, 1.0f, 108};
+  const AttnCase c{"window100", 32,   8,    128,  {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
+                   100,         1.0f, 1.0f, 1.0f, 108};
   for (KvFormat f : kFastFormats) run_case(c, f, true);
 }
 

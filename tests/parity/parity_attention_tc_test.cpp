@@ -1,8 +1,9 @@
 // Parity of the tensor-core decode attention (attention_decode_tc.cu, issue 8) with the CPU
 // specification, called directly (not through decode_attention's dispatch, so a dispatch
 // change cannot silently hide it). The kernel's fp16 hi/lo splitting of q and P and the tensor
-// cores' accumulation must stay inside the same tolerance the CUDA-core kernels meet. Same reference, inputs and tolerance as
-// parity_attention_test.cpp, whose run_case this file reuses in shape:
+// cores' accumulation must stay inside the same tolerance the CUDA-core kernels meet. Same
+// reference, inputs and tolerance as parity_attention_test.cpp, whose run_case this file reuses in
+// shape:
 //  - KV4/KV8: model/paged_attention.cpp's paged_attention_step (quant::decode_attention_paged,
 //    or quant::kv_gather + quant::attention_unquantized), on the very same page bytes;
 //  - KV16: cpu::attention over a KVCacheF32 holding the same fp16 values the GPU pages hold.
@@ -201,12 +202,15 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
     const size_t ws = cuda::decode_attention_workspace_bytes(S, hq, d, max_total);
     DeviceBuffer<uint8_t> d_ws(ws);
     parity::poison(d_ws.data(), d_ws.bytes());
-    cuda::decode_attention_tc(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
-                                d_out.data(), d_ws.data(), ws, stream);
+    cuda::decode_attention_tc(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window, d_out.data(),
+                              d_ws.data(), ws, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
-    cuda::prefill_attention(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
-                            d_out.data(), stream);
+    // The fp32 contract below is the baseline prefill kernel's; prefill_attention itself now
+    // dispatches to the fp16 tensor-core kernel, whose own contract is tested in
+    // parity_attention_prefill_tc_test.cpp.
+    cuda::prefill_attention_baseline(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                     d_out.data(), stream);
   }
   const std::vector<float> got = cuda::to_host(d_out);
 
@@ -215,11 +219,16 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const double B = scale * static_cast<double>(d) * max_abs(q) * kq;
   const double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
-  const std::string op = std::string(decode ? "decode_attention_tc_" : "prefill_attention_") +
-                         fmt_name(fmt);
+  const std::string op =
+      std::string(decode ? "decode_attention_tc_" : "prefill_attention_") + fmt_name(fmt);
   std::string shape = c.name + ":" +
-                      parity::shape_str({{"S", S}, {"T", T}, {"Hq", hq}, {"Hkv", hkv}, {"D", d},
-                                         {"max_total", max_total}, {"window", c.window}});
+                      parity::shape_str({{"S", S},
+                                         {"T", T},
+                                         {"Hq", hq},
+                                         {"Hkv", hkv},
+                                         {"D", d},
+                                         {"max_total", max_total},
+                                         {"window", c.window}});
   const parity::ParityResult r = parity::compare_close(op, shape, got, want, tol, 0.0);
   EXPECT_PARITY(r, op, shape);
 }
@@ -230,18 +239,25 @@ const KvFormat kTcFormats[] = {KvFormat::kv4, KvFormat::kv8};
 // boundaries and tile edges, the empty context, and a long context (several splits).
 TEST(ParityAttentionTc, DecodeLlama3Group4) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"llama3-8b-g4", 32, 8, 128,
-                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}, {0, 1}}, 0,
-                   1.0f, 1.0f, 1.0f, 101};
+  const AttnCase c{"llama3-8b-g4",
+                   32,
+                   8,
+                   128,
+                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}, {0, 1}},
+                   0,
+                   1.0f,
+                   1.0f,
+                   1.0f,
+                   101};
   for (KvFormat f : kTcFormats) run_case(c, f, true);
 }
 
 // GQA group 8 at head_dim 128 (32 q heads / 4 KV heads), same contexts.
 TEST(ParityAttentionTc, DecodeGroup8) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"hd128-g8", 32, 4, 128,
-                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}}, 0, 1.0f, 1.0f,
-                   1.0f, 102};
+  const AttnCase c{
+      "hd128-g8", 32,   4,    128,  {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}},
+      0,          1.0f, 1.0f, 1.0f, 102};
   for (KvFormat f : kTcFormats) run_case(c, f, true);
 }
 
@@ -273,8 +289,8 @@ TEST(ParityAttentionTc, DecodeHeadDim64) {
 // Sliding window: visible ranges start off page boundaries (the unaligned tile path).
 TEST(ParityAttentionTc, DecodeSlidingWindow) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"window100", 32, 8, 128, {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
-                   100, 1.0f, 1.0f, 1.0f, 108};
+  const AttnCase c{"window100", 32,   8,    128,  {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
+                   100,         1.0f, 1.0f, 1.0f, 108};
   for (KvFormat f : kTcFormats) run_case(c, f, true);
 }
 
@@ -329,12 +345,12 @@ TEST(ParityAttentionTc, SupportAndRejects) {
   cuda::VarlenBatchDevice b;
   b.num_seqs = 1;
   b.max_total_len = 100;
-  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
-                                         nullptr, 0, nullptr),
+  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
+                                         0, nullptr),
                Error);
   kv.format = KvFormat::kv4;  // supported, but no workspace
-  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
-                                         nullptr, 16, nullptr),
+  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
+                                         16, nullptr),
                Error);
 }
 

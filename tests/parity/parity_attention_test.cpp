@@ -201,8 +201,11 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
                            d_ws.data(), ws, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
-    cuda::prefill_attention(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
-                            d_out.data(), stream);
+    // The fp32 contract below is the baseline prefill kernel's; prefill_attention itself now
+    // dispatches to the fp16 tensor-core kernel, whose own contract is tested in
+    // parity_attention_prefill_tc_test.cpp.
+    cuda::prefill_attention_baseline(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                     d_out.data(), stream);
   }
   const std::vector<float> got = cuda::to_host(d_out);
 
@@ -211,11 +214,16 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const double B = scale * static_cast<double>(d) * max_abs(q) * kq;
   const double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
-  const std::string op = std::string(decode ? "decode_attention_" : "prefill_attention_") +
-                         fmt_name(fmt);
+  const std::string op =
+      std::string(decode ? "decode_attention_" : "prefill_attention_") + fmt_name(fmt);
   std::string shape = c.name + ":" +
-                      parity::shape_str({{"S", S}, {"T", T}, {"Hq", hq}, {"Hkv", hkv}, {"D", d},
-                                         {"max_total", max_total}, {"window", c.window}});
+                      parity::shape_str({{"S", S},
+                                         {"T", T},
+                                         {"Hq", hq},
+                                         {"Hkv", hkv},
+                                         {"D", d},
+                                         {"max_total", max_total},
+                                         {"window", c.window}});
   const parity::ParityResult r = parity::compare_close(op, shape, got, want, tol, 0.0);
   EXPECT_PARITY(r, op, shape);
 }
@@ -225,8 +233,8 @@ const KvFormat kFormats[] = {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16};
 TEST(ParityAttention, DecodeLlama3Geometry) {
   QSERVE_PARITY_REQUIRE_GPU();
   // Contexts around page boundaries and a long one (several 256-key splits).
-  const AttnCase c{"llama3-8b", 32, 8, 128,
-                   {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {0, 1}, {300, 1}}};
+  const AttnCase c{
+      "llama3-8b", 32, 8, 128, {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {0, 1}, {300, 1}}};
   for (KvFormat f : kFormats) run_case(c, f, true);
 }
 
@@ -244,8 +252,8 @@ TEST(ParityAttention, DecodeHeadDim64AndGroups) {
 
 TEST(ParityAttention, DecodeSlidingWindow) {
   QSERVE_PARITY_REQUIRE_GPU();
-  const AttnCase c{"window100", 8, 2, 128, {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}}, 100,
-                   1.0f, 1.0f, 1.0f, 5};
+  const AttnCase c{"window100", 8,    2,    128,  {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
+                   100,         1.0f, 1.0f, 1.0f, 5};
   for (KvFormat f : kFormats) run_case(c, f, true);
 }
 
@@ -259,17 +267,24 @@ TEST(ParityAttention, DecodeLargeMagnitudes) {
 TEST(ParityAttention, PrefillLlama3Geometry) {
   QSERVE_PARITY_REQUIRE_GPU();
   // Fresh prompts of odd lengths, chunked prefill over cached pages, and decode rows mixed in.
-  const AttnCase c{"llama3-8b", 32, 8, 128,
-                   {{0, 1}, {0, 63}, {0, 65}, {64, 30}, {100, 150}, {1000, 3}, {37, 1}}, 0,
-                   1.0f, 1.0f, 1.0f, 7};
+  const AttnCase c{"llama3-8b",
+                   32,
+                   8,
+                   128,
+                   {{0, 1}, {0, 63}, {0, 65}, {64, 30}, {100, 150}, {1000, 3}, {37, 1}},
+                   0,
+                   1.0f,
+                   1.0f,
+                   1.0f,
+                   7};
   for (KvFormat f : kFormats) run_case(c, f, false);
 }
 
 TEST(ParityAttention, PrefillHeadDim64Window) {
   QSERVE_PARITY_REQUIRE_GPU();
   const AttnCase full{"hd64", 8, 2, 64, {{0, 200}, {130, 70}}, 0, 1.0f, 1.0f, 1.0f, 8};
-  const AttnCase win{"hd64-window", 8, 2, 64, {{0, 200}, {130, 70}, {10, 5}}, 64, 1.0f, 1.0f, 1.0f,
-                     9};
+  const AttnCase win{"hd64-window", 8,    2,    64, {{0, 200}, {130, 70}, {10, 5}}, 64,
+                     1.0f,          1.0f, 1.0f, 9};
   for (KvFormat f : kFormats) {
     run_case(full, f, false);
     run_case(win, f, false);
@@ -297,8 +312,8 @@ TEST(ParityAttention, RejectsBadGeometry) {
   kv.head_dim = 128;
   b.num_seqs = 1;
   b.max_total_len = 100;
-  EXPECT_THROW(cuda::decode_attention(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
-                                      16, nullptr),
+  EXPECT_THROW(cuda::decode_attention(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr, 16,
+                                      nullptr),
                Error);
 }
 

@@ -1,8 +1,9 @@
 // Parity of the GPU logits gather, argmax and seeded sampling with CPU implementations:
 //  - gather_rows: bit-exact copies of the chosen rows;
 //  - argmax_rows: engine's qserve::argmax (lowest id on ties, NaN at id 0 -> 0);
-//  - sample_rows: an independent, sort-based CPU implementation of the algorithm specified in
-//    ops_cuda_attention.h (the GPU uses radix selects instead of a sort). Given the same uniform
+//  - sample_rows and sample_rows_fast: an independent, sort-based CPU implementation of the
+//    algorithm specified in ops_cuda_attention.h (the GPU kernels use radix selects, or a
+//    histogram cut plus a shared-memory sort, instead of a full sort). Given the same uniform
 //    u, the token ids must be identical; the only inexact step is double exp (<= 1 ulp between
 //    CUDA and glibc), which moves a weight by 1 in 2^40 and the pick only if r lands on it.
 #include <gtest/gtest.h>
@@ -117,6 +118,16 @@ void run_rows(const std::string& name, int64_t vocab, const std::vector<Row>& ro
       parity::compare_exact("sample_rows", shape, got_sample, want_sample);
   EXPECT_PARITY(rs, "sample_rows", shape);
 
+  // The two-pass sampler must pick the very same ids (including the rows it hands back to the
+  // baseline: flat rows without top-k, ties beyond its candidate cap).
+  parity::poison(d_out.data(), d_out.bytes());
+  cuda::sample_rows_fast(d_l.data(), n, vocab, d_t.data(), d_k.data(), d_p.data(), d_u.data(),
+                         d_out.data(), nullptr);
+  const std::vector<int32_t> got_fast = cuda::to_host(d_out);
+  const parity::ParityResult rf =
+      parity::compare_exact("sample_rows_fast", shape, got_fast, want_sample);
+  EXPECT_PARITY(rf, "sample_rows_fast", shape);
+
   parity::poison(d_out.data(), d_out.bytes());
   cuda::argmax_rows(d_l.data(), n, vocab, d_out.data(), nullptr);
   const std::vector<int32_t> got_argmax = cuda::to_host(d_out);
@@ -134,10 +145,9 @@ std::vector<Row> option_rows(parity::ParityRng& rng, int64_t vocab, Gen gen) {
     float p;
   };
   const int32_t v = static_cast<int32_t>(vocab);
-  const P params[] = {{0.0f, 0, 1.0f},   {1.0f, 0, 1.0f},    {0.7f, 40, 1.0f},
-                      {1.3f, 0, 0.9f},   {1.0f, 50, 0.8f},   {0.5f, 1, 1.0f},
-                      {1.0f, v - 1, 1.0f}, {1.0f, v, 1.0f},  {1.0f, 0, 1e-6f},
-                      {2.0f, 1000, 0.95f}, {0.9f, 0, 0.5f},  {1.0f, 7, 0.3f}};
+  const P params[] = {{0.0f, 0, 1.0f},  {1.0f, 0, 1.0f},     {0.7f, 40, 1.0f},    {1.3f, 0, 0.9f},
+                      {1.0f, 50, 0.8f}, {0.5f, 1, 1.0f},     {1.0f, v - 1, 1.0f}, {1.0f, v, 1.0f},
+                      {1.0f, 0, 1e-6f}, {2.0f, 1000, 0.95f}, {0.9f, 0, 0.5f},     {1.0f, 7, 0.3f}};
   std::vector<Row> rows;
   std::uniform_real_distribution<double> ud(0.0, 1.0);
   int set = 0;
@@ -223,6 +233,46 @@ TEST(ParitySampling, LargeMagnitudesAndSmallVocab) {
   const int64_t v2 = 7;
   auto small = [&] { return rng.uniform(static_cast<size_t>(v2), -0.01f, 0.01f); };
   run_rows("small-7", v2, option_rows(rng, v2, small));
+}
+
+TEST(ParitySampling, FastSamplerCutsAndFallbacks) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  parity::ParityRng rng(15);
+  const int64_t V = 128256;
+  // A peaked row (what a trained model gives): few candidates carry the mass.
+  auto peaked = [&] {
+    std::vector<float> l = rng.normal(static_cast<size_t>(V), -4.0f, 2.0f);
+    for (int i = 0; i < 30; ++i) l[static_cast<size_t>(rng.engine()() % V)] = 8.0f + 0.3f * i;
+    return l;
+  };
+  run_rows("peaked-128256", V, option_rows(rng, V, peaked));
+  // 5000 logits of exactly one value right at the top: top-k cannot cut inside the bin within
+  // 2048 candidates, so those rows go to the baseline.
+  auto tied_top = [&] {
+    std::vector<float> l = rng.normal(static_cast<size_t>(V), -3.0f, 1.0f);
+    for (int i = 0; i < 5000; ++i) l[static_cast<size_t>((i * 25) % V)] = 4.0f;
+    return l;
+  };
+  run_rows("tied-top-128256", V, option_rows(rng, V, tied_top));
+  // Flat rows: the top-p mass and the draw lie far below any 2048 candidates.
+  auto flat = [&] { return rng.uniform(static_cast<size_t>(V), -0.5f, 0.5f); };
+  run_rows("flat-128256", V, option_rows(rng, V, flat));
+  // 3000 tokens near the top, the rest far below (weight 0): with top-k above 3000 every weighted
+  // token must be a candidate, more than the fast kernel holds (baseline); with top-k 1000 or
+  // none, the candidates cover the decision.
+  auto two_level = [&] {
+    std::vector<float> l(static_cast<size_t>(V), -100.0f);
+    for (int i = 0; i < 3000; ++i) {
+      l[static_cast<size_t>((i * 41) % V)] =
+          5.0f + 0.3f * static_cast<float>(rng.normal(1, 0.0f, 1.0f)[0]);
+    }
+    return l;
+  };
+  run_rows("two-level-128256", V, option_rows(rng, V, two_level));
+  // An odd vocabulary and an unaligned row start (rows of 32001 floats).
+  const int64_t v2 = 32001;
+  auto odd = [&] { return rng.normal(static_cast<size_t>(v2), 0.0f, 2.5f); };
+  run_rows("odd-32001", v2, option_rows(rng, v2, odd));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "backend/cuda/attention_kv_device.cuh"
@@ -59,11 +60,33 @@ void launch(const AttnArgs& a, const VarlenBatchDevice& b, float* out, cudaStrea
   prefill_kernel<F><<<grid, kThreads, 0, stream>>>(a, out);
 }
 
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
 }  // namespace
 
 void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, cudaStream_t stream) {
+  // Issue 8: the tensor-core kernel for the common geometries (its own, fp16-q accuracy bound;
+  // ops_cuda_attention.h), the fp32 baseline for everything else.
+  const int64_t hkv = cache.kv_heads;
+  if (prefill_attention_tc_supported(cache.format, num_heads, hkv, cache.head_dim) &&
+      batch.num_seqs >= 0 &&
+      prefill_attention_tc_row_tiles(batch.max_num_tokens, num_heads / hkv) <= 65535 &&
+      static_cast<int64_t>(batch.num_seqs) * hkv <= 0x7fffffff && aligned16(q) && aligned16(k16) &&
+      aligned16(v16) && aligned16(cache.k_pool) && aligned16(cache.v_pool) && aligned16(out)) {
+    prefill_attention_tc(q, k16, v16, cache, batch, num_heads, window, out, stream);
+    return;
+  }
+  prefill_attention_baseline(q, k16, v16, cache, batch, num_heads, window, out, stream);
+}
+
+void prefill_attention_baseline(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out,
+                                cudaStream_t stream) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
                             " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +

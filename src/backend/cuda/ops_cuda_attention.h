@@ -113,9 +113,9 @@ size_t decode_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int
 // windowed path of paged_attention_step, which reads the same K/V). Split-KV over 256-key
 // chunks combined in a second kernel; any context up to max_total_len.
 void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
-                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
-                      int64_t num_heads, int64_t window, float* out, void* workspace,
-                      size_t workspace_bytes, cudaStream_t stream);
+                      const PagedKvDevice& cache, const VarlenBatchDevice& batch, int64_t num_heads,
+                      int64_t window, float* out, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream);
 
 // Since issue 8 decode_attention dispatches to decode_attention_fast when
 // decode_attention_fast_supported() and q, k16, v16 and both pools are 16-byte aligned, and to
@@ -141,8 +141,8 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
                            size_t workspace_bytes, cudaStream_t stream);
 // Keys per split the fast kernel uses (a multiple of 64, at least 256) for a batch of
 // num_seqs sequences on a GPU with num_sms SMs. Exposed so tests can force several splits.
-int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads,
-                                         int64_t max_total_len, int64_t num_sms);
+int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                         int64_t num_sms);
 
 // The tensor-core decode kernel (attention_decode_tc.cu): KV4/KV8, head_dim 64 or 128,
 // Hq/Hkv in 1..8. Q.K^T and P.V on mma.sync m16n8k16 (fp16 operands, fp32 accumulate): the
@@ -159,8 +159,8 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
                          int64_t num_heads, int64_t window, float* out, void* workspace,
                          size_t workspace_bytes, cudaStream_t stream);
 // Keys per split the tensor-core kernel uses (a multiple of 64, at least 256).
-int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads,
-                                       int64_t max_total_len, int64_t num_sms);
+int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                       int64_t num_sms);
 
 // Prefill (varlen, causal; chunked prefill with cached context; also correct for decode rows):
 // token j of sequence s (row token_offset[s] + j, position context_len[s] + j) attends to
@@ -169,6 +169,59 @@ int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads,
 void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
+
+// Since issue 8 prefill_attention dispatches to prefill_attention_tc when
+// prefill_attention_tc_supported(), the row-tile count fits (max_num_tokens * Hq/Hkv <=
+// 65535 * 128) and q, k16, v16, out and both pools are 16-byte aligned; otherwise to the first,
+// fp32 CUDA-core kernel, which prefill_attention_baseline always runs: it keeps the fp32
+// tolerance above and stays the oracle for tests and benchmarks. NOTE: through the dispatch,
+// prefill_attention therefore meets the tensor-core kernel's looser bound below, not the fp32 one.
+void prefill_attention_baseline(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
+
+// The tensor-core prefill kernel (attention_prefill_tc.cu): FlashAttention-2 style on
+// mma.sync m16n8k16 (fp16 operands, fp32 accumulation), KV4/KV8/KV16 cached context, head_dim
+// 64 or 128, Hq/Hkv in 1..8, any chunk length, context and window. Same semantics as
+// prefill_attention (same masks, same page dequantization bit for bit: the dequantized K/V and
+// the fp16 k16/v16 are exact tensor-core operands). Throws on an unsupported geometry, on
+// pointers (q, k16, v16, out, pools) that are not 16-byte aligned, or on
+// max_num_tokens * Hq/Hkv > 65535 * 128.
+//
+// Accuracy. Two roundings differ from the fp32 reference, as in QServe's fp16 FlashAttention:
+//   (1) q is rounded to 11 significant bits: q^ = fp16_RN(q 2^e) 2^-e with a per-CTA power of
+//       two 2^e (no overflow, no subnormals), |q^_c - q_c| <= 2^-11 |q_c|;
+//   (2) the softmax numerators are rounded to fp16 (scaled by 2^15 so never subnormal), each
+//       |p^ - p| <= 2^-11 p, while the normalizer sums the fp32 p.
+// Let B = scale * D * max|q| * max|K| (bounds |score|, as above) and
+// A = scale * max over (query row, visible key) of sum_c |q_c| |k_c| (A <= B). Then:
+//   (a) against the reference evaluated on q^ (the same kernel inputs with q rounded to 11
+//       significant bits), only (2) and the fp32 summation/exp2 differences remain:
+//         |out - ref(q^)| <= max|V| * (2^-11 + 3e-5 + 2^-21 * B)
+//       [(2): |sum (p^-p) v| / sum p <= 2^-11 max|V|; the rest as the fp32 bound above];
+//   (b) against the reference on q itself, (1) perturbs every score by at most
+//       d = 2^-11 * A (plus 2^-20 * B for the fp32 exp2 argument), which moves each softmax
+//       weight by a factor within [e^-2d, e^2d], so
+//         |out - ref(q)| <= max|V| * (2^-11 + 3e-5 + 2^-21 * B + (e^(2d) - 1)).
+//       (b) is a worst case (all q_c k_c aligned); for random data the q rounding errors
+//       cancel in the dot and the observed error is of the order of (a).
+bool prefill_attention_tc_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                    int64_t head_dim);
+void prefill_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v16,
+                          const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                          int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
+// Grid rows of the tensor-core kernel: ceil(max_num_tokens * group / 128) (128 packed
+// (token, head) rows per CTA). The dispatch falls back to the baseline above 65535.
+int64_t prefill_attention_tc_row_tiles(int64_t max_num_tokens, int64_t group);
+// The same kernel with an explicit CTA shape, for tests and benchmarks: warps = 4 (128 rows per
+// CTA, 2 CTAs per SM; what prefill_attention_tc uses) or 8 (256 rows per CTA, 1 CTA per SM,
+// half the K/V re-reads from L2 per FLOP). Same contract and bound for both; throws on any
+// other value.
+inline constexpr int kPrefillTcDefaultWarps = 4;
+void prefill_attention_tc_warps(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, int warps,
+                                cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
 // Logits gather and sampling (sampling.cu)
@@ -180,8 +233,7 @@ void gather_rows(const float* logits, const int32_t* rows, int64_t n, int64_t vo
 
 // out[b] = argmax of row b of logits [n, vocab]: the lowest id wins ties; NaN entries are
 // never picked (a row of NaNs gives 0) - exactly engine's argmax.
-void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
-                 cudaStream_t stream);
+void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out, cudaStream_t stream);
 
 // Per-row sampling with host-supplied randomness (reproducible and testable). Device arrays
 // [n]: temperature (0 = greedy, argmax_rows semantics), top_k (0 or >= vocab = off), top_p
@@ -201,5 +253,15 @@ void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
 void sample_rows(const float* logits, int64_t n, int64_t vocab, const float* temperature,
                  const int32_t* top_k, const float* top_p, const double* uniform, int32_t* out,
                  cudaStream_t stream);
+
+// The same contract and the same ids, bit for bit, in two passes over each row (sampling_fast.cu):
+// a histogram of the logits' top key bits picks at most 2048 candidates that cover top-k (or
+// the largest logits without top-k), which are sorted and prefix-summed in shared memory. Rows
+// whose top-p cut or drawn r fall below those candidates (flat distributions without top-k, or
+// more than 2048 candidates tied in one bin) are finished by the baseline kernel above, launched
+// right after over just those rows. What the engine's CUDA executor calls.
+void sample_rows_fast(const float* logits, int64_t n, int64_t vocab, const float* temperature,
+                      const int32_t* top_k, const float* top_p, const double* uniform, int32_t* out,
+                      cudaStream_t stream);
 
 }  // namespace qserve::cuda

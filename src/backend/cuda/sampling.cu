@@ -16,14 +16,12 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
+#include "backend/cuda/sampling_device.cuh"
 #include "core/error.h"
 
 namespace qserve::cuda {
 
 namespace {
-
-constexpr int kRowThreads = 1024;
-constexpr double kWeightScale = 1099511627776.0;  // 2^40
 
 __global__ void gather_rows_kernel(const float* logits, const int32_t* rows, int64_t vocab,
                                    float* out) {
@@ -33,72 +31,10 @@ __global__ void gather_rows_kernel(const float* logits, const int32_t* rows, int
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) dst[i] = src[i];
 }
 
-// (value, id) with "better" = larger value, then lower id; NaN values are never candidates.
-struct Best {
-  float v;
-  int id;  // -1: no candidate
-};
-
-__device__ __forceinline__ Best better(Best a, Best b) {
-  if (a.id < 0) return b;
-  if (b.id < 0) return a;
-  if (a.v > b.v || (a.v == b.v && a.id < b.id)) return a;
-  return b;
-}
-
-// Block-wide argmax of one row (all threads get the result). Engine semantics: NaN entries are
-// never picked; a row of NaNs only gives 0.
-__device__ int block_argmax(const float* row, int vocab) {
-  __shared__ float sv[kRowThreads / 32];
-  __shared__ int si[kRowThreads / 32];
-  __shared__ int result;
-  Best b{0.0f, -1};
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    if (!isnan(v)) b = better(b, Best{v, i});
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    Best other{__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.id, o)};
-    b = better(b, other);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sv[warp] = b.v;
-    si[warp] = b.id;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Best t{0.0f, -1};
-    for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) t = better(t, Best{sv[w], si[w]});
-    result = t.id < 0 ? 0 : t.id;
-  }
-  __syncthreads();
-  const int r = result;
-  __syncthreads();  // `result` may be rewritten by a later call
-  return r;
-}
-
 __global__ void argmax_rows_kernel(const float* logits, int64_t vocab, int32_t* out) {
-  const int r = block_argmax(logits + static_cast<int64_t>(blockIdx.x) * vocab,
-                             static_cast<int>(vocab));
+  const int r =
+      block_argmax(logits + static_cast<int64_t>(blockIdx.x) * vocab, static_cast<int>(vocab));
   if (threadIdx.x == 0) out[blockIdx.x] = r;
-}
-
-// Order-preserving 64-bit key: (logit, then lower id) descending <=> key descending.
-// -0 and +0 compare equal on the CPU, so both map to +0's key.
-__device__ __forceinline__ uint64_t sort_key(float l, int id) {
-  uint32_t b = __float_as_uint(l == 0.0f ? 0.0f : l);
-  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-  return (static_cast<uint64_t>(b) << 32) | (0xffffffffu - static_cast<uint32_t>(id));
-}
-__device__ __forceinline__ int key_id(uint64_t key) {
-  return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key & 0xffffffffu));
-}
-
-// Integer weight of logit l: nearbyint(2^40 * exp(double(l - lmax) / double(T))).
-__device__ __forceinline__ uint64_t weight(float l, float lmax, float temperature) {
-  const double x = static_cast<double>(__fsub_rn(l, lmax)) / static_cast<double>(temperature);
-  return static_cast<uint64_t>(rint(exp(x) * kWeightScale));
 }
 
 struct RowCtx {
@@ -162,8 +98,10 @@ __device__ void weight_select(const RowCtx& c, uint64_t lo_key, Pred pred, uint6
 __global__ void __launch_bounds__(kRowThreads)
     sample_rows_kernel(const float* logits, int64_t vocab, const float* temperature,
                        const int32_t* top_k, const float* top_p, const double* uniform,
-                       int32_t* out) {
+                       int32_t* out, bool only_unresolved) {
   const int64_t r = blockIdx.x;
+  // The fast kernel's fallback: rows it resolved (out >= 0) are done.
+  if (only_unresolved && out[r] >= 0) return;
   const float* row = logits + r * vocab;
   const int V = static_cast<int>(vocab);
   const float temp = temperature[r];
@@ -275,17 +213,18 @@ __global__ void __launch_bounds__(kRowThreads)
   // Inverse CDF: the first element whose prefix weight exceeds r = floor(u * W').
   uint64_t rr = static_cast<uint64_t>(uniform[r] * static_cast<double>(total));
   if (rr > total - 1) rr = total - 1;
-  weight_select(c, lo_key, [rr](uint64_t cum) { return cum > rr; }, &s_key, &s_weight);
+  weight_select(
+      c, lo_key, [rr](uint64_t cum) { return cum > rr; }, &s_key, &s_weight);
   if (threadIdx.x == 0) out[r] = key_id(s_key);
 }
+
+}  // namespace
 
 void check_rows(int64_t n, int64_t vocab, const char* op) {
   check(n >= 0 && n <= 2147483647 && vocab > 0 && vocab < 2147483647,
         std::string(op) + ": need 0 <= rows < 2^31 and 0 < vocab < 2^31, got rows=" +
             std::to_string(n) + " vocab=" + std::to_string(vocab));
 }
-
-}  // namespace
 
 void gather_rows(const float* logits, const int32_t* rows, int64_t n, int64_t vocab, float* out,
                  cudaStream_t stream) {
@@ -295,8 +234,7 @@ void gather_rows(const float* logits, const int32_t* rows, int64_t n, int64_t vo
   check_launch("gather_rows", "rows=" + std::to_string(n) + " vocab=" + std::to_string(vocab));
 }
 
-void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
-                 cudaStream_t stream) {
+void argmax_rows(const float* logits, int64_t n, int64_t vocab, int32_t* out, cudaStream_t stream) {
   check_rows(n, vocab, "argmax_rows");
   if (n == 0) return;
   argmax_rows_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(logits, vocab, out);
@@ -309,8 +247,21 @@ void sample_rows(const float* logits, int64_t n, int64_t vocab, const float* tem
   check_rows(n, vocab, "sample_rows");
   if (n == 0) return;
   sample_rows_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(
-      logits, vocab, temperature, top_k, top_p, uniform, out);
+      logits, vocab, temperature, top_k, top_p, uniform, out, false);
   check_launch("sample_rows", "rows=" + std::to_string(n) + " vocab=" + std::to_string(vocab));
 }
+
+namespace detail {
+
+void sample_rows_unresolved(const float* logits, int64_t n, int64_t vocab, const float* temperature,
+                            const int32_t* top_k, const float* top_p, const double* uniform,
+                            int32_t* out, cudaStream_t stream) {
+  sample_rows_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(
+      logits, vocab, temperature, top_k, top_p, uniform, out, true);
+  check_launch("sample_rows (fallback rows)",
+               "rows=" + std::to_string(n) + " vocab=" + std::to_string(vocab));
+}
+
+}  // namespace detail
 
 }  // namespace qserve::cuda
