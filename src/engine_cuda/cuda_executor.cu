@@ -319,8 +319,9 @@ class CudaExecutor final : public ModelExecutor {
     const cuda::OpWork rope_work{
         static_cast<double>(T) * ((qd + 2 * kvd) * 2.0 + qd * 4.0 + kvd * 4.0 + kv_token_bytes),
         0.0};
+    // Only a profiled run needs it: a decode step does not walk its sequences again otherwise.
     dec_work_ = pre_work_ = {};
-    for (size_t i = 0; i < seqs.size(); ++i) {
+    for (size_t i = 0; prof_ && i < seqs.size(); ++i) {
       const SeqSpan& s = seqs[i];
       if (s.num_tokens == 1 && s.context_len > 0) {
         dec_work_.bytes += static_cast<double>(s.context_len) * kv_token_bytes;
