@@ -1,15 +1,19 @@
-// Parity of the tensor-core decode attention (attention_decode_tc.cu, issue 8) with the CPU
-// specification, called directly (not through decode_attention's dispatch, so a dispatch
-// change cannot silently hide it). The kernel's fp16 hi/lo splitting of q and P and the tensor
-// cores' accumulation must stay inside the same tolerance the CUDA-core kernels meet. Same
-// reference, inputs and tolerance as parity_attention_test.cpp, whose run_case this file reuses in
-// shape:
+// Parity of the tensor-core decode attention kernels (attention_decode_tc.cu and
+// attention_decode_mma.cu, issue 8) with the CPU specification, called directly (not through
+// decode_attention's dispatch, so a dispatch change cannot silently hide it). The kernel's fp16
+// hi/lo splitting of q and P and the tensor cores' accumulation must stay inside the same tolerance
+// the CUDA-core kernels meet. Same reference, inputs and tolerance as parity_attention_test.cpp,
+// whose run_case this file reuses in shape:
 //  - KV4/KV8: model/paged_attention.cpp's paged_attention_step (quant::decode_attention_paged,
 //    or quant::kv_gather + quant::attention_unquantized), on the very same page bytes;
 //  - KV16: cpu::attention over a KVCacheF32 holding the same fp16 values the GPU pages hold.
 // Fresh random inputs per case; shuffled, interleaved page tables; outputs poisoned (NaN) before
 // every launch. Tolerance (ops_cuda_attention.h): |gpu - cpu| <= max|V| (3e-5 + 2^-21 B),
 // B = scale * D * max|q| * max|K| bounds |score|: only summation order and expf differ.
+// The mma kernel has an fp16-operand contract: it meets the (looser) bound of its header
+// against the CPU specification, and a tight bound against a double-precision emulation of
+// its own numerics (q rounded to fp16 after the CTA's power-of-two scaling, K/V = s (c - z)
+// from the page codes): there only P' = p s's fp16 rounding and fp32 arithmetic remain.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -63,8 +67,30 @@ const char* fmt_name(KvFormat f) {
   return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
 }
 
+enum class DecodeKernel { kTc, kMma };
+const DecodeKernel kKernels[] = {DecodeKernel::kTc, DecodeKernel::kMma};
+
+// Code, scale and zero of channel ch of (page, head, slot) in a KV4/KV8 pool (QServe's layout,
+// ops_cuda_attention.h kv_page_bytes).
+struct PageCode {
+  int code;
+  double s, z;
+};
+PageCode page_code(const std::vector<uint8_t>& pool, KvFormat fmt, int64_t page_bytes, int64_t hkv,
+                   int64_t d, int64_t page, int64_t h, int64_t slot, int64_t ch) {
+  const int64_t rb = fmt == KvFormat::kv4 ? d / 2 : d;
+  const uint8_t* base = pool.data() + page * page_bytes;
+  const uint8_t* row = base + (h * 64 + slot) * rb;
+  const int code = fmt == KvFormat::kv4 ? ((row[ch / 2] >> (4 * (ch % 2))) & 15) : row[ch];
+  uint16_t sb = 0, zb = 0;
+  std::memcpy(&sb, base + hkv * 64 * rb + 2 * (h * 64 + slot), 2);
+  std::memcpy(&zb, base + hkv * 64 * rb + hkv * 64 * 2 + 2 * (h * 64 + slot), 2);
+  return {code, fp16_to_float(sb), fp16_to_float(zb)};
+}
+
 // decode: use decode_attention (all seqs must have num_tokens == 1); else prefill_attention.
-void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
+void run_case(const AttnCase& c, KvFormat fmt, bool decode,
+              DecodeKernel kernel = DecodeKernel::kTc) {
   parity::ParityRng rng(c.seed * 1000 + static_cast<uint64_t>(fmt) + (decode ? 7 : 0));
   const int64_t S = static_cast<int64_t>(c.seqs.size());
   const int64_t hq = c.hq, hkv = c.hkv, d = c.d, kvd = hkv * d, qd = hq * d;
@@ -202,8 +228,13 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
     const size_t ws = cuda::decode_attention_workspace_bytes(S, hq, d, max_total);
     DeviceBuffer<uint8_t> d_ws(ws);
     parity::poison(d_ws.data(), d_ws.bytes());
-    cuda::decode_attention_tc(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window, d_out.data(),
-                              d_ws.data(), ws, stream);
+    if (kernel == DecodeKernel::kTc) {
+      cuda::decode_attention_tc(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                d_out.data(), d_ws.data(), ws, stream);
+    } else {
+      cuda::decode_attention_mma(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                 d_out.data(), d_ws.data(), ws, stream);
+    }
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
     // The fp32 contract below is the baseline prefill kernel's; prefill_attention itself now
@@ -218,9 +249,39 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
   const float kq = kmax * 1.1f, vq = vmax * 1.1f;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const double B = scale * static_cast<double>(d) * max_abs(q) * kq;
-  const double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
+  const bool mma = decode && kernel == DecodeKernel::kMma;
   const std::string op =
-      std::string(decode ? "decode_attention_tc_" : "prefill_attention_") + fmt_name(fmt);
+      std::string(decode ? (mma ? "decode_attention_mma_" : "decode_attention_tc_")
+                         : "prefill_attention_") +
+      fmt_name(fmt);
+  double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
+  if (mma) {
+    // The header's bound with A measured on these inputs (+10% for the dequantization).
+    const int64_t G = hq / hkv;
+    double A = 0.0;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t ctx = c.seqs[static_cast<size_t>(s)].first;
+      const int64_t row = spans[static_cast<size_t>(s)].token_offset;
+      const int64_t lo = c.window > 0 ? std::max<int64_t>(0, ctx - c.window + 1) : 0;
+      for (int64_t h = 0; h < hq; ++h) {
+        const float* qr = q.data() + (row * hq + h) * d;
+        for (int64_t p = lo; p <= ctx; ++p) {
+          double acc = 0.0;
+          for (int64_t ch = 0; ch < d; ++ch) {
+            const float kx =
+                p < ctx ? fp16_to_float(ctx_k[static_cast<size_t>(s)]
+                                             [static_cast<size_t>(p * kvd + (h / G) * d + ch)])
+                        : kf[static_cast<size_t>(row * kvd + (h / G) * d + ch)];
+            acc += std::fabs(static_cast<double>(qr[ch]) * kx);
+          }
+          A = std::max(A, acc);
+        }
+      }
+    }
+    A *= scale * 1.1;
+    const double delta = std::ldexp(1.0, -9) * A;
+    tol = vq * (std::expm1(2.0 * delta) + std::ldexp(1.0, -9) + 3e-5);
+  }
   std::string shape = c.name + ":" +
                       parity::shape_str({{"S", S},
                                          {"T", T},
@@ -231,6 +292,85 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
                                          {"window", c.window}});
   const parity::ParityResult r = parity::compare_close(op, shape, got, want, tol, 0.0);
   EXPECT_PARITY(r, op, shape);
+  if (!mma) return;
+
+  // Tight check against a double-precision emulation of the mma kernel's numerics.
+  const int64_t G = hq / hkv;
+  std::vector<float> emu(static_cast<size_t>(T * qd));
+  double tight = 0.0;  // 2^-10 max_k s_k c_max + fp32 terms
+  const double cmax = fmt == KvFormat::kv4 ? 15.0 : 255.0;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t ctx = c.seqs[static_cast<size_t>(s)].first;
+    const int64_t row = spans[static_cast<size_t>(s)].token_offset;
+    const int64_t lo = c.window > 0 ? std::max<int64_t>(0, ctx - c.window + 1) : 0;
+    const auto& tab = tables[static_cast<size_t>(s)];
+    for (int64_t kh = 0; kh < hkv; ++kh) {
+      // The CTA's power of two: max|q| over the group's heads into [2^14, 2^15).
+      float qm = 0.0f;
+      for (int64_t i = 0; i < G * d; ++i)
+        qm = std::max(qm, std::fabs(q[static_cast<size_t>((row * hq + kh * G) * d + i)]));
+      int ex = 0;
+      int e = 0;
+      if (qm > 0.0f && std::isfinite(qm)) {
+        (void)std::frexp(qm, &ex);
+        e = std::min(std::max(15 - ex, -120), 120);
+      }
+      for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+        const float* qr = q.data() + (row * hq + h) * d;
+        std::vector<double> qh(static_cast<size_t>(d));
+        for (int64_t ch = 0; ch < d; ++ch) {
+          qh[static_cast<size_t>(ch)] = std::ldexp(
+              static_cast<double>(fp16_to_float(float_to_fp16(std::ldexp(qr[ch], e)))), -e);
+        }
+        std::vector<double> sc;
+        for (int64_t p = lo; p < ctx; ++p) {
+          const int64_t page = tab[static_cast<size_t>(p / 64)];
+          double acc = 0.0;
+          for (int64_t ch = 0; ch < d; ++ch) {
+            const PageCode pc = page_code(k_pool, fmt, page_bytes, hkv, d, page, kh, p % 64, ch);
+            acc += qh[static_cast<size_t>(ch)] * pc.s * (pc.code - pc.z);
+          }
+          sc.push_back(acc * scale);
+        }
+        double cur = 0.0;
+        for (int64_t ch = 0; ch < d; ++ch) {
+          cur += static_cast<double>(qr[ch]) * kf[static_cast<size_t>(row * kvd + kh * d + ch)];
+        }
+        sc.push_back(cur * scale);
+        double m = -INFINITY;
+        for (double x : sc) m = std::max(m, x);
+        double l = 0.0;
+        std::vector<double> o(static_cast<size_t>(d), 0.0);
+        for (size_t i = 0; i < sc.size(); ++i) {
+          const double pw = std::exp(sc[i] - m);
+          l += pw;
+          const int64_t p = lo + static_cast<int64_t>(i);
+          for (int64_t ch = 0; ch < d; ++ch) {
+            double v = 0.0;
+            if (p < ctx) {
+              const PageCode pc = page_code(v_pool, fmt, page_bytes, hkv, d,
+                                            tab[static_cast<size_t>(p / 64)], kh, p % 64, ch);
+              v = pc.s * (pc.code - pc.z);
+              if (ch == 0) tight = std::max(tight, pc.s * cmax);
+            } else {
+              v = vf[static_cast<size_t>(row * kvd + kh * d + ch)];
+            }
+            o[static_cast<size_t>(ch)] += pw * v;
+          }
+        }
+        for (int64_t ch = 0; ch < d; ++ch) {
+          emu[static_cast<size_t>((row * hq + h) * d + ch)] =
+              static_cast<float>(o[static_cast<size_t>(ch)] / l);
+        }
+      }
+    }
+  }
+  // P' rounding (2^-11 of p s c per term, both halves of the zero split), fp32 sums, exp2.
+  const double tol_tight =
+      std::ldexp(1.0, -10) * tight * 1.1 + vq * 2e-5 + vq * std::ldexp(1.0, -20) * B;
+  const std::string op2 = op + "_emulated";
+  const parity::ParityResult r2 = parity::compare_close(op2, shape, got, emu, tol_tight, 0.0);
+  EXPECT_PARITY(r2, op2, shape);
 }
 
 const KvFormat kTcFormats[] = {KvFormat::kv4, KvFormat::kv8};
@@ -249,7 +389,9 @@ TEST(ParityAttentionTc, DecodeLlama3Group4) {
                    1.0f,
                    1.0f,
                    101};
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // GQA group 8 at head_dim 128 (32 q heads / 4 KV heads), same contexts.
@@ -258,7 +400,9 @@ TEST(ParityAttentionTc, DecodeGroup8) {
   const AttnCase c{
       "hd128-g8", 32,   4,    128,  {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {8192, 1}},
       0,          1.0f, 1.0f, 1.0f, 102};
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // Many sequences: the host picks one split, so the CTA normalizes and writes `out` itself
@@ -267,8 +411,11 @@ TEST(ParityAttentionTc, DecodeOneSplit) {
   QSERVE_PARITY_REQUIRE_GPU();
   AttnCase c{"one-split", 32, 8, 128, {}, 0, 1.0f, 1.0f, 1.0f, 103};
   for (int64_t s = 0; s < 320; ++s) c.seqs.push_back({(s * 37) % 250, 1});
-  ASSERT_EQ(cuda::decode_attention_tc_split_keys(320, 8, 250, 132), 256);  // -> 1 split
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  ASSERT_EQ(cuda::decode_attention_tc_split_keys(320, 8, 250, 132), 256);   // -> 1 split
+  ASSERT_EQ(cuda::decode_attention_mma_split_keys(320, 8, 250, 132), 256);  // -> 1 split
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // head_dim 64 with groups 1, 2, 4 and 8.
@@ -278,11 +425,13 @@ TEST(ParityAttentionTc, DecodeHeadDim64) {
   const AttnCase g2{"hd64-g2", 8, 4, 64, {{64, 1}, {700, 1}}, 0, 1.0f, 1.0f, 1.0f, 105};
   const AttnCase g4{"hd64-g4", 8, 2, 64, {{127, 1}, {2049, 1}, {5, 1}}, 0, 1.0f, 1.0f, 1.0f, 106};
   const AttnCase g8{"hd64-g8", 16, 2, 64, {{1, 1}, {65, 1}, {1000, 1}}, 0, 1.0f, 1.0f, 1.0f, 107};
-  for (KvFormat f : kTcFormats) {
-    run_case(g1, f, true);
-    run_case(g2, f, true);
-    run_case(g4, f, true);
-    run_case(g8, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) {
+      run_case(g1, f, true, k);
+      run_case(g2, f, true, k);
+      run_case(g4, f, true, k);
+      run_case(g8, f, true, k);
+    }
   }
 }
 
@@ -291,14 +440,18 @@ TEST(ParityAttentionTc, DecodeSlidingWindow) {
   QSERVE_PARITY_REQUIRE_GPU();
   const AttnCase c{"window100", 32,   8,    128,  {{50, 1}, {99, 1}, {100, 1}, {101, 1}, {700, 1}},
                    100,         1.0f, 1.0f, 1.0f, 108};
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // K/V near fp16's largest values (sharp softmax, large dequantized magnitudes).
 TEST(ParityAttentionTc, DecodeLargeMagnitudes) {
   QSERVE_PARITY_REQUIRE_GPU();
   const AttnCase c{"large", 32, 8, 128, {{90, 1}, {513, 1}}, 0, 2e-3f, 2e4f, 2e4f, 109};
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // Odd GQA groups (3, 5, 7): only the tensor-core kernel supports them (rows of the m16 A
@@ -308,10 +461,12 @@ TEST(ParityAttentionTc, DecodeOddGroups) {
   const AttnCase g3{"hd128-g3", 6, 2, 128, {{1, 1}, {65, 1}, {1000, 1}}, 0, 1.0f, 1.0f, 1.0f, 111};
   const AttnCase g5{"hd64-g5", 10, 2, 64, {{63, 1}, {300, 1}}, 0, 1.0f, 1.0f, 1.0f, 112};
   const AttnCase g7{"hd128-g7", 14, 2, 128, {{64, 1}, {2049, 1}}, 50, 1.0f, 1.0f, 1.0f, 113};
-  for (KvFormat f : kTcFormats) {
-    run_case(g3, f, true);
-    run_case(g5, f, true);
-    run_case(g7, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) {
+      run_case(g3, f, true, k);
+      run_case(g5, f, true, k);
+      run_case(g7, f, true, k);
+    }
   }
 }
 
@@ -320,11 +475,17 @@ TEST(ParityAttentionTc, DecodeOddGroups) {
 TEST(ParityAttentionTc, DecodeLargeQuery) {
   QSERVE_PARITY_REQUIRE_GPU();
   const AttnCase c{"large-q", 32, 8, 128, {{200, 1}, {4097, 1}}, 0, 3e3f, 1e-2f, 1.0f, 114};
-  for (KvFormat f : kTcFormats) run_case(c, f, true);
+  for (DecodeKernel k : kKernels) {
+    for (KvFormat f : kTcFormats) run_case(c, f, true, k);
+  }
 }
 
 // The tensor-core kernel refuses what it does not support (the dispatch then falls back).
 TEST(ParityAttentionTc, SupportAndRejects) {
+  EXPECT_TRUE(cuda::decode_attention_mma_supported(KvFormat::kv4, 32, 8, 128));
+  EXPECT_TRUE(cuda::decode_attention_mma_supported(KvFormat::kv8, 14, 2, 64));  // group 7
+  EXPECT_FALSE(cuda::decode_attention_mma_supported(KvFormat::kv16, 32, 8, 128));
+  EXPECT_FALSE(cuda::decode_attention_mma_supported(KvFormat::kv4, 32, 2, 128));  // group 16
   EXPECT_TRUE(cuda::decode_attention_tc_supported(KvFormat::kv4, 32, 8, 128));
   EXPECT_TRUE(cuda::decode_attention_tc_supported(KvFormat::kv8, 16, 2, 64));
   EXPECT_TRUE(cuda::decode_attention_tc_supported(KvFormat::kv4, 14, 2, 64));  // group 7

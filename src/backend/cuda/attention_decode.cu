@@ -115,19 +115,26 @@ size_t decode_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int
   return static_cast<size_t>(num_seqs * num_heads * splits * (head_dim + 2)) * sizeof(float);
 }
 
-// Dispatch: the tensor-core kernel (attention_decode_tc.cu), then the fast kernel
-// (attention_decode_fast.cu), where they support the geometry and the pointers are 16-byte
-// aligned; the reference kernel below otherwise. All compute the same
-// function within the documented tolerance (tests/parity/parity_attention*_test.cpp).
+// Dispatch: the tensor-core kernels (attention_decode_mma.cu, attention_decode_tc.cu), then the
+// fast kernel (attention_decode_fast.cu), where they support the geometry and the pointers are
+// 16-byte aligned; the reference kernel below otherwise. All compute the same function within the
+// documented tolerance (tests/parity/parity_attention*_test.cpp).
 void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
-                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
-                      int64_t num_heads, int64_t window, float* out, void* workspace,
-                      size_t workspace_bytes, cudaStream_t stream) {
+                      const PagedKvDevice& cache, const VarlenBatchDevice& batch, int64_t num_heads,
+                      int64_t window, float* out, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  const bool all_aligned = aligned(q) && aligned(k16) && aligned(v16) && aligned(cache.k_pool) &&
-                           aligned(cache.v_pool);
-  // Tensor-core kernel first (attention_decode_tc.cu, issue 8); the CUDA-core fast kernel
-  // remains the fallback for what it alone supports, the baseline for everything else.
+  const bool all_aligned =
+      aligned(q) && aligned(k16) && aligned(v16) && aligned(cache.k_pool) && aligned(cache.v_pool);
+  // The deferred-dequantization tensor-core kernel first (attention_decode_mma.cu, issue 8),
+  // then the fp32-accurate tensor-core kernel; the CUDA-core fast kernel remains the fallback
+  // for what it alone supports, the baseline for everything else.
+  if (all_aligned &&
+      decode_attention_mma_supported(cache.format, num_heads, cache.kv_heads, cache.head_dim)) {
+    decode_attention_mma(q, k16, v16, cache, batch, num_heads, window, out, workspace,
+                         workspace_bytes, stream);
+    return;
+  }
   if (all_aligned &&
       decode_attention_tc_supported(cache.format, num_heads, cache.kv_heads, cache.head_dim)) {
     decode_attention_tc(q, k16, v16, cache, batch, num_heads, window, out, workspace,
@@ -146,9 +153,9 @@ void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
 }
 
 void decode_attention_baseline(const float* q, const uint16_t* k16, const uint16_t* v16,
-                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
-                      int64_t num_heads, int64_t window, float* out, void* workspace,
-                      size_t workspace_bytes, cudaStream_t stream) {
+                               const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                               int64_t num_heads, int64_t window, float* out, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
                             " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
@@ -201,8 +208,8 @@ void decode_attention_baseline(const float* q, const uint16_t* k16, const uint16
   check_launch("decode_attention split", shape);
   const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
   decode_merge_kernel<<<grid, 128, 0, stream>>>(part_o, part_ml, batch.token_offset,
-                                                batch.context_len, a.num_heads, a.head_dim,
-                                                splits, a.window, out);
+                                                batch.context_len, a.num_heads, a.head_dim, splits,
+                                                a.window, out);
   check_launch("decode_attention merge", shape);
 }
 

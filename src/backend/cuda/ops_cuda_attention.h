@@ -162,6 +162,32 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
 int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
                                        int64_t num_sms);
 
+// The deferred-dequantization tensor-core decode kernel (attention_decode_mma.cu): KV4/KV8,
+// head_dim 64 or 128, Hq/Hkv in 1..8. Keys are the M side of both mma.sync m16n8k16 products
+// (S^T = K q^T, O^T = V^T P'^T), the MMAs read the integer codes as exact fp16 and the
+// per-token scales and zeros are applied per key outside them. Since issue 8's second pass
+// decode_attention dispatches here first (when supported and 16-byte aligned); same
+// workspace and throws as decode_attention_tc.
+//
+// Accuracy (fp16-operand contract, like prefill_attention_tc and QServe's fp16 kernels):
+//   (1) q is rounded once to fp16 after an exact power-of-two scaling (11 significant bits);
+//   (2) K and V are s (c - z) in fp32, where the reference rounds s c + fp16(-s z) to fp16
+//       (|diff| <= 2^-10 |x| + 2^-11 s z per element);
+//   (3) P' = p s_v is rounded to fp16 (2^-11 relative) as the B operand; the normalizer and
+//       the zero term sum fp32 p.
+// With A = scale * max over visible keys of sum_c |q_c| |k_c| (<= B above) and
+// delta = 2^-9 A, |out - ref| <= max|V| * (e^(2 delta) - 1 + 2^-9 + 3e-5).
+bool decode_attention_mma_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                    int64_t head_dim);
+void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v16,
+                          const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                          int64_t num_heads, int64_t window, float* out, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream);
+// Keys per split the kernel uses (a multiple of 64, at least 256): the split count whose
+// (sequence, KV head, split) CTAs fill num_sms * slots_per_sm resident slots best.
+int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                        int64_t num_sms, int64_t slots_per_sm = 4);
+
 // Prefill (varlen, causal; chunked prefill with cached context; also correct for decode rows):
 // token j of sequence s (row token_offset[s] + j, position context_len[s] + j) attends to
 // positions lo .. context_len[s] + j: cached ones from the pages, the chunk's own from

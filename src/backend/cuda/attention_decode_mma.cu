@@ -1,0 +1,790 @@
+// Decode attention over paged KV4/KV8 caches on tensor cores with deferred dequantization
+// ("keys as M"), head_dim 64/128, GQA group 1..8. The default decode kernel since issue 8's
+// second pass (docs/kernels.md "Attention (decode)").
+//
+// Why another kernel: attention_decode_tc.cu keeps fp32-level accuracy with hi/lo splits and
+// dequantizes every K/V element with the reference's exact fp16 HFMA. On the H200 it runs at
+// 1.45 TB/s (KV4): Nsight Compute shows 44 warp-instructions per (key, KV head), 174 registers
+// (2 warps per scheduler) and issue slots 48% busy — it is bound by instruction count and
+// latency, not by HBM. This kernel cuts both:
+//
+//  - Keys are the M side of both MMAs (m16n8k16, fp16 in, fp32 accumulate):
+//      S^T[key][head] = K[key][:] . q^T          (A = K codes,  B = q,   N = 8 heads)
+//      O^T[chan][head] += V^T[chan][key] . P'^T  (A = V codes,  B = P',  N = 8 heads)
+//    so one MMA covers 16 keys (S) or 16 channels (O) and no M rows are padding; the N side
+//    holds the G <= 8 query heads of the KV group.
+//  - Deferred scales. A page row holds codes c (uint4 or uint8) with a per-(token, head) fp16
+//    scale s and zero z; the value is s (c - z). The MMAs read the *codes* (exact small
+//    integers in fp16, unpacked with two or three integer ops per pair and no conversion
+//    instruction) and the scales are applied per key outside the MMA:
+//      score_k = s_k (q . c_k) - s_k z_k (sum q)            (per key and head, fp32)
+//      O       = sum_k (p_k s_k) c_k - sum_k p_k s_k z_k     (P' = fp16(p_k s_k) is the B operand)
+//  - P^T for the second MMA comes from the first MMA's accumulators through movmatrix.trans
+//    (the S^T C fragment of a thread is the transpose of the B fragment it needs).
+//  - Memory: as attention_decode_tc.cu, each warp streams its own page-aligned 32-key blocks
+//    through a private cp.async ring (no CTA barriers in the main loop); ~100 registers, so 3-4
+//    CTAs (12-16 warps) per SM instead of 2.
+//
+// Numerics (the bound is derived in ops_cuda_attention.h): q is rounded to fp16 once (after an
+// exact power-of-two scaling that keeps it normal), P' = p s is rounded to fp16, and K/V are
+// s (c - z) evaluated in fp32 instead of the reference's fp16-rounded values. Softmax, the
+// normalizer and all accumulations are fp32; exponentials are exp2 with log2(e) folded in.
+// QServe's own decode kernel computes in fp16 throughout.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "backend/cuda/attention_kv_device.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/ops_cuda_attention.h"
+#include "core/error.h"
+
+namespace qserve::cuda {
+
+namespace {
+
+using attn::first_key;
+using attn::kPage;
+using attn::PageGeom;
+
+constexpr int kThreads = 128;  // 4 warps, each an independent key stream
+constexpr int kWarps = kThreads / 32;
+constexpr int kBlk = 32;  // keys per warp step (half a page; never straddles a page)
+constexpr int kMinSplitKeys = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// KV4 runs a 3-stage ring at 4 CTAs per SM; a 2-stage ring at 5 CTAs per SM (more warps per
+// scheduler, 102 registers) measured 25% slower on the H200 (2.35 vs 3.13 TB/s at 256 x 1536).
+template <KvFormat F, int D>
+struct Geom {
+  static constexpr bool kKv4 = F == KvFormat::kv4;
+  static constexpr int RB = kKv4 ? D / 2 : D;                // payload bytes per key
+  static constexpr int kStages = kKv4 ? 3 : 2;               // ring depth per warp
+  static constexpr int kMinBlocks = kKv4 ? 4 : 3;            // CTAs per SM
+  static constexpr int kPayload = kBlk * RB;                 // bytes of K (or V) per block
+  static constexpr int kStageBytes = 2 * kPayload + 4 * 64;  // + K s, K z, V s, V z
+  static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+  static constexpr int kChunks = D / 16;  // k-chunks of the S MMA
+  static constexpr int kMTiles = D / 16;  // m-tiles (16 channels) of the O MMA
+  static constexpr int kKBytes = RB / 4;  // K bytes of one key a lane unpacks
+  static constexpr int kKWords = kKBytes / 4;
+  static constexpr int kVBytes = RB / 8;  // V bytes of one key a lane unpacks
+  static constexpr int kVWords = kVBytes / 4;
+  // Merge scratch (aliases the ring after the loop): per warp 8 heads x D outputs + (m, l).
+  static constexpr int kMergeBytes = kWarps * 8 * (D + 2) * 4;
+  static constexpr int kQBytes = 8 * D * 4;  // fp32 q of the group (current token)
+  static constexpr int kSmemBytes =
+      (kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes) + kQBytes + 64;
+  static_assert(kKWords >= 1 && kVWords >= 1, "tile mapping");
+  static_assert(kKWords * (kKv4 ? 4 : 2) == 2 * kChunks, "K pairs per key and lane = 2 per chunk");
+};
+
+struct Args {
+  const float* q;
+  const uint16_t* k16;
+  const uint16_t* v16;
+  const uint8_t* k_pool;
+  const uint8_t* v_pool;
+  PageGeom geom;
+  const int32_t* token_offset;
+  const int32_t* context_len;
+  const int32_t* block_table;
+  int32_t block_stride;
+  int num_heads;
+  int group;
+  int window;
+  int split_keys;
+  int splits;
+  float scale;
+  float* out;
+  float* part_o;   // [S, Hq, splits, D]
+  float* part_ml;  // [S, Hq, splits, 2]: (max in natural-log units, sum)
+};
+
+__device__ __forceinline__ uint32_t h2u(__half2 h) {
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Transposes an 8x8 matrix of b16 held one row-pair per lane (the C/A fragment layout) into the
+// B fragment layout.
+__device__ __forceinline__ uint32_t movmatrix_t(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t lop_and_or(uint32_t a, uint32_t mask, uint32_t magic) {
+  uint32_t d;
+  // (a & mask) | magic in one LOP3 (immediate LUT 0xEA = (A & B) | C).
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));
+  return d;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+constexpr uint32_t kMagic = 0x64006400u;  // fp16 1024 in both halves
+
+// fp16 code pairs from one 32-bit word of a row, in the order the MMAs consume them, *with an
+// offset*: a code x is widened by one LOP3 as the fp16 bits 0x6400 | x = 1024 + x, or, for a
+// high nibble, 0x6400 | (x << 4) = 1024 + 16 x. The offset and the factor 16 are exact and
+// are removed outside the MMAs (per head: sum q' for K, sum P' for V), which saves the
+// subtraction per pair; the products stay exact (11 x 11 significant bits).
+//   KV4 (8 nibbles; byte b holds channels 2b (low nibble) and 2b+1): pair n of the word =
+//     n = 0: (ch 0, ch 4), 1: 16 x (1, 5), 2: (2, 6), 3: 16 x (3, 7).
+//   KV8 (4 bytes = channels 0..3): n = 0: (0, 2), 1: (1, 3).
+template <KvFormat F>
+__device__ __forceinline__ void unpack_word(uint32_t w, uint32_t* out) {
+  if constexpr (F == KvFormat::kv4) {
+    const uint32_t w8 = w >> 8;
+    out[0] = lop_and_or(w, 0x000f000fu, kMagic);
+    out[1] = lop_and_or(w, 0x00f000f0u, kMagic);
+    out[2] = lop_and_or(w8, 0x000f000fu, kMagic);
+    out[3] = lop_and_or(w8, 0x00f000f0u, kMagic);
+  } else {
+    out[0] = lop_and_or(w, 0x00ff00ffu, kMagic);
+    out[1] = lop_and_or(w >> 8, 0x00ff00ffu, kMagic);
+  }
+}
+
+// The factor on K pair n's codes (16 for KV4's high nibbles).
+template <KvFormat F>
+__host__ __device__ constexpr float k_pair_mul(int n) {
+  return F == KvFormat::kv4 && (n % 2) == 1 ? 16.0f : 1.0f;
+}
+
+// The channel (relative to a lane's K block) of the low half of K pair n; the high half is
+// this + 4 (KV4) or + 2 (KV8).
+template <KvFormat F>
+__host__ __device__ constexpr int k_pair_chan(int n) {
+  return F == KvFormat::kv4 ? 8 * (n / 4) + (n % 4) : 4 * (n / 2) + (n % 2);
+}
+template <KvFormat F>
+__host__ __device__ constexpr int k_pair_step() {
+  return F == KvFormat::kv4 ? 4 : 2;
+}
+
+// V^T A-operand pairs of two keys a, b at the same channel: for each channel slot j of the
+// lane's V block (kVBytes bytes per key), out[j] = (code_a[j], code_b[j]) widened as in
+// unpack_word: 1024 + x, and for KV4's odd slots (high nibbles) 1024 + 16 x.
+template <KvFormat F, int NB>
+__device__ __forceinline__ void unpack_v_pairs(const uint32_t* wa, const uint32_t* wb,
+                                               uint32_t* out) {
+#pragma unroll
+  for (int wi = 0; wi < NB / 4; ++wi) {
+    if constexpr (F == KvFormat::kv4) {
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) {
+        // bytes [a_i, a_i+1, b_i, b_i+1]: channels 2i..2i+3 of both keys.
+        const uint32_t x = __byte_perm(wa[wi], wb[wi], i == 0 ? 0x5410u : 0x7632u);
+        const uint32_t x8 = x >> 8;
+        uint32_t* o = out + 8 * wi + 2 * i;
+        o[0] = lop_and_or(x, 0x000f000fu, kMagic);
+        o[1] = lop_and_or(x, 0x00f000f0u, kMagic);
+        o[2] = lop_and_or(x8, 0x000f000fu, kMagic);
+        o[3] = lop_and_or(x8, 0x00f000f0u, kMagic);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        // byte j of a into byte 0, byte j of b into byte 2.
+        const uint32_t x = __byte_perm(wa[wi], wb[wi], static_cast<uint32_t>(j | ((4 + j) << 8)));
+        out[4 * wi + j] = lop_and_or(x, 0x00ff00ffu, kMagic);
+      }
+    }
+  }
+}
+
+// 2^x on the MUFU (one instruction; flushes subnormal results to zero, which the softmax
+// weights tolerate: they are added to sums >= 1).
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int NW>
+__device__ __forceinline__ void lds_words(uint32_t (&w)[NW], const uint8_t* p) {
+  if constexpr (NW % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < NW / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (NW == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+    static_assert(NW == 1, "word count");
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+
+__device__ __forceinline__ float h2f(uint16_t b) {
+  return __half2float(__ushort_as_half(b));
+}
+
+template <KvFormat F, int D>
+__global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_kernel(Args a) {
+  using Geo = Geom<F, D>;
+  constexpr int RB = Geo::RB, NS = Geo::kStages, KW = Geo::kKWords;
+  constexpr int VW = Geo::kVWords < 1 ? 1 : Geo::kVWords;
+  constexpr int NKP = 2 * Geo::kChunks;                    // K pairs per key and lane
+  constexpr int NVS = Geo::kVBytes * (Geo::kKv4 ? 2 : 1);  // V channel slots per lane
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* q_s = reinterpret_cast<float*>(smem + Geo::kSmemBytes - Geo::kQBytes - 64);
+  float* misc = q_s + 8 * D;  // [0]: max|q|, [8..15]: current-token scores (log2 units)
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  const int G = a.group;
+  const int ctx = a.context_len[seq];
+  const int lo = first_key(ctx, a.window);
+  const int k_lo = lo + split * a.split_keys;
+  const int k_hi = min(ctx + 1, k_lo + a.split_keys);
+  if (k_lo >= k_hi) return;         // unused split; the merge does not read it
+  const int kend = min(k_hi, ctx);  // cached keys of this split: [k_lo, kend)
+  const int64_t q_row = a.token_offset[seq];
+  const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
+  const int64_t pb = a.geom.page_bytes;
+
+  // ---- q: fp32 in shared memory (current token), a power of two keeping fp16 q normal -----
+  const float* qg = a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D;
+  float qmax = 0.0f;
+  for (int i = tid; i < 8 * D; i += kThreads) {
+    const float v = i < G * D ? qg[i] : 0.0f;
+    q_s[i] = v;
+    qmax = fmaxf(qmax, fabsf(v));
+  }
+  for (int o = 16; o > 0; o >>= 1) qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
+  if (tid == 0) misc[0] = 0.0f;
+  __syncthreads();
+  if (lane == 0) atomicMax(reinterpret_cast<int*>(misc), __float_as_int(qmax));  // >= 0 floats
+  __syncthreads();
+  qmax = misc[0];
+  int e = 0;
+  if (qmax > 0.0f && isfinite(qmax)) {
+    int ex = 0;
+    (void)frexpf(qmax, &ex);  // qmax = f 2^ex, f in [0.5, 1): 2^e q has max in [2^14, 2^15)
+    e = min(max(15 - ex, -120), 120);
+  }
+  const float q_mul = scalbnf(1.0f, e);
+  // score (log2 units) = c1 * (s (q^.c) - s z sum q^) with q^ = fp16(q 2^e).
+  const float c1 = scalbnf(1.0f, -e) * a.scale * kLog2e;
+
+  // B fragments of S: head g, channels of K pair n = 2c (b0) and 2c+1 (b1) of lane t's block.
+  // q^ = fp16(q 2^e); the B operand is q' = q^ / (pair factor), exact (a power of two).
+  uint32_t qb[Geo::kChunks][2];
+  float qsum_part = 0.0f;  // sum of q^ over this lane's channels of head g (zero term)
+  float qoff_part = 0.0f;  // sum of q' (the 1024 offset term)
+#pragma unroll
+  for (int c = 0; c < Geo::kChunks; ++c) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = 2 * c + h;
+      const int ch = t * (D / 4) + k_pair_chan<F>(n);
+      const __half lo16 = __float2half_rn(q_s[g * D + ch] * q_mul);
+      const __half hi16 = __float2half_rn(q_s[g * D + ch + k_pair_step<F>()] * q_mul);
+      const __half inv = __float2half_rn(1.0f / k_pair_mul<F>(n));
+      const __half2 qp = __hmul2(__halves2half2(lo16, hi16), __halves2half2(inv, inv));
+      qb[c][h] = h2u(qp);
+      qsum_part += __half2float(lo16) + __half2float(hi16);
+      qoff_part += __low2float(qp) + __high2float(qp);
+    }
+  }
+  // Sum over the 4 lanes of head g (same g, t = 0..3), then fetch heads 2t, 2t+1.
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    qsum_part += __shfl_xor_sync(0xffffffffu, qsum_part, off);
+    qoff_part += __shfl_xor_sync(0xffffffffu, qoff_part, off);
+  }
+  const float qsum[2] = {__shfl_sync(0xffffffffu, qsum_part, (2 * t) * 4),
+                         __shfl_sync(0xffffffffu, qsum_part, (2 * t + 1) * 4)};
+  const float qoff[2] = {1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t) * 4),
+                         1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t + 1) * 4)};
+
+  // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
+  uint8_t* ring = smem + warp * NS * Geo::kStageBytes;
+  const int b_first = k_lo / kBlk;
+  const int b_last = kend > k_lo ? (kend - 1) / kBlk : b_first - 1;
+  const int nblk_total = b_last - b_first + 1;
+  const int nblk = nblk_total > warp ? (nblk_total - warp + kWarps - 1) / kWarps : 0;
+  const int64_t data_off = a.geom.data_offset(kvh, 0);
+  const int64_t scale_off = a.geom.scale_offset(kvh, 0);
+  const int64_t zero_off = a.geom.zero_offset(kvh, 0);
+
+  auto issue = [&](int i) {
+    if (i < nblk) {
+      const int b = b_first + warp + i * kWarps;
+      const int pos0 = b * kBlk;
+      const int64_t page = bt[pos0 / kPage];
+      const int slot0 = pos0 % kPage;
+      uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
+      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
+#pragma unroll
+      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
+        cp_async16(st + c * 16, kb + c * 16);
+        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
+      }
+      if (lane < 16) {
+        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
+        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
+        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
+        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
+      }
+    }
+    cp_async_commit();  // always, so group counting stays uniform
+  };
+
+  // O^T accumulators: m-tile m, rows g (channel slot 2m) and g+8 (slot 2m+1), heads 2t, 2t+1.
+  float o[Geo::kMTiles][4];
+#pragma unroll
+  for (int m = 0; m < Geo::kMTiles; ++m) o[m][0] = o[m][1] = o[m][2] = o[m][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // heads 2t, 2t+1 (log2 units; equal across g)
+  float l_part[2] = {0.0f, 0.0f};           // this lane's share of the sum of p
+  float z_part[2] = {0.0f, 0.0f};           // this lane's share of sum p s z (V zero term)
+  float w_part[2] = {0.0f, 0.0f};           // this lane's share of sum fp16(p s) (V offset)
+
+#pragma unroll
+  for (int i = 0; i < NS - 1; ++i) issue(i);
+
+  for (int i = 0; i < nblk; ++i) {
+    cp_async_wait<NS - 2>();
+    __syncwarp();  // block i visible to all lanes; all lanes done with block i-1's stage
+    issue(i + NS - 1);
+    const uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+    const uint16_t* sz = reinterpret_cast<const uint16_t*>(st + 2 * Geo::kPayload);
+    const int pos0 = (b_first + warp + i * kWarps) * kBlk;
+    const bool full = pos0 >= k_lo && pos0 + kBlk <= kend;  // warp-uniform
+
+    // -- S^T = K q^T over 2 sub-steps of 16 keys: rows g, g+8 = keys 16j+g, 16j+g+8 --
+    float sc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      uint32_t w0[KW], w1[KW];
+      lds_words<KW>(w0, st + (16 * j + g) * RB + t * Geo::kKBytes);
+      lds_words<KW>(w1, st + (16 * j + g + 8) * RB + t * Geo::kKBytes);
+      uint32_t p0[NKP], p1[NKP];
+#pragma unroll
+      for (int wi = 0; wi < KW; ++wi) {
+        unpack_word<F>(w0[wi], p0 + wi * (Geo::kKv4 ? 4 : 2));
+        unpack_word<F>(w1[wi], p1 + wi * (Geo::kKv4 ? 4 : 2));
+      }
+      // Two accumulators (even / odd chunks) halve the dependent HMMA chain.
+      float ce[4] = {0.0f, 0.0f, 0.0f, 0.0f}, co[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int ch = 0; ch < Geo::kChunks; ++ch) {
+        mma16816((ch & 1) ? co : ce, p0[2 * ch], p1[2 * ch], p0[2 * ch + 1], p1[2 * ch + 1],
+                 qb[ch][0], qb[ch][1]);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sc[j][r] = ce[r] + co[r];
+    }
+
+    // -- scores (log2 units) with the K scales; c0/c1: key g, heads 2t/2t+1; c2/c3: key g+8 --
+    float bmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int kk = 16 * j + g + 8 * r;
+        const bool valid = full || (pos0 + kk >= k_lo && pos0 + kk < kend);
+        // score = s c1 (S' - 1024 sum q' - z sum q^)
+        const float s = h2f(sz[kk]) * c1;
+        const float z = h2f(sz[32 + kk]);
+        const float x0 = s * (sc[j][2 * r] - fmaf(z, qsum[0], qoff[0]));
+        const float x1 = s * (sc[j][2 * r + 1] - fmaf(z, qsum[1], qoff[1]));
+        sc[j][2 * r] = valid ? x0 : -INFINITY;
+        sc[j][2 * r + 1] = valid ? x1 : -INFINITY;
+        bmax[0] = fmaxf(bmax[0], sc[j][2 * r]);
+        bmax[1] = fmaxf(bmax[1], sc[j][2 * r + 1]);
+      }
+    }
+    // Lazy rescaling: the reference max m_run moves only when a score exceeds it by more than
+    // kLazy (log2 units), so p <= 2^kLazy and P' = p s_v <= 4 * 8734 stays finite in fp16
+    // (|V| <= 65504 bounds s_v). The common block skips the cross-lane max and the rescale;
+    // one vote decides. The first visible key always takes the slow path (m_run = -inf).
+    constexpr float kLazy = 2.0f;
+    const bool over = bmax[0] > m_run[0] + kLazy || bmax[1] > m_run[1] + kLazy;
+    if (__any_sync(0xffffffffu, over)) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        bmax[h] = fmaxf(bmax[h], __shfl_xor_sync(0xffffffffu, bmax[h], 4));
+        bmax[h] = fmaxf(bmax[h], __shfl_xor_sync(0xffffffffu, bmax[h], 8));
+        bmax[h] = fmaxf(bmax[h], __shfl_xor_sync(0xffffffffu, bmax[h], 16));
+      }
+      float alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float m_new = fmaxf(m_run[h], bmax[h]);
+        // m_new = -inf only while every key so far is masked: nothing to rescale.
+        alpha[h] = m_new == -INFINITY ? 1.0f : ex2(m_run[h] - m_new);
+        m_run[h] = m_new;
+      }
+#pragma unroll
+      for (int m = 0; m < Geo::kMTiles; ++m) {
+        o[m][0] *= alpha[0];
+        o[m][1] *= alpha[1];
+        o[m][2] *= alpha[0];
+        o[m][3] *= alpha[1];
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        l_part[h] *= alpha[h];
+        z_part[h] *= alpha[h];
+        w_part[h] *= alpha[h];
+      }
+    }
+
+    // -- P' = p s_v in fp16, transposed into B fragments; O^T += V^T P'^T --
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      uint32_t pq[2];  // C-layout halves: row key g (r = 0) / g+8 (r = 1), heads 2t, 2t+1
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int kk = 16 * j + g + 8 * r;
+        const bool valid = full || (pos0 + kk >= k_lo && pos0 + kk < kend);
+        const float p0 = m_run[0] == -INFINITY ? 0.0f : ex2(sc[j][2 * r] - m_run[0]);
+        const float p1 = m_run[1] == -INFINITY ? 0.0f : ex2(sc[j][2 * r + 1] - m_run[1]);
+        // Masked keys may hold stale bytes: their scale and zero are never used.
+        const float vs = valid ? h2f(sz[64 + kk]) : 0.0f;
+        const float vz = valid ? h2f(sz[96 + kk]) : 0.0f;
+        l_part[0] += p0;
+        l_part[1] += p1;
+        const float ps0 = p0 * vs, ps1 = p1 * vs;
+        z_part[0] = fmaf(ps0, vz, z_part[0]);
+        z_part[1] = fmaf(ps1, vz, z_part[1]);
+        const __half2 ph = __floats2half2_rn(ps0, ps1);
+        w_part[0] += __low2float(ph);
+        w_part[1] += __high2float(ph);
+        pq[r] = h2u(ph);
+      }
+      const uint32_t b0 = movmatrix_t(pq[0]);  // P'[keys 2t, 2t+1][head g]
+      const uint32_t b1 = movmatrix_t(pq[1]);  // P'[keys 8+2t, 8+2t+1][head g]
+      // V codes of keys 2t, 2t+1 (a0/a1) and 2t+8, 2t+9 (a2/a3), lane g's channel block.
+      uint32_t va[VW], vb[VW], vc[VW], vd[VW];
+      const uint8_t* vbase = st + Geo::kPayload + g * Geo::kVBytes;
+      lds_words<VW>(va, vbase + (16 * j + 2 * t) * RB);
+      lds_words<VW>(vb, vbase + (16 * j + 2 * t + 1) * RB);
+      lds_words<VW>(vc, vbase + (16 * j + 2 * t + 8) * RB);
+      lds_words<VW>(vd, vbase + (16 * j + 2 * t + 9) * RB);
+      uint32_t lo_pairs[NVS], hi_pairs[NVS];
+      unpack_v_pairs<F, Geo::kVBytes>(va, vb, lo_pairs);
+      unpack_v_pairs<F, Geo::kVBytes>(vc, vd, hi_pairs);
+#pragma unroll
+      for (int m = 0; m < Geo::kMTiles; ++m) {
+        mma16816(o[m], lo_pairs[2 * m], lo_pairs[2 * m + 1], hi_pairs[2 * m], hi_pairs[2 * m + 1],
+                 b0, b1);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its ring: the merge scratch aliases it
+
+  // ---- per-warp totals, then the in-CTA merge of the 4 warp streams ------------------------
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      l_part[h] += __shfl_xor_sync(0xffffffffu, l_part[h], off);
+      z_part[h] += __shfl_xor_sync(0xffffffffu, z_part[h], off);
+      w_part[h] += __shfl_xor_sync(0xffffffffu, w_part[h], off);
+    }
+  }
+  float* red_o = reinterpret_cast<float*>(smem);  // [warp][8][D]
+  float* red_ml = red_o + kWarps * 8 * D;         // [warp][8][2]
+  {
+#pragma unroll
+    for (int m = 0; m < Geo::kMTiles; ++m) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int chan = g * NVS + 2 * m + r;  // slot 2m + r of lane g's channel block
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // O = sum p s c - sum p s z: the offset 1024 sum P', the factor 16 of KV4's odd
+          // slots (rows g+8) and the zero term are one number per head.
+          const float inv = Geo::kKv4 && r == 1 ? 0.0625f : 1.0f;
+          red_o[(warp * 8 + 2 * t + h) * D + chan] =
+              (o[m][2 * r + h] - 1024.0f * w_part[h]) * inv - z_part[h];
+        }
+      }
+    }
+    if (g == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        red_ml[(warp * 8 + 2 * t + h) * 2] = m_run[h];
+        red_ml[(warp * 8 + 2 * t + h) * 2 + 1] = l_part[h];
+      }
+    }
+  }
+  // Current token's scores (fp32 dot on the unrounded q, as the reference), one warp per head.
+  const bool has_cur = ctx >= k_lo && ctx < k_hi;
+  const int64_t cur_row = (q_row * a.geom.kv_heads + kvh) * D;
+  if (has_cur) {
+    for (int h = warp; h < G; h += kWarps) {
+      float d = 0.0f;
+      for (int c = lane; c < D; c += 32) d += q_s[h * D + c] * attn::h2f(a.k16[cur_row + c]);
+      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      if (lane == 0) misc[8 + h] = d * a.scale * kLog2e;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < G * D; idx += kThreads) {
+    const int h = idx / D, c = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red_ml[(w * 8 + h) * 2]);
+    float L = 0.0f, O = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = red_ml[(w * 8 + h) * 2];
+        const float wt = mw == -INFINITY ? 0.0f : exp2f(mw - M);
+        L += red_ml[(w * 8 + h) * 2 + 1] * wt;
+        O += red_o[(w * 8 + h) * D + c] * wt;
+      }
+    }
+    if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V
+      const float s = misc[8 + h];
+      const float m2 = fmaxf(M, s);
+      const float al = M == -INFINITY ? 0.0f : exp2f(M - m2);
+      const float pc = exp2f(s - m2);
+      O = O * al + pc * attn::h2f(a.v16[cur_row + c]);
+      L = L * al + pc;
+      M = m2;
+    }
+    const int64_t hq = static_cast<int64_t>(kvh) * G + h;
+    if (a.splits == 1) {
+      a.out[(q_row * a.num_heads + hq) * D + c] = O / L;
+    } else {
+      const int64_t pidx = (static_cast<int64_t>(seq) * a.num_heads + hq) * a.splits + split;
+      a.part_o[pidx * D + c] = O;
+      if (c == 0) {
+        a.part_ml[pidx * 2] = M;  // log2 units
+        a.part_ml[pidx * 2 + 1] = L;
+      }
+    }
+  }
+}
+
+// out = sum_j o_j 2^(m_j - M) / sum_j l_j 2^(m_j - M) over the used splits (m in log2 units).
+__global__ void decode_mma_merge_kernel(const float* part_o, const float* part_ml,
+                                        const int32_t* token_offset, const int32_t* context_len,
+                                        int num_heads, int head_dim, int splits, int split_keys,
+                                        int window, float* out) {
+  const int h = blockIdx.x, seq = blockIdx.y;
+  const int ctx = context_len[seq];
+  const int lo = first_key(ctx, window);
+  const int used = (ctx + 1 - lo + split_keys - 1) / split_keys;
+  const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
+  float M = -INFINITY;
+  for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
+  float L = 0.0f;
+  for (int j = 0; j < used; ++j) {
+    const float m = part_ml[(base + j) * 2];
+    L += part_ml[(base + j) * 2 + 1] * (m == -INFINITY ? 0.0f : exp2f(m - M));
+  }
+  const int64_t row = token_offset[seq];
+  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+    float o = 0.0f;
+    for (int j = 0; j < used; ++j) {
+      const float m = part_ml[(base + j) * 2];
+      const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
+      o += part_o[(base + j) * head_dim + c] * w;
+    }
+    out[(row * num_heads + h) * head_dim + c] = o / L;
+  }
+}
+
+template <KvFormat F, int D>
+void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
+  constexpr int smem = Geom<F, D>::kSmemBytes;
+  // Idempotent and cheap; needed once per instantiation for > 48 KiB of dynamic smem.
+  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                    "decode_attention_mma smem attribute");
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
+                  static_cast<unsigned>(num_seqs));
+  decode_mma_kernel<F, D><<<grid, kThreads, smem, stream>>>(a);
+}
+
+// Resident CTAs per SM of one instantiation (registers and shared memory decide), asked once.
+template <KvFormat F, int D>
+int ctas_per_sm() {
+  static const int n = [] {
+    constexpr int smem = Geom<F, D>::kSmemBytes;
+    int blocks = 0;
+    if (cudaFuncSetAttribute(decode_mma_kernel<F, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<F, D>, kThreads,
+                                                      smem) != cudaSuccess ||
+        blocks <= 0) {
+      (void)cudaGetLastError();
+      return Geom<F, D>::kMinBlocks;
+    }
+    return blocks;
+  }();
+  return n;
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  return n;
+}
+
+}  // namespace
+
+bool decode_attention_mma_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                    int64_t head_dim) {
+  if (format != KvFormat::kv4 && format != KvFormat::kv8) return false;
+  if (head_dim != 64 && head_dim != 128) return false;
+  if (kv_heads <= 0 || kv_heads > 65535 || num_heads <= 0 || num_heads % kv_heads != 0) {
+    return false;
+  }
+  const int64_t g = num_heads / kv_heads;
+  return g >= 1 && g <= 8;  // the N = 8 side of the MMAs
+}
+
+int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                        int64_t num_sms, int64_t slots_per_sm) {
+  // Every (sequence, KV head) is one CTA per split. Pick the split count whose CTAs fill the
+  // resident slots best (the last wave of a 2.4-wave grid runs 40% full), among splits of at
+  // least 256 keys (the shared workspace is sized for 256-key splits); ties go to fewer splits.
+  const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
+  const int64_t slots = std::max<int64_t>(1, num_sms) * std::max<int64_t>(1, slots_per_sm);
+  const int64_t total = std::max<int64_t>(1, max_total_len);
+  const auto keys_for = [&](int64_t splits) {
+    int64_t keys = (total + splits - 1) / splits;
+    keys = (keys + kPage - 1) / kPage * kPage;
+    return std::max<int64_t>(kMinSplitKeys, keys);
+  };
+  int64_t best_keys = keys_for(1);
+  double best_eff = 0.0;
+  const int64_t max_splits = std::min<int64_t>((total + kMinSplitKeys - 1) / kMinSplitKeys,
+                                               std::max<int64_t>(1, 4 * slots / base + 1));
+  for (int64_t want = 1; want <= max_splits; ++want) {
+    const int64_t keys = keys_for(want);
+    const int64_t n = base * ((total + keys - 1) / keys);
+    const int64_t waves = (n + slots - 1) / slots;
+    const double eff = static_cast<double>(n) / static_cast<double>(waves * slots);
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best_keys = keys;
+    }
+  }
+  return best_keys;
+}
+
+void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v16,
+                          const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                          int64_t num_heads, int64_t window, float* out, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream) {
+  const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
+  const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
+                            " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
+                            " max_total_len=" + std::to_string(batch.max_total_len);
+  check(
+      decode_attention_mma_supported(cache.format, num_heads, hkv, d),
+      "decode_attention_mma: needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in 1..8 (" + shape + ")");
+  check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
+        "decode_attention_mma: 0..65535 sequences (" + shape + ")");
+  if (S == 0) return;
+  check(aligned16(q) && aligned16(k16) && aligned16(v16) && aligned16(cache.k_pool) &&
+            aligned16(cache.v_pool),
+        "decode_attention_mma: q, k16, v16 and the pools must be 16-byte aligned (" + shape + ")");
+  const size_t need = decode_attention_workspace_bytes(S, num_heads, d, batch.max_total_len);
+  check(workspace != nullptr && workspace_bytes >= need,
+        "decode_attention_mma: workspace of " + std::to_string(workspace_bytes) + " bytes, need " +
+            std::to_string(need) + " (" + shape + ")");
+
+  Args a{};
+  a.q = q;
+  a.k16 = k16;
+  a.v16 = v16;
+  a.k_pool = cache.k_pool;
+  a.v_pool = cache.v_pool;
+  a.geom = attn::make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
+  a.token_offset = batch.token_offset;
+  a.context_len = batch.context_len;
+  a.block_table = batch.block_table;
+  a.block_stride = batch.block_stride;
+  a.num_heads = static_cast<int>(num_heads);
+  a.group = static_cast<int>(num_heads / hkv);
+  a.window = static_cast<int>(std::max<int64_t>(0, window));
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  const int per_sm =
+      cache.format == KvFormat::kv4
+          ? (d == 128 ? ctas_per_sm<KvFormat::kv4, 128>() : ctas_per_sm<KvFormat::kv4, 64>())
+          : (d == 128 ? ctas_per_sm<KvFormat::kv8, 128>() : ctas_per_sm<KvFormat::kv8, 64>());
+  const int64_t keys =
+      decode_attention_mma_split_keys(S, hkv, batch.max_total_len, sm_count(), per_sm);
+  a.split_keys = static_cast<int>(keys);
+  a.splits = static_cast<int>(
+      std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
+  a.out = out;
+  a.part_o = static_cast<float*>(workspace);
+  a.part_ml = a.part_o + S * num_heads * a.splits * d;
+
+  const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
+  if (cache.format == KvFormat::kv4) {
+    if (d == 128)
+      launch<KvFormat::kv4, 128>(a, ns, nh, stream);
+    else
+      launch<KvFormat::kv4, 64>(a, ns, nh, stream);
+  } else {
+    if (d == 128)
+      launch<KvFormat::kv8, 128>(a, ns, nh, stream);
+    else
+      launch<KvFormat::kv8, 64>(a, ns, nh, stream);
+  }
+  check_launch("decode_attention_mma split", shape);
+  if (a.splits > 1) {
+    const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
+    decode_mma_merge_kernel<<<grid, 128, 0, stream>>>(
+        a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
+        static_cast<int>(d), a.splits, a.split_keys, a.window, out);
+    check_launch("decode_attention_mma merge", shape);
+  }
+}
+
+}  // namespace qserve::cuda
