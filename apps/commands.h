@@ -38,6 +38,7 @@ LoadedModel load_model(const std::string& spec, bool need_tokenizer, const LoadO
 struct PrecisionArgs {
   std::string precision = "w16a16kv16";
   bool qserve_norm = false;
+  std::optional<bool> qserve_numerics;  // --qserve-numerics / --no-qserve-numerics
   LoadOptions options() const;
 };
 void add_precision_options(CLI::App* cmd, PrecisionArgs& args, bool norm_flag);

@@ -16,6 +16,7 @@ EngineConfig EngineArgs::config(int64_t default_max_num_seqs) const {
   c.max_model_len = max_model_len;
   c.num_pages = num_pages;
   c.chunked_prefill = !no_chunked_prefill;
+  c.cuda_graphs = !no_cuda_graphs;
   return c;
 }
 
@@ -38,6 +39,21 @@ void add_engine_options(CLI::App* cmd, EngineArgs& a) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_flag("--no-chunked-prefill", a.no_chunked_prefill,
                 "Prefill each prompt in one step (it waits until it fits the token budget)");
+  cmd->add_flag("--no-cuda-graphs", a.no_cuda_graphs,
+                "CUDA: launch decode steps kernel by kernel instead of replaying captured CUDA "
+                "graphs (same results; --profile always does)");
+}
+
+void add_qserve_numerics_option(CLI::App* cmd, std::optional<bool>& value) {
+  // Two flags rather than a bool option so that "neither" keeps the checkpoint's default.
+  CLI::Option* on = cmd->add_flag_callback(
+      "--qserve-numerics", [&value] { value = true; },
+      "Round activations to fp16 where QServe does (default for QServe zoo / converted "
+      "checkpoints)");
+  CLI::Option* off = cmd->add_flag_callback(
+      "--no-qserve-numerics", [&value] { value = false; },
+      "Keep activations in fp32 between ops (default for other models)");
+  on->excludes(off);
 }
 
 std::string resolve_device(const std::string& device) {

@@ -21,6 +21,7 @@ struct EngineArgs {
   int64_t max_model_len = 0;
   std::optional<int64_t> num_pages;
   bool no_chunked_prefill = false;
+  bool no_cuda_graphs = false;  // --no-cuda-graphs: launch decode steps op by op
   std::string device = "auto";  // auto | cpu | cuda
   EngineConfig config(int64_t default_max_num_seqs) const;
 };
@@ -34,6 +35,12 @@ std::string device_description(const std::string& resolved_device);
 std::unique_ptr<Engine> make_engine(const LlamaModel& model, const Tokenizer* tokenizer,
                                     const EngineConfig& cfg, const std::string& device);
 void add_engine_options(CLI::App* cmd, EngineArgs& args);
+
+// --qserve-numerics / --no-qserve-numerics (LoadOptions::qserve_numerics, docs/checkpoints.md):
+// round activations to fp16 where QServe does. Left unset without either flag: the loader's
+// default (on for QServe zoo and converted checkpoints, off otherwise). For the commands that
+// load a model (generate, perplexity); copy `value` into LoadOptions::qserve_numerics.
+void add_qserve_numerics_option(CLI::App* cmd, std::optional<bool>& value);
 
 struct SamplingArgs {
   int64_t max_tokens = 128;

@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "engine_options.h"
 #include "model/synthetic_configs.h"
 
 namespace qserve::cli {
@@ -59,6 +60,7 @@ LoadOptions PrecisionArgs::options() const {
   LoadOptions o;
   o.precision = Precision::parse(precision);
   o.qserve_norm = qserve_norm;
+  o.qserve_numerics = qserve_numerics;
   return o;
 }
 
@@ -75,6 +77,7 @@ void add_precision_options(CLI::App* cmd, PrecisionArgs& args, bool norm_flag) {
     cmd->add_flag("--qserve-norm", args.qserve_norm,
                   "Norms before quantized linears subtract the mean, as QServe's kernel does "
                   "(default: true RMSNorm)");
+    add_qserve_numerics_option(cmd, args.qserve_numerics);
   }
 }
 

@@ -8,12 +8,19 @@
 //     fp32 q, fp16 k/v and the KV4 page bytes out; 256-token sequences, shuffled pages);
 //   - GPU sampling of a decode step (128,256 vocabulary, batch 64 and 256): microseconds.
 //
-//   build/bench_fused [--check] [--json bench/results/FILE.json] [--iters N]
+//   build/bench_fused [--check] [--json bench/results/FILE.json] [--iters N] [--no-sampling]
+//                     [--host-gaps]
 //
 // Effective bandwidth = bytes each kernel must read and write (listed per kernel below) over
-// the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. --check
-// first compares each kernel with its CPU reference (src/quant) on a small case; a kernel that
-// fails is not timed. Every failure prints one "FAIL ..." line and the run continues.
+// the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. Each fused
+// kernel is timed twice in the same run: the current kernel (the ops_cuda.h entry point) and
+// the previous one (backend/cuda/fused_baseline.h, reported as "<kernel>_baseline").
+// --check first compares each kernel with its CPU reference (src/quant) on a small case, and the
+// current kernel with the baseline bit for bit on larger ones (SiLU: every fp16 gate value); a
+// kernel that fails is not timed. Every failure prints one "FAIL ..." line and the run
+// continues. --no-sampling skips the sampling benchmark. The timed launches are queued behind a
+// spin kernel so they run back to back (GPU time, not the host's launch pace; --host-gaps times
+// them as issued, which is what the 2026-11-29/30 figures in bench/results/fused.md did).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -30,6 +37,8 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -37,6 +46,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/half.h"
@@ -113,12 +123,32 @@ double median(std::vector<double> v) {
   return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
+// Keeps the GPU busy for `ns` nanoseconds.
+__global__ void spin_kernel(uint64_t ns) {
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    __nanosleep(1000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
+// false (--host-gaps): time each launch as the host issues it, as the first versions did.
+bool g_queue_ahead = true;
+
 // Median microseconds of `iters` runs of f (each bracketed by events) after `warmup` runs.
+// The timed launches are queued behind a 2 ms spin kernel, so they run back to back and the
+// events measure the GPU's time: otherwise a kernel shorter than the host's launch overhead
+// (~10 us per bracketed launch here, the 256-token cases) is timed at the host's pace.
 double time_us(const std::function<void()>& f, int warmup, int iters) {
   for (int i = 0; i < warmup; ++i) f();
   QSERVE_CUDA_CHECK(cudaDeviceSynchronize(), "bench warm-up");
   std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
   for (auto& e : ev) QSERVE_CUDA_CHECK(cudaEventCreate(&e), "bench event");
+  if (g_queue_ahead) {
+    spin_kernel<<<1, 1>>>(2000000);
+    qserve::cuda::check_launch("bench spin");
+  }
   for (int i = 0; i < iters; ++i) {
     QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i], nullptr), "bench event");
     f();
@@ -170,21 +200,72 @@ std::vector<uint16_t> host_f16(std::mt19937_64& rng, size_t n, float lo, float h
   return v;
 }
 
+// Bitwise comparison (memcmp semantics: NaN bit patterns must match too).
 template <typename T>
-bool report_exact(const std::string& name, const std::vector<T>& got, const std::vector<T>& want) {
+bool report_exact(const std::string& name, const std::vector<T>& got, const std::vector<T>& want,
+                  const char* against = "CPU reference") {
   size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (got[i] != want[i] && bad++ == 0) first = i;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && bad++ == 0) first = i;
   }
   const bool ok = got.size() == want.size() && bad == 0;
-  std::printf("CHECK %-40s vs CPU reference: %zu mismatches of %zu %s\n", name.c_str(), bad,
+  std::printf("CHECK %-40s vs %s: %zu mismatches of %zu %s\n", name.c_str(), against, bad,
               got.size(), ok ? "PASS" : "FAIL");
   if (!ok) fail("check " + name + ": first mismatch at " + std::to_string(first));
   return ok;
 }
 
+// The current add_residual_norm_quant_f16delta vs the baseline kernel, bit for bit: 256 rows of
+// 4096 with large residual magnitudes, both norm kinds, every output (q, scale, sum, normed and
+// the written-back residual).
+bool check_norm_vs_baseline() {
+  const int64_t rows = 256, cols = kHidden;
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> res(static_cast<size_t>(rows * cols)), gamma(static_cast<size_t>(cols));
+  for (size_t i = 0; i < res.size(); ++i) res[i] = nd(rng) * (i % 4096 == 7 ? 3000.0f : 4.0f);
+  for (auto& x : gamma) x = 0.05f + 2.0f * std::fabs(nd(rng));
+  const std::vector<uint16_t> delta = host_f16(rng, res.size(), -2.0f, 2.0f);
+  DeviceBuffer<float> d_g = qserve::cuda::to_device(gamma);
+  DeviceBuffer<uint16_t> d_delta = qserve::cuda::to_device(delta);
+  bool ok = true;
+  for (const auto kind :
+       {qserve::quant::NormKind::kRmsNorm, qserve::quant::NormKind::kQServeLayerNorm}) {
+    struct Outs {
+      std::vector<int8_t> q;
+      std::vector<uint16_t> scale, sum, normed;
+      std::vector<float> res;
+    } outs[2];
+    for (int base = 0; base < 2; ++base) {
+      DeviceBuffer<float> d_res = qserve::cuda::to_device(res);
+      DeviceBuffer<int8_t> d_q(res.size());
+      DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
+          d_n(res.size());
+      d_q.fill_bytes(0xFF, nullptr);
+      d_s.fill_bytes(0xFF, nullptr);
+      d_sum.fill_bytes(0xFF, nullptr);
+      d_n.fill_bytes(0xFF, nullptr);
+      const qserve::cuda::NormQuantOut out{d_q.data(), d_s.data(), d_sum.data(), d_n.data()};
+      (base ? qserve::cuda::baseline::add_residual_norm_quant_f16delta
+            : qserve::cuda::add_residual_norm_quant_f16delta)(
+          d_res.data(), d_delta.data(), d_g.data(), 1e-5f, rows, cols, kind, out, nullptr);
+      outs[base] = {qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
+                    qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_n),
+                    qserve::cuda::to_host(d_res)};
+    }
+    const std::string n = std::string("norm_quant/") +
+                          (kind == qserve::quant::NormKind::kRmsNorm ? "rms" : "qserve_ln");
+    ok &= report_exact(n + " q", outs[0].q, outs[1].q, "baseline");
+    ok &= report_exact(n + " scale", outs[0].scale, outs[1].scale, "baseline");
+    ok &= report_exact(n + " sum", outs[0].sum, outs[1].sum, "baseline");
+    ok &= report_exact(n + " normed", outs[0].normed, outs[1].normed, "baseline");
+    ok &= report_exact(n + " residual", outs[0].res, outs[1].res, "baseline");
+  }
+  return ok;
+}
+
 // add_residual_norm_quant_f16delta vs residual += delta, quant::norm_quantize_per_token
-// (bit-exact).
+// (bit-exact), then vs the baseline kernel.
 bool check_norm() {
   const int64_t rows = 7, cols = kHidden;
   std::mt19937_64 rng(11);
@@ -216,6 +297,114 @@ bool check_norm() {
   bool ok = report_exact("add_residual_rmsnorm_quant q", qserve::cuda::to_host(d_q), wq);
   ok &= report_exact("add_residual_rmsnorm_quant scale", qserve::cuda::to_host(d_s), ws);
   ok &= report_exact("add_residual_rmsnorm_quant residual", qserve::cuda::to_host(d_res), ref);
+  return ok && check_norm_vs_baseline();
+}
+
+// The current SiLU·mul kernels vs the baseline (double exp for every element), bit for bit:
+//  (1) every fp16 bit pattern as a gate value (NaN, inf, subnormals, |g| > 64 included), up = 1,
+//      so `out` is the fp16 SiLU of each: the certified fast path is checked exhaustively for
+//      fp16 inputs; also the standalone silu_mul_f16;
+//  (2) 600 Llama-3-8B rows (gate U(-8, 8), up N(0, 1); more rows than the persistent kernel
+//      has blocks), a row of zero gates (every element takes the fallback, amax = 0) and a row of
+//      |g| in [30, 70] (the |g| > 64 fallback);
+//  (3) the fp32-input kernel on fp32 gates U(-70, 70) and U(-4, 4).
+// Every output (q, scale, sum, out) must match.
+template <typename T>
+bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, int64_t rows,
+                             int64_t inter, bool with_sum) {
+  DeviceBuffer<T> d_gu = qserve::cuda::to_device(gu);
+  struct Outs {
+    std::vector<int8_t> q;
+    std::vector<uint16_t> scale, sum, out;
+  } outs[2];
+  const size_t n = static_cast<size_t>(rows * inter);
+  for (int base = 0; base < 2; ++base) {
+    DeviceBuffer<int8_t> d_q(n);
+    DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
+        d_out(n);
+    d_q.fill_bytes(0xFF, nullptr);
+    d_s.fill_bytes(0xFF, nullptr);
+    d_sum.fill_bytes(0xFF, nullptr);
+    d_out.fill_bytes(0xFF, nullptr);
+    uint16_t* sum = with_sum ? d_sum.data() : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      (base ? qserve::cuda::baseline::silu_mul_quant_f32 : qserve::cuda::silu_mul_quant_f32)(
+          d_gu.data(), rows, inter, d_q.data(), d_s.data(), sum, d_out.data(), nullptr);
+    } else {
+      (base ? qserve::cuda::baseline::silu_mul_quant_f16 : qserve::cuda::silu_mul_quant_f16)(
+          d_gu.data(), rows, inter, d_q.data(), d_s.data(), sum, d_out.data(), nullptr);
+    }
+    outs[base] = {qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
+                  qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_out)};
+  }
+  bool ok = report_exact(name + " out", outs[0].out, outs[1].out, "baseline");
+  ok &= report_exact(name + " q", outs[0].q, outs[1].q, "baseline");
+  ok &= report_exact(name + " scale", outs[0].scale, outs[1].scale, "baseline");
+  if (with_sum) ok &= report_exact(name + " sum", outs[0].sum, outs[1].sum, "baseline");
+  return ok;
+}
+// With the sum (one thread per column group) and without it (two): both kernel variants.
+template <typename T>
+bool compare_silu_quant(const std::string& name, const std::vector<T>& gu, int64_t rows,
+                        int64_t inter) {
+  const bool a = compare_silu_quant_once(name, gu, rows, inter, true);
+  const bool b = compare_silu_quant_once(name + " no-sum", gu, rows, inter, false);
+  return a && b;
+}
+
+bool check_silu_vs_baseline() {
+  bool ok = true;
+  {
+    const int64_t rows = 4, inter = 16384;  // 4 x 16384 = every fp16 bit pattern once
+    std::vector<uint16_t> gu(static_cast<size_t>(rows * 2 * inter), 0x3c00);  // up = 1
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < inter; ++i) {
+        gu[static_cast<size_t>(r * 2 * inter + i)] = static_cast<uint16_t>(r * inter + i);
+      }
+    }
+    ok &= compare_silu_quant("silu_mul_quant all-fp16-gates", gu, rows, inter);
+    DeviceBuffer<uint16_t> d_gu = qserve::cuda::to_device(gu);
+    const size_t n = static_cast<size_t>(rows * inter);
+    DeviceBuffer<uint16_t> a(n), b(n);
+    a.fill_bytes(0xFF, nullptr);
+    b.fill_bytes(0xFF, nullptr);
+    qserve::cuda::silu_mul_f16(d_gu.data(), rows, inter, a.data(), nullptr);
+    qserve::cuda::baseline::silu_mul_f16(d_gu.data(), rows, inter, b.data(), nullptr);
+    ok &= report_exact("silu_mul_f16 all-fp16-gates", qserve::cuda::to_host(a),
+                       qserve::cuda::to_host(b), "baseline");
+  }
+  {
+    // More rows than the persistent kernel has blocks (2 per SM): blocks loop over rows.
+    const int64_t rows = 600, inter = kInter;
+    std::mt19937_64 rng(22);
+    std::uniform_real_distribution<float> ug(-8.0f, 8.0f), big(30.0f, 70.0f);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<uint16_t> gu(static_cast<size_t>(rows * 2 * inter));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < inter; ++i) {
+        float g = ug(rng);
+        if (r == 64) g = 0.0f;
+        if (r == 65) g = (i % 2 ? 1.0f : -1.0f) * big(rng);
+        gu[static_cast<size_t>(r * 2 * inter + i)] = qserve::float_to_fp16(g);
+        gu[static_cast<size_t>(r * 2 * inter + inter + i)] = qserve::float_to_fp16(nd(rng));
+      }
+    }
+    ok &= compare_silu_quant("silu_mul_quant llama rows", gu, rows, inter);
+  }
+  {
+    const int64_t rows = 16, inter = kInter;
+    std::mt19937_64 rng(23);
+    std::uniform_real_distribution<float> wide(-70.0f, 70.0f), narrow(-4.0f, 4.0f);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> gu(static_cast<size_t>(rows * 2 * inter));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < inter; ++i) {
+        gu[static_cast<size_t>(r * 2 * inter + i)] = r % 2 ? wide(rng) : narrow(rng);
+        gu[static_cast<size_t>(r * 2 * inter + inter + i)] = nd(rng);
+      }
+    }
+    ok &= compare_silu_quant("silu_mul_quant_f32 rows", gu, rows, inter);
+  }
   return ok;
 }
 
@@ -250,6 +439,116 @@ bool check_silu() {
   std::printf("CHECK %-40s vs CPU reference: %zu of %zu codes exact, %zu beyond 1 ulp %s\n",
               "silu_mul_quant", exact, gq.size(), bad, ok ? "PASS" : "FAIL");
   if (!ok) fail("check silu_mul_quant: " + std::to_string(bad) + " values beyond 1 ulp");
+  return ok && check_silu_vs_baseline();
+}
+
+// A prefill batch at Llama-3-8B geometry (fp16 QKV): S sequences of n new tokens after ctx
+// cached ones (positions ctx .. ctx + n - 1), their pages shuffled over the pool, the pools
+// pre-filled with random bytes (a kernel must write exactly the new slots).
+struct RopeBatch {
+  static constexpr int64_t kStride = (kHq + 2 * kHkv) * kD;
+  int64_t S, n, ctx, T, pps, pages, pb;
+  DeviceBuffer<uint16_t> qkv, k16, v16;
+  DeviceBuffer<float> inv, qo;
+  DeviceBuffer<uint8_t> kp, vp;
+  DeviceBuffer<int32_t> off, nt, cl, bt;
+  qserve::cuda::PagedKvDevice cache;
+  qserve::cuda::VarlenBatchDevice batch;
+
+  RopeBatch(int64_t S_, int64_t n_, int64_t ctx_, KvFormat fmt, uint64_t seed)
+      : S(S_), n(n_), ctx(ctx_), T(S_ * n_) {
+    pps = (ctx + n + 63) / 64;
+    pages = S * pps;
+    pb = qserve::cuda::kv_page_bytes(fmt, kHkv, kD);
+    qkv = DeviceBuffer<uint16_t>(static_cast<size_t>(T * kStride));
+    fill_f16_kernel<<<kFillGrid, kFillBlock>>>(qkv.data(), qkv.size(), seed, -2.0f, 2.0f);
+    std::vector<float> f(static_cast<size_t>(kD / 2));
+    for (int64_t i = 0; i < kD / 2; ++i) {
+      f[static_cast<size_t>(i)] = static_cast<float>(std::pow(500000.0, -2.0 * i / kD));
+    }
+    inv = qserve::cuda::to_device(f);
+    qo = DeviceBuffer<float>(static_cast<size_t>(T * kHq * kD));
+    k16 = DeviceBuffer<uint16_t>(static_cast<size_t>(T * kHkv * kD));
+    v16 = DeviceBuffer<uint16_t>(static_cast<size_t>(T * kHkv * kD));
+    kp = DeviceBuffer<uint8_t>(static_cast<size_t>(pages * pb));
+    vp = DeviceBuffer<uint8_t>(static_cast<size_t>(pages * pb));
+    fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(kp.data(), kp.size(), seed + 1);
+    fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(vp.data(), vp.size(), seed + 2);
+    qserve::cuda::check_launch("bench fill rope inputs");
+    std::vector<int32_t> table(static_cast<size_t>(pages));
+    std::iota(table.begin(), table.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(table.begin(), table.end(), rng);
+    std::vector<int32_t> o(static_cast<size_t>(S)), ntok(static_cast<size_t>(S)),
+        c(static_cast<size_t>(S));
+    for (int64_t i = 0; i < S; ++i) {
+      o[static_cast<size_t>(i)] = static_cast<int32_t>(i * n);
+      ntok[static_cast<size_t>(i)] = static_cast<int32_t>(n);
+      c[static_cast<size_t>(i)] = static_cast<int32_t>(ctx);
+    }
+    off = qserve::cuda::to_device(o);
+    nt = qserve::cuda::to_device(ntok);
+    cl = qserve::cuda::to_device(c);
+    bt = qserve::cuda::to_device(table);
+    cache.format = fmt;
+    cache.kv_heads = kHkv;
+    cache.head_dim = kD;
+    cache.k_pool = kp.data();
+    cache.v_pool = vp.data();
+    cache.num_pages = pages;
+    batch.num_seqs = static_cast<int32_t>(S);
+    batch.token_offset = off.data();
+    batch.num_tokens = nt.data();
+    batch.context_len = cl.data();
+    batch.block_table = bt.data();
+    batch.block_stride = static_cast<int32_t>(pps);
+    batch.max_num_tokens = static_cast<int32_t>(n);
+    batch.max_total_len = static_cast<int32_t>(ctx + n);
+  }
+  void run(bool baseline) {
+    (baseline ? qserve::cuda::baseline::rope_kv_append_f16 : qserve::cuda::rope_kv_append_f16)(
+        qkv.data(), kStride, batch, kHq, kHkv, kD, inv.data(), cache, qo.data(), k16.data(),
+        v16.data(), nullptr);
+  }
+};
+
+// The current rope_kv_append_f16 vs the baseline kernel, bit for bit (q, k16, v16 and every
+// byte of both pools), for KV4/KV8/KV16 pages, on a small batch (the kernel spreads each token
+// over several blocks) and a larger one with cached context (one block per token).
+bool check_rope_vs_baseline() {
+  bool ok = true;
+  for (const KvFormat fmt : {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16}) {
+    const char* fname = fmt == KvFormat::kv4 ? "kv4" : fmt == KvFormat::kv8 ? "kv8" : "kv16";
+    for (const auto& [S, n, ctx] : {std::tuple<int64_t, int64_t, int64_t>{2, 70, 0},
+                                    std::tuple<int64_t, int64_t, int64_t>{4, 300, 37}}) {
+      RopeBatch b(S, n, ctx, fmt, 31);
+      const std::vector<uint8_t> kp0 = qserve::cuda::to_host(b.kp),
+                                 vp0 = qserve::cuda::to_host(b.vp);
+      struct Outs {
+        std::vector<float> q;
+        std::vector<uint16_t> k, v;
+        std::vector<uint8_t> kp, vp;
+      } outs[2];
+      for (int base = 0; base < 2; ++base) {
+        b.kp.copy_from_host(kp0, nullptr);
+        b.vp.copy_from_host(vp0, nullptr);
+        b.qo.fill_bytes(0xFF, nullptr);
+        b.k16.fill_bytes(0xFF, nullptr);
+        b.v16.fill_bytes(0xFF, nullptr);
+        b.run(base != 0);
+        outs[base] = {qserve::cuda::to_host(b.qo), qserve::cuda::to_host(b.k16),
+                      qserve::cuda::to_host(b.v16), qserve::cuda::to_host(b.kp),
+                      qserve::cuda::to_host(b.vp)};
+      }
+      const std::string name =
+          std::string("rope_kv_append ") + fname + " T=" + std::to_string(S * n);
+      ok &= report_exact(name + " q", outs[0].q, outs[1].q, "baseline");
+      ok &= report_exact(name + " k16", outs[0].k, outs[1].k, "baseline");
+      ok &= report_exact(name + " v16", outs[0].v, outs[1].v, "baseline");
+      ok &= report_exact(name + " K pages", outs[0].kp, outs[1].kp, "baseline");
+      ok &= report_exact(name + " V pages", outs[0].vp, outs[1].vp, "baseline");
+    }
+  }
   return ok;
 }
 
@@ -316,16 +615,27 @@ bool check_rope() {
   bool ok = report_exact("rope_kv_append kv4 K pages", kp, wk);
   ok &= report_exact("rope_kv_append kv4 V pages", vp, wv);
   ok &= report_exact("rope_kv_append v16", v, want_v);
-  return ok;
+  return ok && check_rope_vs_baseline();
 }
 
 // ---- benchmarks ---------------------------------------------------------------------------
-void emit(json& results, const char* kernel, const std::string& shape, int64_t tokens,
+void emit(json& results, const std::string& kernel, const std::string& shape, int64_t tokens,
           const char* precision, double us, double bytes) {
   const double tbps = bytes / (us * 1e-6) / 1e12;
-  std::printf("%-34s tokens=%-5lld %10.1f us %8.3f TB/s\n", kernel, static_cast<long long>(tokens),
-              us, tbps);
+  std::printf("%-34s tokens=%-5lld %10.1f us %8.3f TB/s\n", kernel.c_str(),
+              static_cast<long long>(tokens), us, tbps);
   results.push_back(result(kernel, shape, tokens, 0, precision, us, "tbps", tbps, "qserve.cpp"));
+}
+
+// Times the current kernel and the baseline (same inputs, same byte count) and reports both.
+void emit_pair(json& results, const char* kernel, const std::string& shape, int64_t tokens,
+               const char* precision, double bytes, const std::function<void(bool)>& run) {
+  const double us = time_us([&] { run(false); }, 3, g_iters);
+  const double us_base = time_us([&] { run(true); }, 3, g_iters);
+  emit(results, kernel, shape, tokens, precision, us, bytes);
+  emit(results, std::string(kernel) + "_baseline", shape, tokens, precision, us_base, bytes);
+  std::printf("%-34s tokens=%-5lld speedup %.2fx over the baseline\n", kernel,
+              static_cast<long long>(tokens), us_base / us);
 }
 
 // Bytes: residual fp32 read + write (8), delta fp16 read (2), q int8 written (1) per element;
@@ -343,16 +653,14 @@ void bench_norm(int64_t T, json& results) {
   out.q = q.data();
   out.scale = s.data();
   // The residual grows by at most 1e-3 per run: values stay in range over all runs.
-  const double us = time_us(
-      [&] {
-        qserve::cuda::add_residual_norm_quant_f16delta(res.data(), delta.data(), g.data(), 1e-5f, T,
-                                                       cols, qserve::quant::NormKind::kRmsNorm, out,
-                                                       nullptr);
-      },
-      3, g_iters);
   const double bytes = static_cast<double>(T) * cols * (8 + 2 + 1) + cols * 4.0 + T * 2.0;
-  emit(results, "add_residual_rmsnorm_quant", "hidden=4096", T, "fp32-res,fp16-delta,int8-out", us,
-       bytes);
+  emit_pair(results, "add_residual_rmsnorm_quant", "hidden=4096", T, "fp32-res,fp16-delta,int8-out",
+            bytes, [&](bool base) {
+              (base ? qserve::cuda::baseline::add_residual_norm_quant_f16delta
+                    : qserve::cuda::add_residual_norm_quant_f16delta)(
+                  res.data(), delta.data(), g.data(), 1e-5f, T, cols,
+                  qserve::quant::NormKind::kRmsNorm, out, nullptr);
+            });
 }
 
 // Bytes: gate|up fp16 read (4 per output element), q int8 written (1); fp16 scale per row.
@@ -361,66 +669,22 @@ void bench_silu(int64_t T, json& results) {
   DeviceBuffer<int8_t> q(static_cast<size_t>(T * kInter));
   fill_f16_kernel<<<kFillGrid, kFillBlock>>>(gu.data(), gu.size(), 51, -4.0f, 4.0f);
   qserve::cuda::check_launch("bench fill silu inputs");
-  const double us = time_us(
-      [&] {
-        qserve::cuda::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), nullptr, nullptr,
-                                         nullptr);
-      },
-      3, g_iters);
   const double bytes = static_cast<double>(T) * kInter * (4 + 1) + T * 2.0;
-  emit(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", us, bytes);
+  emit_pair(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", bytes, [&](bool base) {
+    (base ? qserve::cuda::baseline::silu_mul_quant_f16 : qserve::cuda::silu_mul_quant_f16)(
+        gu.data(), T, kInter, q.data(), s.data(), nullptr, nullptr, nullptr);
+  });
 }
 
 // Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)
 // and the KV4 page bytes (T * 8 * (64 + 4) * 2) written.
 void bench_rope(int64_t T, json& results) {
-  const int64_t n = 256, S = std::max<int64_t>(1, T / n), stride = (kHq + 2 * kHkv) * kD;
-  DeviceBuffer<uint16_t> qkv(static_cast<size_t>(T * stride));
-  fill_f16_kernel<<<kFillGrid, kFillBlock>>>(qkv.data(), qkv.size(), 61, -2.0f, 2.0f);
-  std::vector<float> inv(static_cast<size_t>(kD / 2));
-  for (int64_t i = 0; i < kD / 2; ++i) {
-    inv[static_cast<size_t>(i)] = static_cast<float>(std::pow(500000.0, -2.0 * i / kD));
-  }
-  DeviceBuffer<float> d_inv = qserve::cuda::to_device(inv), qo(static_cast<size_t>(T * kHq * kD));
-  DeviceBuffer<uint16_t> k(static_cast<size_t>(T * kHkv * kD)),
-      v(static_cast<size_t>(T * kHkv * kD));
-  const int64_t pps = (n + 63) / 64, pages = S * pps;
-  const int64_t pb = qserve::cuda::kv_page_bytes(KvFormat::kv4, kHkv, kD);
-  DeviceBuffer<uint8_t> kp(static_cast<size_t>(pages * pb)), vp(static_cast<size_t>(pages * pb));
-  std::vector<int32_t> table(static_cast<size_t>(pages));
-  std::iota(table.begin(), table.end(), 0);
-  std::mt19937_64 rng(62);
-  std::shuffle(table.begin(), table.end(), rng);
-  std::vector<int32_t> off(static_cast<size_t>(S)),
-      nt(static_cast<size_t>(S), static_cast<int32_t>(n)), cl(static_cast<size_t>(S), 0);
-  for (int64_t s = 0; s < S; ++s) off[static_cast<size_t>(s)] = static_cast<int32_t>(s * n);
-  DeviceBuffer<int32_t> d_off = qserve::cuda::to_device(off), d_nt = qserve::cuda::to_device(nt),
-                        d_cl = qserve::cuda::to_device(cl), d_bt = qserve::cuda::to_device(table);
-  qserve::cuda::PagedKvDevice c;
-  c.format = KvFormat::kv4;
-  c.kv_heads = kHkv;
-  c.head_dim = kD;
-  c.k_pool = kp.data();
-  c.v_pool = vp.data();
-  c.num_pages = pages;
-  qserve::cuda::VarlenBatchDevice b;
-  b.num_seqs = static_cast<int32_t>(S);
-  b.token_offset = d_off.data();
-  b.num_tokens = d_nt.data();
-  b.context_len = d_cl.data();
-  b.block_table = d_bt.data();
-  b.block_stride = static_cast<int32_t>(pps);
-  b.max_num_tokens = static_cast<int32_t>(n);
-  b.max_total_len = static_cast<int32_t>(n);
-  const double us = time_us(
-      [&] {
-        qserve::cuda::rope_kv_append_f16(qkv.data(), stride, b, kHq, kHkv, kD, d_inv.data(), c,
-                                         qo.data(), k.data(), v.data(), nullptr);
-      },
-      3, g_iters);
+  const int64_t n = 256, S = std::max<int64_t>(1, T / n), stride = RopeBatch::kStride;
+  RopeBatch b(S, n, 0, KvFormat::kv4, 61);
   const double bytes = static_cast<double>(T) * (stride * 2.0 + kHq * kD * 4.0 +
                                                  kHkv * kD * 2.0 * 2.0 + kHkv * (64.0 + 4.0) * 2.0);
-  emit(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", us, bytes);
+  emit_pair(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", bytes,
+            [&](bool base) { b.run(base); });
 }
 
 // GPU sampling of one decode step: logits [batch, 128256] fp32 (fill_logits_kernel), per-row
@@ -499,7 +763,7 @@ std::string today() {
 
 int main(int argc, char** argv) {
   std::string json_path;
-  bool check = false;
+  bool check = false, sampling = true;
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
@@ -508,10 +772,17 @@ int main(int argc, char** argv) {
       json_path = argv[++i];
     } else if (a == "--check") {
       check = true;
+    } else if (a == "--no-sampling") {
+      sampling = false;
+    } else if (a == "--host-gaps") {
+      g_queue_ahead = false;
     } else if (a == "--iters" && i + 1 < argc) {
       g_iters = std::max(30, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--check] [--json PATH] [--iters N>=30]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--check] [--json PATH] [--iters N>=30] [--no-sampling] "
+                   "[--host-gaps]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -562,6 +833,7 @@ int main(int argc, char** argv) {
   }
 
   for (int64_t batch : {64, 256}) {
+    if (!sampling) break;
     try {
       bench_sampling(batch, results);
     } catch (const std::exception& e) {

@@ -44,6 +44,9 @@ struct EngineConfig {
   // Per-op-class GPU timing of every step (executors that support it; see
   // ModelExecutor::profile_report). Slows the run a little.
   bool profile = false;
+  // CUDA engine: replay pure-decode steps from captured CUDA graphs (docs/cuda.md); profile
+  // forces eager steps. Other executors ignore it.
+  bool cuda_graphs = true;
 };
 
 // What a request produced since its last output (and, when finished, how it ended).

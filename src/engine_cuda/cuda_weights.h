@@ -38,9 +38,16 @@ struct LlamaOnDevice {
   DeviceBuffer<uint16_t> lm_head16;  // [V, H] fp16: quantized models, as QServe serves them
   DeviceBuffer<float> inv_freq;      // [head_dim / 2]
   bool quantized = false;            // the decoder linears take int8 activations
-  size_t bytes = 0;                  // device bytes of all of the above
+  size_t bytes = 0;                  // device bytes of all of the above (device_bytes())
 };
 
+// Uploads the model's weights. A model made by LlamaModel::synthetic_on_device has none on the
+// host: its weights are generated on the GPU instead (synthetic_device.h), in the same layouts.
 LlamaOnDevice upload_llama(const LlamaModel& model, cudaStream_t stream);
+
+// Bytes of every device buffer held: codes, the fast paths' packed/expanded copies, scales,
+// biases (what the buffers hold, before the caching allocator rounds them to its buckets).
+size_t device_bytes(const LinearOnDevice& l);
+size_t device_bytes(const LlamaOnDevice& w);
 
 }  // namespace qserve::cuda

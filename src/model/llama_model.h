@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,6 +38,9 @@ struct LlamaWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [H]
   cpu::LinearF32 lm_head;         // [V, H], fp32 at every precision; a copy of embed when tied
+  // Set by LlamaModel::synthetic_on_device: everything above is empty and the CUDA executor
+  // generates the weights on the GPU from this seed (engine_cuda/synthetic_device.h).
+  std::optional<uint64_t> device_seed;
 };
 
 struct LoadOptions {
@@ -48,6 +52,17 @@ struct LoadOptions {
   // (a LayerNorm without bias, qserve-compat.md §0.1) - for reproducing QServe, not accuracy.
   // No effect on W16A16, where QServe also uses true RMSNorm.
   bool qserve_norm = false;
+  // QServe's numerics (docs/checkpoints.md, "QServe numerics"): every activation QServe keeps in
+  // fp16 is rounded to fp16 where QServe rounds it - the embedding rows, the residual stream
+  // after every add, q/k after RoPE (QServe's formula), the current token's K/V, the attention
+  // output (decode steps emulate QServe's decode kernel for head_dim 128), fp32 linears' outputs,
+  // SiLU·mul, the final RMSNorm and the logits. Quantized linears, the fused norm + quant and the
+  // KV cache are QServe's in both modes. false: those stay fp32 (the fp32 reference forward at
+  // w16a16kv16, and RTN-quantized HF models as before).
+  // Unset: on for checkpoints made for QServe (zoo folders and our quantized safetensors, whose
+  // loader sets it), off otherwise. Prefill attention stays the fp32 reference (QServe uses
+  // FlashAttention-2) with an fp16 output.
+  std::optional<bool> qserve_numerics;
 };
 
 enum class LogitsMode { LastPerSequence, AllTokens };
@@ -55,10 +70,11 @@ enum class LogitsMode { LastPerSequence, AllTokens };
 // Optional capture of one layer's attention inputs and output during forward (tests, debugging).
 struct ForwardTrace {
   int64_t layer = 0;
-  std::vector<float> q;     // [T, heads, D] after RoPE
-  std::vector<float> k, v;  // [T, kv_heads, D] after RoPE, as attention and the cache see them
-                            // (rounded to fp16 values with a KV8/KV4 cache)
-  std::vector<float> attn;  // [T, heads * D] attention output (input of o_proj)
+  std::vector<float> q;       // [T, heads, D] after RoPE
+  std::vector<float> k, v;    // [T, kv_heads, D] after RoPE, as attention and the cache see them
+                              // (rounded to fp16 values with a KV8/KV4 cache)
+  std::vector<float> attn;    // [T, heads * D] attention output (input of o_proj)
+  std::vector<float> hidden;  // [T, hidden_size] residual stream after the layer
 };
 
 class LlamaModel {
@@ -76,11 +92,20 @@ class LlamaModel {
   // checkpoint; for benchmarks and tests without a download.
   static std::unique_ptr<LlamaModel> synthetic(const ModelConfig& cfg, uint64_t seed,
                                                const LoadOptions& opts = {});
+  // The same random model without host weights: only the config, the precision and the seed,
+  // from which the CUDA executor generates the weights on the GPU (a 70B model in about a
+  // second; same statistics as synthetic(), other values). Only the CUDA executor can run it.
+  static std::unique_ptr<LlamaModel> synthetic_on_device(const ModelConfig& cfg, uint64_t seed,
+                                                         const LoadOptions& opts = {});
+  // The seed of a synthetic_on_device model; nullopt for a model with host weights.
+  std::optional<uint64_t> device_synthetic_seed() const { return w_.device_seed; }
 
   const ModelConfig& config() const { return cfg_; }
   const LlamaWeights& weights() const { return w_; }
   const LoadOptions& options() const { return opts_; }
   const Precision& precision() const { return opts_.precision; }
+  // LoadOptions::qserve_numerics as resolved at load (unset means off).
+  bool qserve_numerics() const { return opts_.qserve_numerics.value_or(false); }
   int64_t parameter_count() const;
 
   // A cache of the model's KV precision for `slots` concurrent sequences of up to `max_len`
@@ -98,6 +123,7 @@ class LlamaModel {
   LlamaWeights w_;
   LoadOptions opts_;
   std::vector<float> inv_freq_;
+  std::vector<float> qserve_inv_freq_;  // QServe numerics' RoPE frequencies
 };
 
 }  // namespace qserve

@@ -4,8 +4,10 @@
 #include <random>
 #include <string>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/llama_model.h"
+#include "quant/weights.h"
 
 namespace qserve {
 
@@ -80,6 +82,22 @@ std::unique_ptr<LlamaModel> LlamaModel::synthetic(const ModelConfig& cfg, uint64
   } else {
     w.lm_head = random_linear(rng, V, H, false);
   }
+  return std::unique_ptr<LlamaModel>(new LlamaModel(cfg, std::move(w), opts));
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::synthetic_on_device(const ModelConfig& cfg, uint64_t seed,
+                                                            const LoadOptions& opts) {
+  // Refuse here what synthetic() would refuse while quantizing, not later on the device.
+  if (opts.precision.weights == WeightPrecision::kW4A8G128) {
+    for (const int64_t k : {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size}) {
+      check(k % quant::kGroupSize == 0,
+            "synthetic model: W4A8 g128 needs in_features divisible by " +
+                std::to_string(quant::kGroupSize) + ", got " + std::to_string(k) +
+                " (use per-channel W4A8, e.g. w4a8kv4)");
+    }
+  }
+  LlamaWeights w;
+  w.device_seed = seed;
   return std::unique_ptr<LlamaModel>(new LlamaModel(cfg, std::move(w), opts));
 }
 

@@ -259,6 +259,9 @@ std::unique_ptr<LlamaModel> load_from(const std::string& dir, const std::string&
                                       const Tensors& ck, WeightPrecision wp,
                                       const LoadOptions& opts) {
   LoadOptions o = opts;
+  // These weights were made for QServe's kernels: run them with its fp16 numerics unless the
+  // caller chose otherwise (LoadOptions::qserve_numerics).
+  if (!o.qserve_numerics.has_value()) o.qserve_numerics = true;
   if (o.precision.weights != WeightPrecision::kW16A16 && o.precision.weights != wp) {
     const Precision stored{wp,
                            wp == WeightPrecision::kW8A8 ? KvPrecision::kKv8 : KvPrecision::kKv4};

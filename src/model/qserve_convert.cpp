@@ -1,7 +1,9 @@
-// LMQuant dump -> our quantized checkpoint (model/qserve_convert.h).
+// LMQuant / DeepCompressor dump -> our quantized checkpoint (model/qserve_convert.h). This file
+// walks model.pt and writes the outputs; convert_dump_keys.cpp reads scale.pt and
+// convert_codes.cpp recovers each linear's codes.
 #include "model/qserve_convert.h"
 
-#include <cmath>
+#include <cctype>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -11,6 +13,8 @@
 #include "core/half.h"
 #include "formats/safetensors.h"
 #include "formats/torch_checkpoint.h"
+#include "formats/torch_writer.h"
+#include "model/convert_dump.h"
 #include "model/qserve_checkpoint.h"
 #include "quant/qserve_format.h"
 
@@ -19,161 +23,166 @@ namespace qserve {
 namespace {
 
 namespace fs = std::filesystem;
+using convert_detail::DumpFormat;
+using convert_detail::DumpLinear;
+using convert_detail::DumpScales;
 
-std::vector<float> floats(const Tensor& t) {
-  Tensor f = to_f32(t);
-  return std::vector<float>(f.data<float>(), f.data<float>() + f.numel());
+constexpr const char* kZooFile = "pytorch_model.bin";  // QServe's model-zoo checkpoint
+
+bool starts_with(const std::string& s, std::string_view p) {
+  return s.compare(0, p.size(), p) == 0;
 }
 
-// An integer-valued float in [0, 15], or throw naming the tensor.
-int code_of(double x, const std::string& what, int64_t index) {
-  const double r = std::nearbyint(x);
-  if (r != x || r < 0 || r > 15) {
-    throw Error(what + ": element " + std::to_string(index) + " is " + std::to_string(x) +
-                ", expected an integer in [0, 15]");
+// model.layers.{i}.self_attn.{q,k,v,o}_proj.weight or model.layers.{i}.mlp.{gate,up,down}_proj
+// .weight: the linears QServe's converter quantizes (and its loader expects packed).
+bool is_decoder_linear(const std::string& name) {
+  const std::string prefix = "model.layers.";
+  if (!starts_with(name, prefix)) return false;
+  size_t i = prefix.size();
+  const size_t digits = i;
+  while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
+  if (i == digits) return false;
+  static const char* kSuffixes[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
+                                    ".self_attn.v_proj.weight", ".self_attn.o_proj.weight",
+                                    ".mlp.gate_proj.weight",    ".mlp.up_proj.weight",
+                                    ".mlp.down_proj.weight"};
+  for (const char* s : kSuffixes) {
+    if (name.compare(i, std::string::npos, s) == 0) return true;
   }
-  return static_cast<int>(r);
+  return false;
+}
+
+// The dump's two files, with errors that say what a dump folder should hold.
+std::string dump_file(const std::string& quant_path, const char* name) {
+  const fs::path p = fs::path(quant_path) / name;
+  if (fs::is_regular_file(p)) return p.string();
+  if (fs::is_regular_file(fs::path(quant_path) / "quant_model.pt")) {
+    throw Error(quant_path +
+                ": holds quant_model.pt, the output of DeepCompressor's QServe converter (an "
+                "already converted QServe checkpoint), not a fake-quant dump; qserve convert "
+                "reads the dump it was made from (model.pt and scale.pt, written by "
+                "DeepCompressor's ptq with --save-model)");
+  }
+  throw Error(p.string() + ": no such file (a dump folder holds model.pt, the fake-quantized " +
+              "state dict, and scale.pt, its scales and zero points)");
+}
+
+// Output tensors, kept alive until both files are written.
+class Outputs {
+ public:
+  void add(const std::string& name, DType dt, std::vector<int64_t> shape,
+           std::vector<uint8_t> bytes) {
+    store_.push_back(std::move(bytes));
+    items_.push_back({name, dt, std::move(shape),
+                      std::string_view(reinterpret_cast<const char*>(store_.back().data()),
+                                       store_.back().size())});
+  }
+  template <typename T>
+  void add(const std::string& name, DType dt, std::vector<int64_t> shape, const std::vector<T>& v) {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(v.data());
+    add(name, dt, std::move(shape), std::vector<uint8_t>(b, b + v.size() * sizeof(T)));
+  }
+  // Not quantized: stored as fp16 (QServe casts the model to fp16 at load); integer tensors as
+  // they are.
+  void add_plain(const std::string& name, const Tensor& t) {
+    if (t.dtype() == DType::F16 || !dtype_is_float(t.dtype())) {
+      const uint8_t* b = static_cast<const uint8_t*>(t.raw());
+      add(name, t.dtype(), t.shape(), std::vector<uint8_t>(b, b + t.nbytes()));
+      return;
+    }
+    const std::vector<float> f = convert_detail::tensor_floats(t, name);
+    std::vector<uint16_t> h(f.size());
+    for (size_t i = 0; i < f.size(); ++i) h[i] = float_to_fp16(f[i]);
+    add(name, DType::F16, t.shape(), h);
+  }
+  // One quantized linear under QServe's names (qserve-compat.md §2.2).
+  void add_linear(const std::string& prefix, const quant::QServeW4Tensors& p, int64_t n, int64_t k,
+                  bool g128) {
+    add(prefix + ".qweight", DType::I8, {n, k / 2}, p.qweight);
+    add(prefix + ".s1_scales", DType::F16, {n}, p.s1_scales);
+    if (!g128) {
+      add(prefix + ".s1_szeros", DType::F16, {n}, p.s1_szeros);
+    } else {
+      add(prefix + ".s2_scales", DType::I8, {k / quant::kGroupSize, n}, p.s2_scales);
+      add(prefix + ".s2_zeros", DType::I8, {k / quant::kGroupSize, n}, p.s2_zeros);
+    }
+  }
+  const std::vector<SafetensorsWriteItem>& items() const { return items_; }
+
+ private:
+  std::deque<std::vector<uint8_t>> store_;
+  std::vector<SafetensorsWriteItem> items_;
+};
+
+quant::QServeW4Tensors convert_linear(const std::string& name, const Tensor& t,
+                                      const DumpScales& scales, const std::string& mp, bool g128) {
+  DumpLinear d;
+  d.weight_src = mp + ": '" + name + "'";
+  check(t.ndim() == 2 && name.size() > 7 && name.substr(name.size() - 7) == ".weight",
+        d.weight_src + " has scales in scale.pt but is not a 2-D .weight (shape " + t.shape_str() +
+            ")");
+  d.n = t.dim(0);
+  d.k = t.dim(1);
+  check(d.n % 32 == 0 && d.k % 32 == 0,
+        d.weight_src + " has shape " + t.shape_str() +
+            ": QServe's 4-bit layout needs both dimensions to be multiples of 32");
+  d.w = convert_detail::tensor_floats(t, d.weight_src);
+  scales.read(name, d);
+  // recover_* name the tensor in their errors; packing a validated weight of these dimensions
+  // cannot fail, but say which tensor if it ever does.
+  auto pack = [&](const auto& w) {
+    try {
+      return quant::to_qserve(w);
+    } catch (const Error& e) {
+      throw Error(d.weight_src + ": " + e.what());
+    }
+  };
+  return g128 ? pack(convert_detail::recover_g128(d))
+              : pack(convert_detail::recover_per_channel(d));
 }
 
 }  // namespace
 
-int64_t convert_lmquant(const ConvertOptions& o) {
-  check(o.from == "lmquant", "convert --from " + o.from +
-                                 ": only 'lmquant' dumps are supported (deepcompressor's "
-                                 "scale.pt key names are not implemented)");
+int64_t convert_dump(const ConvertOptions& o) {
+  check(o.from == "lmquant" || o.from == "deepcompressor",
+        "convert --from " + o.from + ": expected lmquant or deepcompressor");
   check(
       o.group_size == -1 || o.group_size == 128,
       "convert --group-size must be -1 (per-channel) or 128, got " + std::to_string(o.group_size));
+  check(fs::is_directory(o.model_dir),
+        o.model_dir + ": not a folder (--model is the HF model folder: config.json, tokenizer)");
+  check(!o.out.empty(), "convert: no output folder (--out)");
+  check(!fs::exists(o.out) || !fs::equivalent(o.out, o.model_dir),
+        o.out + ": the output folder is the HF model folder; write the checkpoint elsewhere");
   const bool g128 = o.group_size == 128;
-  const std::string mp = (fs::path(o.quant_path) / "model.pt").string();
-  const std::string sp = (fs::path(o.quant_path) / "scale.pt").string();
+  const DumpFormat format =
+      o.from == "lmquant" ? DumpFormat::kLmquant : DumpFormat::kDeepCompressor;
+  const std::string mp = dump_file(o.quant_path, "model.pt");
+  const std::string sp = dump_file(o.quant_path, "scale.pt");
   const TorchCheckpoint model = TorchCheckpoint::open(mp);
   const TorchCheckpoint scale = TorchCheckpoint::open(sp);
+  for (const auto& [name, dtype] : model.unsupported()) {
+    throw Error(mp + ": '" + name + "' has dtype torch." + dtype + ", which qserve cannot read");
+  }
+  const DumpScales scales(scale, format, g128);
+  for (const std::string& p : scales.weights()) {
+    check(model.has(p), sp + ": has entries for '" + p + "', which " + mp + " does not have");
+  }
 
-  std::deque<std::vector<uint8_t>> store;
-  std::vector<SafetensorsWriteItem> items;
-  auto add = [&](const std::string& name, DType dt, std::vector<int64_t> shape,
-                 std::vector<uint8_t> bytes) {
-    store.push_back(std::move(bytes));
-    items.push_back({name, dt, std::move(shape),
-                     std::string_view(reinterpret_cast<const char*>(store.back().data()),
-                                      store.back().size())});
-  };
-  auto bytes_of = [](const void* p, size_t n) {
-    const uint8_t* b = static_cast<const uint8_t*>(p);
-    return std::vector<uint8_t>(b, b + n);
-  };
-
+  Outputs out;
   int64_t linears = 0;
   for (const std::string& name : model.names()) {
     const Tensor t = model.get(name);
-    const std::string s0 = name + ".scale.0";
-    if (!scale.has(s0)) {
-      // Not quantized: stored as fp16 (QServe casts the model to fp16 at load).
-      if (t.dtype() == DType::F16) {
-        add(name, DType::F16, t.shape(), bytes_of(t.raw(), t.nbytes()));
-      } else if (dtype_is_float(t.dtype())) {
-        std::vector<float> f = floats(t);
-        std::vector<uint16_t> h(f.size());
-        for (size_t i = 0; i < f.size(); ++i) h[i] = float_to_fp16(f[i]);
-        add(name, DType::F16, t.shape(), bytes_of(h.data(), h.size() * 2));
-      } else {
-        add(name, t.dtype(), t.shape(), bytes_of(t.raw(), t.nbytes()));
-      }
-      continue;
-    }
-    check(t.ndim() == 2 && name.size() > 7 && name.substr(name.size() - 7) == ".weight",
-          mp + ": '" + name + "' has scales in scale.pt but is not a 2-D .weight");
-    const int64_t n = t.dim(0), k = t.dim(1);
-    const std::string prefix = name.substr(0, name.size() - 7);
-    const std::vector<float> w = floats(t);
-    const std::vector<float> s1 = floats(scale.get(s0));
-    const std::vector<float> zero = floats(scale.get(name + ".zero"));
-    check(static_cast<int64_t>(s1.size()) == n, sp + ": '" + s0 + "' has " +
-                                                    std::to_string(s1.size()) +
-                                                    " elements, expected " + std::to_string(n));
-    std::vector<uint16_t> s1h(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i)
-      s1h[static_cast<size_t>(i)] = float_to_fp16(s1[static_cast<size_t>(i)]);
-    auto w_over_s1 = [&](int64_t r, int64_t c, const std::string& what) {
-      const double x = static_cast<double>(w[static_cast<size_t>(r * k + c)]) /
-                       static_cast<double>(s1[static_cast<size_t>(r)]);
-      const double q = std::nearbyint(x);
-      if (!(std::fabs(x - q) <= 0.25)) {
-        throw Error(what + ": weight [" + std::to_string(r) + ", " + std::to_string(c) +
-                    "] / s1 = " + std::to_string(x) + " is not close to an integer");
-      }
-      return q;
-    };
-    quant::QServeW4Tensors packed;
-    if (!g128) {
-      check(static_cast<int64_t>(zero.size()) == n,
-            sp + ": '" + name + ".zero' has the wrong size for per-channel");
-      quant::W4PerChannel q;
-      q.n = n;
-      q.k = k;
-      q.q.resize(static_cast<size_t>(n * k));
-      q.s1_scales = s1h;
-      q.s1_szeros.resize(static_cast<size_t>(n));
-      for (int64_t r = 0; r < n; ++r) {
-        const int z = code_of(zero[static_cast<size_t>(r)], sp + ": '" + name + ".zero'", r);
-        q.s1_szeros[static_cast<size_t>(r)] =
-            float_to_fp16(static_cast<float>(z) * s1[static_cast<size_t>(r)]);
-        for (int64_t c = 0; c < k; ++c) {
-          const double v = w_over_s1(r, c, mp + ": '" + name + "'") + z;
-          q.q[static_cast<size_t>(r * k + c)] =
-              static_cast<uint8_t>(code_of(v, mp + ": '" + name + "' codes", r * k + c));
-        }
-      }
-      packed = quant::to_qserve(q);
+    if (scales.mentions(name)) {
+      const quant::QServeW4Tensors packed = convert_linear(name, t, scales, mp, g128);
+      out.add_linear(name.substr(0, name.size() - 7), packed, t.dim(0), t.dim(1), g128);
+      ++linears;
+    } else if (is_decoder_linear(name)) {
+      throw Error(mp + ": '" + name + "' is a decoder linear, but " + sp + " has no '" + name +
+                  ".scale.0' (nor any entry for it): every linear of a W4A8 dump is quantized");
     } else {
-      check(k % 128 == 0, mp + ": '" + name + "': in_features not a multiple of 128");
-      const int64_t G = k / 128;
-      const std::vector<float> s2 = floats(scale.get(name + ".scale.1"));
-      check(static_cast<int64_t>(s2.size()) == n * G && static_cast<int64_t>(zero.size()) == n * G,
-            sp + ": '" + name + ".scale.1' / '.zero' do not have N x K/128 elements");
-      quant::W4G128 q;
-      q.n = n;
-      q.k = k;
-      q.q.resize(static_cast<size_t>(n * k));
-      q.s1_scales = s1h;
-      q.s2_scales.resize(static_cast<size_t>(n * G));
-      q.s2_zeros.resize(static_cast<size_t>(n * G));
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t g = 0; g < G; ++g) {
-          const size_t gi = static_cast<size_t>(r * G + g);
-          const double s2v = s2[gi];
-          if (std::nearbyint(s2v) != s2v || s2v < 1 || s2v > 127) {
-            throw Error(sp + ": '" + name + ".scale.1' element " + std::to_string(gi) + " is " +
-                        std::to_string(s2v) + ", expected an integer in [1, 127]");
-          }
-          const int z = code_of(zero[gi], sp + ": '" + name + ".zero'", static_cast<int64_t>(gi));
-          q.s2_scales[gi] = static_cast<int8_t>(s2v);
-          q.s2_zeros[gi] =
-              static_cast<int8_t>(static_cast<uint8_t>((-z * static_cast<int>(s2v)) & 0xff));
-          for (int64_t c = g * 128; c < (g + 1) * 128; ++c) {
-            const double v = w_over_s1(r, c, mp + ": '" + name + "'") / s2v + z;
-            q.q[static_cast<size_t>(r * k + c)] =
-                static_cast<uint8_t>(code_of(v, mp + ": '" + name + "' codes", r * k + c));
-          }
-        }
-      }
-      packed = quant::to_qserve(q);
+      out.add_plain(name, t);
     }
-    add(prefix + ".qweight", DType::I8, {n, k / 2}, std::move(packed.qweight));
-    add(prefix + ".s1_scales", DType::F16, {n},
-        bytes_of(packed.s1_scales.data(), 2 * static_cast<size_t>(n)));
-    if (!g128) {
-      add(prefix + ".s1_szeros", DType::F16, {n},
-          bytes_of(packed.s1_szeros.data(), 2 * static_cast<size_t>(n)));
-    } else {
-      const int64_t G = k / 128;
-      add(prefix + ".s2_scales", DType::I8, {G, n},
-          bytes_of(packed.s2_scales.data(), packed.s2_scales.size()));
-      add(prefix + ".s2_zeros", DType::I8, {G, n},
-          bytes_of(packed.s2_zeros.data(), packed.s2_zeros.size()));
-    }
-    ++linears;
   }
   check(linears > 0, sp + ": no '<name>.scale.0' key matches a tensor of " + mp);
 
@@ -183,8 +192,15 @@ int64_t convert_lmquant(const ConvertOptions& o) {
       {kSchemeKey, g128 ? "w4a8-g128" : "w4a8-per-channel"},
       {kGroupSizeKey, std::to_string(o.group_size)},
       {kLayoutKey, "1"},
-      {"source", "lmquant dump " + o.quant_path}};
-  write_safetensors((fs::path(o.out) / kOurFile).string(), items, meta);
+      {"source", o.from + " dump " + o.quant_path}};
+  write_safetensors((fs::path(o.out) / kOurFile).string(), out.items(), meta);
+  if (o.layout_qserve) {
+    std::vector<TorchWriteItem> zoo;
+    for (const SafetensorsWriteItem& i : out.items()) {
+      zoo.push_back({i.name, i.dtype, i.shape, i.bytes});
+    }
+    write_torch_checkpoint((fs::path(o.out) / kZooFile).string(), zoo);
+  }
   for (const auto& e : fs::directory_iterator(o.model_dir)) {
     const std::string fn = e.path().filename().string();
     const bool json = e.path().extension() == ".json" && fn != "model.safetensors.index.json" &&

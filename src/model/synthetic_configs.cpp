@@ -21,6 +21,7 @@ constexpr Shape kShapes[] = {
     {"llama-2-7b", "LlamaForCausalLM", 4096, 11008, 32, 32, 32, 32000, 4096, 10000.0, false},
     {"llama-2-13b", "LlamaForCausalLM", 5120, 13824, 40, 40, 40, 32000, 4096, 10000.0, false},
     {"mistral-7b", "MistralForCausalLM", 4096, 14336, 32, 32, 8, 32000, 32768, 10000.0, false},
+    {"llama-30b", "LlamaForCausalLM", 6656, 17920, 60, 52, 52, 32000, 2048, 10000.0, false},
     {"yi-34b", "LlamaForCausalLM", 7168, 20480, 60, 56, 8, 64000, 4096, 5000000.0, false},
     {"llama-2-70b", "LlamaForCausalLM", 8192, 28672, 80, 64, 8, 32000, 4096, 10000.0, false},
     {"qwen1.5-72b", "Qwen2ForCausalLM", 8192, 24576, 80, 64, 64, 152064, 32768, 1000000.0, true},
@@ -34,6 +35,15 @@ std::vector<std::string> synthetic_model_names() {
   return v;
 }
 
+int64_t config_parameter_count(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate_size;
+  int64_t per_layer = 2 * H + (qd + 2 * kvd) * H + H * qd + 3 * H * I;
+  if (c.qkv_bias) per_layer += qd + 2 * kvd;
+  if (c.o_bias) per_layer += H;
+  if (c.mlp_bias) per_layer += 2 * I + H;  // gate_up [2 I] and down [H]
+  return c.vocab_size * H * (c.tie_word_embeddings ? 1 : 2) + c.num_layers * per_layer + H;
+}
+
 ModelConfig synthetic_config(const std::string& name) {
   for (const Shape& s : kShapes) {
     if (name != s.name) continue;
@@ -41,7 +51,7 @@ ModelConfig synthetic_config(const std::string& name) {
     c.architecture = s.arch;
     c.model_type = c.architecture == "Qwen2ForCausalLM"     ? "qwen2"
                    : c.architecture == "MistralForCausalLM" ? "mistral"
-                                                             : "llama";
+                                                            : "llama";
     c.hidden_size = s.hidden;
     c.intermediate_size = s.inter;
     c.num_layers = s.layers;

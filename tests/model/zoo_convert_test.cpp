@@ -2,9 +2,10 @@
 //
 // With QSERVE_REFERENCE_DIR (the reference generator's output): converting the LMQuant dumps
 // gives exactly the zoo checkpoint's packed tensors (qweight, s1_*, s2_*) and bit-identical
-// fp16 tensors, and the written folder loads with the precision taken from its metadata.
-// Without it those tests are skipped: building a model.pt / scale.pt dump needs a PyTorch
-// pickle writer, which the project does not have, so CI covers only the metadata rules.
+// fp16 tensors, in our model.safetensors and in the pytorch_model.bin of --layout qserve, and the
+// written folder loads with the precision taken from its metadata. Without it those tests are
+// skipped; CI converts synthetic dumps instead (convert_synthetic_test.cpp,
+// convert_errors_test.cpp).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -39,11 +40,11 @@ TEST(OurCheckpointMetadata, SchemeGivesPrecision) {
 
 TEST(Convert, RejectsUnsupportedInputs) {
   ConvertOptions o;
-  o.from = "deepcompressor";
-  EXPECT_THROW(convert_lmquant(o), Error);
+  o.from = "awq";
+  EXPECT_THROW(convert_dump(o), Error);
   o.from = "lmquant";
   o.group_size = 64;
-  EXPECT_THROW(convert_lmquant(o), Error);
+  EXPECT_THROW(convert_dump(o), Error);
 }
 
 struct Case {
@@ -67,23 +68,30 @@ TEST_P(ConvertReference, CodesEqualZooCheckpoint) {
   o.quant_path = ref + "/" + c.dump;
   o.group_size = c.group_size;
   o.out = out.string();
-  EXPECT_EQ(convert_lmquant(o), 42);
+  o.layout_qserve = true;
+  EXPECT_EQ(convert_dump(o), 42);
 
   auto ours = SafetensorsFile::open((out / kOurFile).string());
   EXPECT_EQ(ours->header().metadata.at(kGroupSizeKey), std::to_string(c.group_size));
   EXPECT_EQ(ours->header().metadata.at(kLayoutKey), "1");
   const TorchCheckpoint zoo = TorchCheckpoint::open(ref + "/" + c.zoo + "/pytorch_model.bin");
+  const TorchCheckpoint our_bin = TorchCheckpoint::open((out / "pytorch_model.bin").string());
   int64_t compared = 0;
   for (const std::string& name : zoo.names()) {
     SCOPED_TRACE(name);
     ASSERT_TRUE(ours->has(name));
-    const Tensor a = zoo.get(name), b = ours->get(name);
+    ASSERT_TRUE(our_bin.has(name));
+    const Tensor a = zoo.get(name), b = ours->get(name), d = our_bin.get(name);
     ASSERT_EQ(a.dtype(), b.dtype());
     ASSERT_EQ(a.shape(), b.shape());
     EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0);
+    ASSERT_EQ(a.dtype(), d.dtype());
+    ASSERT_EQ(a.shape(), d.shape());
+    EXPECT_EQ(std::memcmp(a.raw(), d.raw(), a.nbytes()), 0);
     ++compared;
   }
   EXPECT_EQ(static_cast<size_t>(compared), ours->header().tensors.size());
+  EXPECT_EQ(our_bin.names().size(), zoo.names().size());
   EXPECT_TRUE(fs::exists(out / "config.json"));
   EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
 

@@ -9,10 +9,12 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "parity/parity_main_util.h"
 #include "quant/act_quant.h"
@@ -34,8 +36,10 @@ struct RowShape {
 // Shapes: decode/prefill row counts that are not multiples of anything, Llama-3-8B's hidden
 // size 4096 and intermediate 14336, columns that are not a multiple of 32 (threads past the
 // logical block) or exceed 1024 with a tail (the strided ownership), and a single element.
-const std::vector<RowShape> kNormShapes = {{1, 4096}, {7, 4096}, {133, 4096}, {5, 100},
-                                           {3, 2049}, {2, 8192}, {4, 1},      {64, 1024}};
+// Multiples of 8 from 1024 to 8192 take the one-pass vectorized kernel (norm_quant.cu), the
+// rest the baseline kernel: 1032 and 5120 end in a partial 1024-column chunk.
+const std::vector<RowShape> kNormShapes = {{1, 4096}, {7, 4096}, {133, 4096}, {5, 100},  {3, 2049},
+                                           {2, 8192}, {4, 1},    {64, 1024},  {3, 1032}, {5, 5120}};
 const std::vector<RowShape> kQuantShapes = {{1, 4096}, {7, 14336}, {133, 4096}, {3, 100},
                                             {2, 1500}, {4, 1},     {64, 33}};
 
@@ -190,8 +194,9 @@ TEST(ParityNormQuant, AddResidualMatchesCpuBitExact) {
   QSERVE_PARITY_REQUIRE_GPU();
   ParityRng rng(103);
   for (const bool f16_delta : {false, true}) {
-    for (const RowShape& s : {RowShape{1, 4096}, RowShape{7, 4096}, RowShape{133, 4096},
-                              RowShape{3, 2049}, RowShape{5, 100}}) {
+    for (const RowShape& s :
+         {RowShape{1, 4096}, RowShape{7, 4096}, RowShape{133, 4096}, RowShape{3, 2049},
+          RowShape{5, 100}, RowShape{3, 1032}, RowShape{2, 8192}}) {
       const std::vector<float> residual = activation_rows(rng, s, 3000.0f);
       std::vector<float> delta = rng.normal(static_cast<size_t>(s.rows * s.cols), 0.0f, 4.0f);
       std::vector<uint16_t> delta16 = to_fp16(delta);
@@ -227,6 +232,44 @@ TEST(ParityNormQuant, AddResidualMatchesCpuBitExact) {
       const auto rr = compare_close(op + ".residual", rc(s), got_res, updated, 0.0, 0.0);
       EXPECT_PARITY(rr, op + ".residual", rc(s));
       expect_norm_quant_equal(op, rc(s), d, want, true, true);
+    }
+  }
+}
+
+// The vectorized kernel against the baseline kernel (cuda::baseline), bit for bit, on every
+// output at the shapes it takes, with residual magnitudes up to 3000 and both norm kinds.
+TEST(ParityNormQuant, AddResidualMatchesBaselineBitExact) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  ParityRng rng(109);
+  for (const quant::NormKind kind :
+       {quant::NormKind::kRmsNorm, quant::NormKind::kQServeLayerNorm}) {
+    for (const RowShape& s : {RowShape{257, 4096}, RowShape{3, 1032}, RowShape{9, 5120},
+                              RowShape{4, 8192}, RowShape{6, 1024}}) {
+      const std::vector<float> residual = activation_rows(rng, s, 3000.0f);
+      const std::vector<uint16_t> delta16 =
+          to_fp16(rng.normal(static_cast<size_t>(s.rows * s.cols), 0.0f, 4.0f));
+      const std::vector<float> gamma = rng.uniform(static_cast<size_t>(s.cols), 0.05f, 2.0f);
+      auto dd16 = to_device(delta16);
+      auto dg = to_device(gamma);
+      auto dres = to_device(residual);
+      auto dres_base = to_device(residual);
+      NormQuantDev d(s), base(s);
+      cuda::add_residual_norm_quant_f16delta(dres.data(), dd16.data(), dg.data(), 1e-5f, s.rows,
+                                             s.cols, kind, d.out(true, true), nullptr);
+      cuda::baseline::add_residual_norm_quant_f16delta(dres_base.data(), dd16.data(), dg.data(),
+                                                       1e-5f, s.rows, s.cols, kind,
+                                                       base.out(true, true), nullptr);
+      NormQuantHost want;
+      want.q = to_host(base.q);
+      want.scale = to_host(base.scale);
+      want.sum = to_host(base.sum);
+      want.normed = to_host(base.normed);
+      const std::string op =
+          std::string("add_residual_norm_quant_f16delta/vs_baseline/") + kind_name(kind);
+      expect_norm_quant_equal(op, rc(s), d, want, true, true);
+      const auto rr =
+          compare_close(op + ".residual", rc(s), to_host(dres), to_host(dres_base), 0.0, 0.0);
+      EXPECT_PARITY(rr, op + ".residual", rc(s));
     }
   }
 }
@@ -470,6 +513,86 @@ TEST(ParitySiluMulQuant, MatchesCpu) {
                                               to_host(dout2), got_out);
       EXPECT_PARITY(r4, "silu_mul", rc(s));
     }
+  }
+}
+
+// The SiLU·mul kernels (an fp32 SiLU certified against the fp16 rounding, falling back to the
+// double-precision definition when uncertain) against the baseline kernels (the double exp for
+// every element), bit for bit on every output:
+//  - every fp16 bit pattern as a gate value, up = 1: exhaustive over the fp16 inputs of the
+//    SiLU, fused and standalone kernels;
+//  - rows at the vectorized kernel's edge shapes (a partial last chunk, 16 chunks, one chunk)
+//    and at the baseline-only shapes, fp16 and fp32 inputs, gates up to |g| = 80 (the |g| > 64
+//    fallback) and one row of zero gates (amax = 0).
+TEST(ParitySiluMulQuant, MatchesBaselineBitExact) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  // With the sum (one thread per column group) and without it (two threads per group).
+  auto run_both = [](const std::string& tag, const RowShape& s, const auto& gu_host) {
+    using T = typename std::decay_t<decltype(gu_host)>::value_type;
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    auto dgu = to_device(gu_host);
+    for (const bool with_sum : {true, false}) {
+      QuantDev d(s), base(s);
+      DeviceBuffer<uint16_t> dout(n), bout(n);
+      poison(dout.data(), dout.bytes());
+      poison(bout.data(), bout.bytes());
+      uint16_t* dsum = with_sum ? d.sum.data() : nullptr;
+      uint16_t* bsum = with_sum ? base.sum.data() : nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        cuda::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(), dsum,
+                                 dout.data(), nullptr);
+        cuda::baseline::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, base.q.data(),
+                                           base.scale.data(), bsum, bout.data(), nullptr);
+      } else {
+        cuda::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(), dsum,
+                                 dout.data(), nullptr);
+        cuda::baseline::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, base.q.data(),
+                                           base.scale.data(), bsum, bout.data(), nullptr);
+      }
+      const std::string op = "silu_mul_quant/vs_baseline/" + tag + (with_sum ? "" : "/no_sum");
+      const auto r0 = compare_exact<uint16_t>(op + ".out", rc(s), to_host(dout), to_host(bout));
+      EXPECT_PARITY(r0, op + ".out", rc(s));
+      const std::vector<uint16_t> want_sum = to_host(base.sum);
+      expect_quant_equal(op, rc(s), d, to_host(base.q), to_host(base.scale),
+                         with_sum ? &want_sum : nullptr);
+    }
+  };
+  {
+    const RowShape s{4, 16384};
+    std::vector<uint16_t> gu(static_cast<size_t>(2 * s.rows * s.cols), 0x3c00);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        gu[static_cast<size_t>(r * 2 * s.cols + i)] = static_cast<uint16_t>(r * s.cols + i);
+      }
+    }
+    run_both("all_fp16_gates", s, gu);
+    auto dgu = to_device(gu);
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    DeviceBuffer<uint16_t> a(n), b(n);
+    poison(a.data(), a.bytes());
+    poison(b.data(), b.bytes());
+    cuda::silu_mul_f16(dgu.data(), s.rows, s.cols, a.data(), nullptr);
+    cuda::baseline::silu_mul_f16(dgu.data(), s.rows, s.cols, b.data(), nullptr);
+    const auto r = compare_exact<uint16_t>("silu_mul_f16/vs_baseline/all_fp16_gates", rc(s),
+                                           to_host(a), to_host(b));
+    EXPECT_PARITY(r, "silu_mul_f16/vs_baseline", rc(s));
+  }
+  ParityRng rng(110);
+  // 600 rows: more than the persistent fp16 kernel's blocks (2 per SM), so blocks loop.
+  for (const RowShape& s :
+       {RowShape{5, 14336}, RowShape{600, 14336}, RowShape{3, 1032}, RowShape{2, 11008},
+        RowShape{2, 16384}, RowShape{9, 1024}, RowShape{2, 20000}, RowShape{3, 1500}}) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    std::vector<float> gu = rng.uniform(2 * n, -8.0f, 8.0f);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        float& g = gu[static_cast<size_t>(r * 2 * s.cols + i)];
+        if (r == 1) g *= 10.0f;  // |g| up to 80
+        if (r == 2) g = 0.0f;
+      }
+    }
+    run_both("f32", s, gu);
+    run_both("f16", s, to_fp16(gu));
   }
 }
 

@@ -10,7 +10,9 @@
 //  - v16 bit-exact (a plain fp16 rounding);
 //  - every byte of both pools bit-exact against the CPU quantizer applied to the GPU's k16/v16
 //    rows: the written slots, and every other byte left untouched (a guard page backs the
-//    positions before the step, which must never be written).
+//    positions before the step, which must never be written);
+//  - every output (q, k16, v16, both pools) bit-exact against the baseline kernel
+//    (cuda::baseline, the one-block-per-token kernel the vectorized one replaced).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/half.h"
 #include "formats/hf_config.h"
@@ -177,6 +180,52 @@ void run_case(const RopeCase& c, KvFormat fmt) {
   }
   const std::vector<float> q_gpu = cuda::to_host(d_q);
   const std::vector<uint16_t> k16_gpu = cuda::to_host(d_k16), v16_gpu = cuda::to_host(d_v16);
+
+  // The baseline kernel on the same inputs and initial pools: every output bit for bit.
+  {
+    DeviceBuffer<uint8_t> b_kp = cuda::to_device(k_pool0), b_vp = cuda::to_device(v_pool0);
+    DeviceBuffer<float> b_q(static_cast<size_t>(T * hq * d));
+    DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(T * kvd)), b_v16(static_cast<size_t>(T * kvd));
+    parity::poison(b_q.data(), b_q.bytes());
+    parity::poison(b_k16.data(), b_k16.bytes());
+    parity::poison(b_v16.data(), b_v16.bytes());
+    cuda::PagedKvDevice bkv = kv;
+    bkv.k_pool = c.append ? b_kp.data() : nullptr;
+    bkv.v_pool = c.append ? b_vp.data() : nullptr;
+    if (c.fp16_input) {
+      DeviceBuffer<uint16_t> d_in = cuda::to_device(qkv16);
+      cuda::baseline::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                         b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+    } else {
+      DeviceBuffer<float> d_in = cuda::to_device(qkv);
+      cuda::baseline::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                     b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+    }
+    ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+    const std::string tag = std::string(fmt_name(fmt)) + (c.fp16_input ? "_f16in" : "_f32in");
+    const std::string shape = c.name + ":vs_baseline";
+    const std::vector<float> bq = cuda::to_host(b_q);
+    // fp32 q compared as bit patterns.
+    std::vector<uint32_t> qa(q_gpu.size()), qb(bq.size());
+    std::memcpy(qa.data(), q_gpu.data(), qa.size() * sizeof(float));
+    std::memcpy(qb.data(), bq.data(), qb.size() * sizeof(float));
+    const auto r1 = parity::compare_exact<uint32_t>("rope_q_bits_" + tag, shape, qa, qb);
+    EXPECT_PARITY(r1, "rope_q vs baseline", shape);
+    const auto r2 =
+        parity::compare_exact<uint16_t>("rope_k16_" + tag, shape, k16_gpu, cuda::to_host(b_k16));
+    EXPECT_PARITY(r2, "rope_k16 vs baseline", shape);
+    const auto r3 =
+        parity::compare_exact<uint16_t>("rope_v16_" + tag, shape, v16_gpu, cuda::to_host(b_v16));
+    EXPECT_PARITY(r3, "rope_v16 vs baseline", shape);
+    if (c.append) {
+      const auto r4 = parity::compare_exact<uint8_t>("kv_append_k_pages_" + tag, shape,
+                                                     cuda::to_host(d_kp), cuda::to_host(b_kp));
+      EXPECT_PARITY(r4, "k pages vs baseline", shape);
+      const auto r5 = parity::compare_exact<uint8_t>("kv_append_v_pages_" + tag, shape,
+                                                     cuda::to_host(d_vp), cuda::to_host(b_vp));
+      EXPECT_PARITY(r5, "v pages vs baseline", shape);
+    }
+  }
 
   const std::string tag = std::string(fmt_name(fmt)) + (c.fp16_input ? "_f16in" : "_f32in");
   const std::string shape =

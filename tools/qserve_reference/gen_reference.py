@@ -32,7 +32,7 @@ from model import LINEARS, Config, QuantOpts, build_fp, build_from_zoo  # noqa: 
 
 SCHEMES = ("per-channel", "g128")
 ALT_SUFFIX = {"asum": "asum-zero", "quantized": "fakequant-zero"}
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 
 def log(*a):
@@ -339,7 +339,8 @@ def meta_common(args, extra: dict) -> dict:
     m = {
         "generator": "tools/qserve_reference/gen_reference.py v" + GENERATOR_VERSION,
         "source_model": os.path.basename(os.path.normpath(args.model)),
-        "compute": "float32 forward (fp16 weights / dequantised integer codes), logits stored as float16",
+        "compute": "float32 arithmetic (fp16 weights / dequantised integer codes); with numerics qserve every value "
+                   "QServe keeps in fp16 is rounded to fp16 where QServe rounds it; logits stored as float16",
         "norm": "true RMSNorm x*rsqrt(mean(x^2)+eps)*gamma (HF semantics), NOT QServe's mean-subtracting "
                 "LayerNorm of qserve-compat.md 5.1",
         "norm_folding": "off" if args.no_fold_norms else
@@ -366,11 +367,12 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--kv-bits", default="4,8", help="comma list of KV bit widths for reference logits")
     ap.add_argument("--numerics", choices=["qserve", "fp32"], default="qserve",
-                    help="qserve (default): QServe's fp16 rounding points between kernels (model.py docstring); "
+                    help="qserve (default): every fp16 rounding point of QServe (model.py docstring); "
                          "fp32: generator version 1 (fp32 between kernels; not matchable, see docs)")
-    ap.add_argument("--fp16-stream", action="store_true",
-                    help="also keep the residual stream, attention output and own K/V in fp16 as QServe does "
-                         "(our CPU engine keeps them fp32)")
+    ap.add_argument("--attention", choices=["qserve-kernel", "fp32"], default="qserve-kernel",
+                    help="with --numerics qserve: attention as QServe's decode kernel computes it (fp16 partial "
+                         "dots and probabilities, fp16 halving tree; head_dim 128 only) or fp32 attention with "
+                         "an fp16 output")
     ap.add_argument("--pc-zero", choices=["asum", "quantized"], default="asum",
                     help="per-channel zero term: sum of un-quantised activations (QServe kernel) or of the "
                          "dequantised int8 activations (pure fake quant)")
@@ -468,7 +470,7 @@ def main():
             if not args.skip_ablations:
                 for tag, aq, kvb in (("w4a16", False, None), ("w4a8", True, None)):
                     m = build_from_zoo(cfg, zoo, scheme, device, QuantOpts(kv_bits=kvb, numerics=args.numerics,
-                                                                         fp16_stream=args.fp16_stream), act_quant=aq,
+                                                                         attention=args.attention), act_quant=aq,
                                        pc_zero=args.pc_zero)
                     manifest["sanity"][f"{scheme}_{tag}_vs_fp"] = compare(m.forward(ids.to(device)), fp_logits)
             runs = [(kvb, args.pc_zero, "") for kvb in kv_list]
@@ -477,7 +479,7 @@ def main():
                 runs.append((4, alt, "_" + ALT_SUFFIX[alt]))
             for kvb, pc_zero, suffix in runs:
                 qo = QuantOpts(kv_bits=kvb, kv4_wrap=not args.no_kv4_wrap, numerics=args.numerics,
-                               fp16_stream=args.fp16_stream)
+                               attention=args.attention)
                 m = build_from_zoo(cfg, zoo, scheme, device, qo, act_quant=True, pc_zero=pc_zero)
                 lq, hq = m.forward(ids.to(device), return_hidden=True)
                 lq, hq = lq.cpu(), hq.cpu()
@@ -507,18 +509,24 @@ def main():
                              if kvb == 4 else "")
                           + "; position t attends to dequantised K/V of positions < t and to its own "
                             "un-quantised K/V; queries not quantised",
-                    "numerics": ("qserve: linear outputs fp16 (GEMM epilogue, per-channel fma), fused true-RMSNorm"
-                                 " + quant (amax of the fp16 row, block-reduction order, fp16 a_sum of fp16"
-                                 " thread sums), standalone quant a_sum = fp16(block sum), SiLU and SiLU*up fp16,"
-                                 " K/V fp16 into the KV quantiser and fp16 dequantised; residual, attention"
-                                 " output and own K/V " + ("fp16" if args.fp16_stream else "fp32"))
+                    "numerics": ("qserve: every fp16 rounding point of QServe: embedding rows, linear outputs"
+                                 " (GEMM epilogue, per-channel fma), fused true-RMSNorm + quant (amax of the fp16"
+                                 " row, block-reduction order, fp16 a_sum of fp16 thread sums), standalone quant"
+                                 " a_sum = fp16(block sum), SiLU and SiLU*up, q/k after RoPE, K/V into the KV"
+                                 " quantiser and dequantised, own K/V, attention output, residual stream, final"
+                                 " RMSNorm, logits; attention " + (
+                                     "as QServe's decode kernel (fp16 partial q.k dots, fp16 probabilities,"
+                                     " fp16 halving tree of the P*V partials)" if args.attention == "qserve-kernel"
+                                     else "fp32 with an fp16 output"))
                                 if args.numerics == "qserve" else "fp32 between kernels (generator version 1)",
                     "kv_stats": stats,
                     "sanity_vs_fp": s_all,
                     "noise_floor": floor,
                     "noise_floor_note": "logits of this same reference with the embeddings multiplied by "
-                                        "(1 + 1e-6 N(0,1)) compared to these logits: A8 rounding flips cascade, so "
-                                        "any implementation with different float rounding differs about this much",
+                                        "(1 + 1e-6 N(0,1)) (after their fp16 rounding, so the first norm sees the "
+                                        "perturbation) compared to these logits: A8 rounding flips cascade, so an "
+                                        "implementation whose float rounding differs by about an ulp at one point "
+                                        "differs about this much",
                     "hidden_states": "residual stream [B, L+1, T, H] after the embedding and after each layer "
                                      "(float16), for locating where an implementation diverges",
                 })

@@ -12,19 +12,25 @@ Quantised path semantics (see docs/reference-generator.md):
   attends to the dequantised K/V of positions < t and to its own un-quantised K/V (decode semantics,
   qserve-compat.md 6.4 / 7.3).
 * Norms: true RMSNorm (HF semantics), NOT QServe's mean-subtracting LayerNorm (qserve-compat.md 5.1).
-* Rounding points (QuantOpts.numerics == "qserve", the default since generator version 2): QServe's
-  activations are fp16 between kernels, and the int8 codes depend on those roundings. Every linear
-  output is rounded to fp16 (the GEMM epilogue, 4.1/4.2); the fused norm + quant takes amax from the
-  fp16-rounded normalised row and quantises the fp32 one (5.1), its sums use QServe's block-reduction
-  order (5.5) and the per-channel a_sum is fp16 (fp16 per-thread running sums in the fused norm, 5.1;
-  fp32 partials in the standalone quant, 5.2); SiLU and SiLU*up are rounded to fp16 (5.3); K/V are
-  rounded to fp16 before the KV quantiser and dequantise to fp16 (6.2/6.3). With numerics == "fp32"
-  (generator version 1) all of that is fp32: the A8 codes then differ from QServe's at ~1e-3 of the
-  elements, and because A8 rounding flips cascade, such a reference cannot be matched by any QServe-exact
-  implementation (measured: position-0 logits 0.040 rel L2 apart, 0.0002 with "qserve").
-  The residual stream, the attention output and the current token's own K/V stay fp32 unless
-  QuantOpts.fp16_stream (QServe keeps them fp16; our CPU engine, src/model/llama_forward.cpp, keeps
-  them fp32, so the default matches the engine).
+* Rounding points (QuantOpts.numerics == "qserve", the default; generator version 3): QServe's
+  activations are fp16 between kernels and the int8 codes depend on those roundings, so every value
+  QServe stores in an fp16 buffer is rounded to fp16 here, where QServe rounds it (qserve-compat.md
+  sections in brackets): the embedding rows (5.4); every linear output (the GEMM epilogue, 4.1/4.2);
+  the fused norm + quant takes amax from the fp16-rounded normalised row and quantises the fp32 one, its
+  sums use QServe's block-reduction order and the per-channel a_sum is fp16 (5.1, 5.5); the standalone
+  quant's a_sum is fp16 of fp32 partials (5.2); SiLU and SiLU*up (5.3); q and k after RoPE (7.1); K/V
+  into the KV quantiser and the dequantised K/V (6.2/6.3); the current token's own K/V (fp16 from the
+  QKV buffer, 7.3); the attention probabilities, the P*V cross-group partials and the attention output
+  (7.3); the residual stream after every add (5.4); the final RMSNorm (5.4) and the logits (lm_head
+  writes fp16). With QuantOpts.attention == "qserve-kernel" (the default, head_dim 128 only, the only
+  size QServe's decode kernel has) attention follows the decode kernel's structure (7.3): fp16 partial
+  q.k dots per 8-channel thread, fp32 butterflies, softmax with rcp(sum + 1e-6) and fp16 probabilities,
+  P*V per 16 time groups with fp32 FMA and an fp16 halving tree; "fp32" is fp32 attention with only its
+  output rounded. Not emulated (no bit-exact CPU equivalent): fast-math exp/sin/cos/rsqrt/rcp (exact
+  functions are used), and FlashAttention-2's internals for prefill (this reference has no prefill).
+  With numerics == "fp32" (generator version 1) everything is fp32 between kernels; an implementation
+  with QServe's rounding points cannot match that (A8 rounding flips cascade; position-0 logits 0.040
+  rel L2 apart).
 """
 
 from __future__ import annotations
@@ -99,8 +105,43 @@ def block_sum(x: torch.Tensor, block: int, fma_square: bool = False) -> torch.Te
 
 
 def fp16r(x: torch.Tensor) -> torch.Tensor:
-    """One RN rounding to fp16, kept as fp32."""
+    """One RN rounding of an fp32 tensor to fp16, kept as fp32."""
+    assert x.dtype == torch.float32
     return x.half().float()
+
+
+def fp16r64(x: torch.Tensor) -> torch.Tensor:
+    """One RN rounding of a float64 tensor to fp16, returned as fp32. torch's double -> half
+    conversion goes through float and can round twice (1 + 2^-11 + 2^-40 becomes 1.0, not
+    1 + 2^-10), so an exact fp16 FMA (one rounding of q*s + Z) needs this instead of .half()."""
+    x = x.double()
+    a = x.abs()
+    _, e = torch.frexp(a)                                # a = m * 2^e, m in [0.5, 1)
+    ulp = torch.clamp(e - 11, min=-24)                   # 11 significant bits; subnormal step 2^-24
+    v = torch.ldexp(torch.round(torch.ldexp(a, -ulp)), ulp)   # exact scaling, round half to even
+    v = torch.where(v >= 65520.0, torch.full_like(v, float("inf")), v)
+    return torch.where(torch.isnan(x), x, torch.copysign(v, x)).float()
+
+
+def exp32(x: torch.Tensor) -> torch.Tensor:
+    """exp of fp32 values, correctly rounded to fp32 (float64 exp, one rounding). QServe uses the
+    fast-math __expf; no CPU library reproduces it, so both this reference and the engine use the
+    correctly rounded value (an implementation-defined fp32 exp differs by an ulp now and then, and
+    one such difference cascades through the A8 codes like the noise-floor perturbation)."""
+    return torch.exp(x.double()).float()
+
+
+def sqrt32(x: torch.Tensor) -> torch.Tensor:
+    """IEEE (correctly rounded) fp32 sqrt, as CUDA's sqrtf without fast-math and C++'s std::sqrt.
+    torch's fp32 CPU sqrt is not correctly rounded (sqrt(2.3149485588) gives 1.52149558, the
+    nearest float is 1.52149546); the float64 sqrt rounded to fp32 is (53 >= 2 * 24 + 2 bits)."""
+    return torch.sqrt(x.double()).float()
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """fp32 fma(a, b, c) with one rounding: the product of two fp32 values is exact in float64 and
+    the float64 sum is exact unless the exponents are > 29 apart (then the fp32 result is the same)."""
+    return (a.double() * b.double() + c.double()).float()
 
 
 def quant_act_qserve(x: torch.Tensor, with_sum: bool):
@@ -120,7 +161,7 @@ def norm_quant_qserve(x: torch.Tensor, w: torch.Tensor, eps: float, with_sum: bo
     H = x.shape[-1]
     B = 32 * (-(-min(H, 1024) // 32))
     s2 = block_sum(x, B, fma_square=True)
-    rho = 1.0 / torch.sqrt(s2 / H + eps)
+    rho = 1.0 / sqrt32(s2 / H + eps)
     u = (x * rho[:, None]) * w
     v = fp16r(u)
     amax = torch.clamp(v.abs().amax(dim=-1), min=float(torch.tensor(1e-6).half().float()))
@@ -195,7 +236,7 @@ def quant_kv(x: torch.Tensor, bits: int, stats: KVStats | None = None, wrap: boo
         else:
             q = q.clamp(max=15)
         Z = (-(s * z)).half().float()
-        xh = (q.double() * s.double() + Z.double()).half().float() if fp16_io else q * s + Z
+        xh = fp16r64(q.double() * s.double() + Z.double()) if fp16_io else q * s + Z
     else:
         over = torch.zeros_like(sat)
         xh = s * (q - z)
@@ -209,6 +250,79 @@ def quant_kv(x: torch.Tensor, bits: int, stats: KVStats | None = None, wrap: boo
         stats.saturated += int((sat & ~bad).sum())
         stats.degenerate += int(bad.sum())
     return xh
+
+
+def butterfly_sum(v: torch.Tensor) -> torch.Tensor:
+    """XOR-butterfly sum over the last dim (a power of two, the lanes of a warp or a sub-warp):
+    lane 0 ends with ((v0 + v_{n/2}) + ...) in fp32 (qserve-compat.md 5.5)."""
+    m = v.shape[-1]
+    while m > 1:
+        m //= 2
+        v = v[..., :m] + v[..., m:2 * m]
+    return v[..., 0]
+
+
+def decode_attention_qserve(q, k_own, v_own, k_hat, v_hat, kv_bits: int) -> torch.Tensor:
+    """Attention of every position t as one QServe decode step (qserve-compat.md 7.3, head_dim 128,
+    256 threads): keys/values of positions < t from the dequantised cache (k_hat, v_hat), position t's
+    own un-quantised fp16 K/V (k_own, v_own). All inputs [B, Hq, T, 128] fp16 values (KV already
+    repeated for GQA). Returns the fp16 output [B, Hq, T, 128].
+      own score: 32 threads x 4 channels, per thread acc = q0*k0 then fma(q_c, k_c, acc) in fp32, XOR
+        butterfly over 32 lanes, times fl32(1/sqrt(128));
+      cached score: 16 threads x 8 channels; per thread two fp16 lanes, each fp16(q*k) then three fp16
+        FMAs (KV4 lanes: channels 0-3 and 4-7; KV8: even and odd channels, as the kernel's half2
+        pairs fall), the lanes added in fp16, then fp32 butterfly over 16 lanes, times the scale;
+      softmax: m = max, e = exp(s - m) (exact exp, QServe __expf), sum = 256-thread block sum,
+        p = fp16(e * (1 / (sum + 1e-6)));
+      P*V: group g = t mod 16 accumulates out = fma(p_t, v_t, out) in fp32 over its times in increasing
+        order (the own value in the group of t); halving tree 16 -> 1 where the upper half's partial is
+        rounded to fp16 before the lower half adds it in fp32; output fp16."""
+    B, H, T, D = q.shape
+    assert D == 128, "QServe's decode kernel exists for head_dim 128 only"
+    scale = torch.tensor(1.0 / math.sqrt(D), dtype=torch.float32).item()   # fl32(1/sqrt(D)), host
+    dev = q.device
+    # own key: thread j owns channels 4j..4j+3
+    qo = q.reshape(B, H, T, 32, 4)
+    ko = k_own.reshape(B, H, T, 32, 4)
+    acc = qo[..., 0] * ko[..., 0]
+    for c in range(1, 4):
+        acc = fma32(qo[..., c], ko[..., c], acc)
+    own = butterfly_sum(acc) * scale                                       # [B,H,T]
+    # cached keys: thread i owns channels 8i..8i+7, two fp16 lanes of 4 channels each
+    def lanes(x):                     # [..., 128] -> [..., 16 threads, 2 lanes, 4 steps]
+        x = x.reshape(*x.shape[:-1], 16, 8)
+        if kv_bits == 4:
+            return x.reshape(*x.shape[:-1], 2, 4)                          # lane = c // 4, step = c % 4
+        return x.reshape(*x.shape[:-1], 4, 2).transpose(-1, -2)           # lane = c % 2, step = c // 2
+    ql = lanes(q).double()[:, :, :, None]                                  # [B,H,T,1,16,2,4]
+    kl = lanes(k_hat).double()[:, :, None]                                 # [B,H,1,T,16,2,4]
+    lane = fp16r64(ql[..., 0] * kl[..., 0])
+    for c in range(1, 4):
+        lane = fp16r64(ql[..., c] * kl[..., c] + lane.double())
+    part = fp16r64(lane[..., 0].double() + lane[..., 1].double())          # [B,H,T,T,16]
+    sc = butterfly_sum(part) * scale                                       # [B,H,T(query),T(key)]
+    eye = torch.eye(T, dtype=torch.bool, device=dev)
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    sc = torch.where(eye, own[..., :, None].expand_as(sc), sc)
+    sc = sc.masked_fill(~causal, float("-inf"))
+    m = sc.amax(dim=-1, keepdim=True)
+    e = exp32(sc - m)                                                      # masked -> 0
+    total = block_sum(e, 256)                                              # thread t holds e_t
+    r = 1.0 / (total + torch.tensor(1e-6, dtype=torch.float32).item())
+    p = fp16r(e * r[..., None])                                            # [B,H,T,T]
+    # value of key j for query t: the own v for j == t, else the dequantised one
+    vfull = torch.where(eye[:, :, None], v_own[:, :, :, None, :].expand(B, H, T, T, D),
+                        v_hat[:, :, None, :, :].expand(B, H, T, T, D))
+    out = torch.zeros(B, H, T, 16, D, dtype=torch.float32, device=dev)
+    for c0 in range(0, T, 16):
+        n = min(16, T - c0)
+        out[..., :n, :] = fma32(p[..., c0:c0 + n, None], vfull[..., c0:c0 + n, :], out[..., :n, :])
+    active = 16
+    while active > 1:
+        mid = active // 2
+        out[..., :mid, :] = out[..., :mid, :] + fp16r(out[..., mid:active, :].contiguous())
+        active = mid
+    return fp16r(out[..., 0, :].contiguous())
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,8 +397,9 @@ class W4A8Linear:
 class QuantOpts:
     kv_bits: int | None = None     # None, 4 or 8
     kv4_wrap: bool = True
-    numerics: str = "qserve"       # "qserve": QServe's fp16 rounding points; "fp32": version 1
-    fp16_stream: bool = False      # also round the residual, attention output, own K/V to fp16
+    numerics: str = "qserve"       # "qserve": QServe's fp16 rounding points (v3); "fp32": version 1
+    attention: str = "qserve-kernel"   # with numerics "qserve" and KV quantised: QServe's decode
+                                       # kernel structure (7.3, head_dim 128) or "fp32"
 
 
 class Llama:
@@ -320,9 +435,34 @@ class Llama:
         return [l(x) for l in lins]
 
     def silu_mul(self, g, u):
-        if self.q.numerics == "qserve":      # 5.3: fp16 silu, fp16 product
-            return fp16r(fp16r(torch.nn.functional.silu(g)) * u)
+        if self.q.numerics == "qserve":      # 5.3: fp16 silu = g / (1 + exp(-g)), fp16 product
+            return fp16r(fp16r(g / (1.0 + exp32(-g))) * u)
         return torch.nn.functional.silu(g) * u
+
+    def final_norm_qserve(self, x):
+        """True RMSNorm as QServe's rms_norm kernel (5.4): blockDim = min(H, 1024); S = block sum of
+        per-thread sequential x^2 (FMA); rho = 1/sqrt(S/H + eps); out = fp16(fp16(x*rho) * gamma)."""
+        H = x.shape[-1]
+        x2 = x.reshape(-1, H)
+        s = block_sum(x2, min(H, 1024), fma_square=True)
+        rho = 1.0 / sqrt32(s / H + self.cfg.eps)
+        return fp16r(fp16r(x2 * rho[:, None]) * self.norm).reshape(x.shape)
+
+    def rope_qserve(self, x, T):
+        """NeoX RoPE as QServe writes it (7.1) with exact functions: inv_j = fl32(theta^(-2j/D)) and
+        cos/sin = fl32(cos/sin(fl32(p * inv_j))) from float64 (QServe: ex2/lg2/sin/cos approximations,
+        not reproducible on a CPU); x'_j = fma(cos, x_j, -(sin * x_{j+D/2})),
+        x'_{j+D/2} = fma(cos, x_{j+D/2}, sin * x_j); rounded to fp16. x [B, H, T, D]."""
+        D = x.shape[-1]
+        inv = torch.pow(torch.tensor(self.cfg.theta, dtype=torch.float64),
+                        -torch.arange(0, D, 2, dtype=torch.float64) / D).float()
+        ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]           # [T, D/2] fp32
+        c = torch.cos(ang.double()).float().to(self.dev)
+        s = torch.sin(ang.double()).float().to(self.dev)
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        y1 = fma32(c, x1, -(s * x2))
+        y2 = fma32(c, x2, s * x1)
+        return fp16r(torch.cat([y1, y2], dim=-1))
 
     def rope(self, T):
         pos = torch.arange(T, device=self.dev, dtype=torch.float32)
@@ -336,7 +476,7 @@ class Llama:
         return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
     def attention(self, q, k, v):
-        """q [B,Hq,T,D], k/v [B,Hkv,T,D] post-RoPE fp32."""
+        """q [B,Hq,T,D], k/v [B,Hkv,T,D] post-RoPE fp32 (fp16 values with numerics "qserve")."""
         cfg = self.cfg
         B, Hq, T, D = q.shape
         rep = Hq // cfg.n_kv
@@ -352,8 +492,8 @@ class Llama:
         f16 = self.q.numerics == "qserve"
         kh = quant_kv(k, self.q.kv_bits, self.kv_stats, self.q.kv4_wrap, f16).repeat_interleave(rep, dim=1)
         vh = quant_kv(v, self.q.kv_bits, self.kv_stats, self.q.kv4_wrap, f16).repeat_interleave(rep, dim=1)
-        if self.q.fp16_stream:
-            kr, vr = fp16r(kr), fp16r(vr)
+        if f16 and self.q.attention == "qserve-kernel" and D == 128:
+            return decode_attention_qserve(q, kr, vr, kh, vh, self.q.kv_bits)
         eye = torch.eye(T, dtype=torch.bool, device=self.dev)
         sc = (q @ kh.transpose(-1, -2)) * scale             # past keys: dequantised
         own = (q * kr).sum(-1) * scale                      # own key: un-quantised
@@ -362,7 +502,8 @@ class Llama:
         p = torch.softmax(sc, dim=-1)
         p_own = p.diagonal(dim1=-2, dim2=-1)
         p_past = p.masked_fill(eye, 0.0)
-        return p_past @ vh + p_own[..., None] * vr
+        out = p_past @ vh + p_own[..., None] * vr
+        return fp16r(out) if f16 else out
 
     def forward(self, ids: torch.Tensor, return_hidden: bool = False, embed_noise: float = 0.0,
                 noise_seed: int = 0):
@@ -372,12 +513,15 @@ class Llama:
         cfg = self.cfg
         B, T = ids.shape
         D = cfg.head_dim
+        qs = self.q.numerics == "qserve"
         h = self.embed[ids.to(self.dev)]
+        if qs:
+            h = fp16r(h)
         if embed_noise:
+            # After the fp16 rounding, which would otherwise undo a 1e-6 perturbation: the first
+            # norm sees it, the first residual add rounds most of it away (noise-floor section).
             gen = torch.Generator(device="cpu").manual_seed(noise_seed)
             h = h * (1 + embed_noise * torch.randn(h.shape, generator=gen).to(self.dev))
-        if self.q.fp16_stream:
-            h = fp16r(h)
         hidden = [h]
         cos, sin = self.rope(T)
         for i in range(cfg.n_layers):
@@ -388,20 +532,24 @@ class Llama:
             q = q.view(B, T, cfg.n_heads, D).transpose(1, 2)
             k = k.view(B, T, cfg.n_kv, D).transpose(1, 2)
             v = v.view(B, T, cfg.n_kv, D).transpose(1, 2)
-            q = q * cos + self.rot_half(q) * sin
-            k = k * cos + self.rot_half(k) * sin
+            if qs:                           # RoPE writes fp16 (7.1)
+                q, k = self.rope_qserve(q, T), self.rope_qserve(k, T)
+            else:
+                q = q * cos + self.rot_half(q) * sin
+                k = k * cos + self.rot_half(k) * sin
             a = self.attention(q, k, v).transpose(1, 2).reshape(B, T, cfg.n_heads * D)
-            if self.q.fp16_stream:
-                a = fp16r(a)
             h = h + L("self_attn.o_proj")(a)
-            if self.q.fp16_stream:
+            if qs:                           # fp16 residual add (5.4)
                 h = fp16r(h)
             g, u = self.norm_linears(h, self.ln2[i], [pfx + "mlp.gate_proj", pfx + "mlp.up_proj"])
             h = h + L("mlp.down_proj")(self.silu_mul(g, u))
-            if self.q.fp16_stream:
+            if qs:
                 h = fp16r(h)
             hidden.append(h)
-        logits = self.rms(h, self.norm) @ self.lm_head.t()
+        if qs:                               # fp16 RMSNorm, lm_head writes fp16 (5.4)
+            logits = fp16r(self.final_norm_qserve(h) @ self.lm_head.t())
+        else:
+            logits = self.rms(h, self.norm) @ self.lm_head.t()
         if return_hidden:
             return logits, torch.stack(hidden, dim=1)
         return logits
@@ -412,6 +560,8 @@ class Llama:
 # --------------------------------------------------------------------------------------------
 
 def build_fp(cfg: Config, sd: dict, device, qopts=None) -> Llama:
+    """The unquantised model, HF's float32 forward (numerics "fp32": no fp16 rounding anywhere)."""
+    qopts = qopts or QuantOpts(numerics="fp32")
     lin = {}
     for i in range(cfg.n_layers):
         for blk, name in LINEARS:

@@ -1,5 +1,8 @@
-"""Diagnostic numpy port of model.py (no torch): W4A8 + KV forward with switchable QServe rounding points
-(O: out16 norm16 asum16 silu16 kv16 res16 attn16). Used to locate the engine/generator gap (docs/checkpoints.md).
+"""Diagnostic numpy port of model.py as of generator version 2 (no torch): W4A8 + KV forward with switchable
+QServe rounding points (O: out16 norm16 asum16 silu16 kv16 res16 attn16). Used to locate the engine/generator
+gap before PyTorch was available here (docs/checkpoints.md). Superseded: it does not have version 3's RoPE,
+decode-kernel attention, final-norm and logits rounding or its correctly rounded exp/sqrt/cos/sin, so it does
+not reproduce the v3 reference; use gen_reference.py itself.
 Usage: python3 np_emulate.py pc|g 4|8 out16,norm16,asum16,silu16,kv16 TAG  -> /tmp/i3/ref_TAG, a fake
 QSERVE_REFERENCE_DIR whose logits are this port's, for build/test_model --gtest_filter="*ZooCheckpoint*"."""
 # numpy port of tools/qserve_reference/model.py (W4A8 + KV) with switchable QServe rounding points.

@@ -111,21 +111,41 @@ int8_t* expand_workspace(size_t bytes, int device) {
 // fp16(float(acc) * (s1 * a_scale)), is the g128 epilogue exactly (one fp32 product of the two
 // scales, commutative, then one product with float(acc)). False when the sm90 kernel does not
 // apply (nothing launched, except possibly the per-call expansion).
+// With a caller workspace (user_ws non-null) the per-call expansion goes to its first
+// expand_bytes() and the W8A8 kernel gets the rest.
+size_t expand_bytes(const W4G128View& w) {
+  return w.w8 != nullptr ? 0 : (static_cast<size_t>(w.n * w.k) + 255) / 256 * 256;
+}
+
 bool g128_large_m(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
-                  uint16_t* y, cudaStream_t stream) {
+                  uint16_t* y, cudaStream_t stream, const GemmWorkspace* user_ws) {
   const int8_t* w8 = w.w8;
   W8PerChannelView v{w.n, w.k, w8, w.s1_scales};
+  GemmWorkspace rest;
+  if (user_ws != nullptr) rest = *user_ws;
   if (w8 == nullptr) {
     // Check with a stand-in 16-byte-aligned pointer before allocating and expanding.
     v.w = reinterpret_cast<const int8_t*>(uintptr_t{256});
     if (!w8a8_sm90_applicable(aq, a_scale, m, v, y)) return false;
-    int device = 0;
-    cuda_check(cudaGetDevice(&device), "gemm_w4a8_g128");
-    int8_t* ws = expand_workspace(static_cast<size_t>(w.n * w.k), device);
+    int8_t* ws = nullptr;
+    if (user_ws != nullptr) {
+      const size_t need = expand_bytes(w);
+      check(user_ws->data != nullptr && user_ws->bytes >= need,
+            "gemm_w4a8_g128: caller workspace of " + std::to_string(user_ws->bytes) +
+                " bytes, the per-call expansion needs " + std::to_string(need) + " (" +
+                shape(m, w.n, w.k) + ")");
+      ws = static_cast<int8_t*>(user_ws->data);
+      rest = {static_cast<uint8_t*>(user_ws->data) + need, user_ws->bytes - need};
+    } else {
+      int device = 0;
+      cuda_check(cudaGetDevice(&device), "gemm_w4a8_g128");
+      ws = expand_workspace(static_cast<size_t>(w.n * w.k), device);
+    }
     w4a8_g128_expand(w, ws, stream);
     v.w = ws;
   }
-  return gemm_w8a8_sm90(aq, a_scale, m, v, y, stream, W8A8Sm90Variant::kAuto);
+  return gemm_w8a8_sm90(aq, a_scale, m, v, y, stream, W8A8Sm90Variant::kAuto,
+                        user_ws != nullptr ? &rest : nullptr);
 }
 
 }  // namespace
@@ -205,9 +225,11 @@ W4G128OnDevice upload(const quant::W4G128& w, cudaStream_t stream) {
   return d;
 }
 
-void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
-                           int64_t m, const W4PerChannelView& w, const uint16_t* bias, uint16_t* y,
-                           int32_t* acc_out, cudaStream_t stream) {
+namespace {
+
+void per_channel_impl(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum, int64_t m,
+                      const W4PerChannelView& w, const uint16_t* bias, uint16_t* y,
+                      int32_t* acc_out, cudaStream_t stream, const GemmWorkspace* ws) {
   const char* op = "gemm_w4a8_per_channel";
   check_gemm(op, m, w.n, w.k, 128 * 15);
   check(a_sum != nullptr, std::string(op) + ": the activation sums are required");
@@ -218,7 +240,8 @@ void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint
     if (m <= kW4A8SmallMMax &&
         gemm_w4a8_per_channel_small_m(aq, a_scale, a_sum, m, w, bias, y, stream))
       return;
-    if (m > kW4A8SmallMMax && gemm_w4a8_per_channel_sm90(aq, a_scale, a_sum, m, w, y, stream)) {
+    if (m > kW4A8SmallMMax &&
+        gemm_w4a8_per_channel_sm90(aq, a_scale, a_sum, m, w, y, stream, ws)) {
       w4a8_add_bias(y, bias, m, w.n, stream);
       return;
     }
@@ -229,8 +252,9 @@ void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint
   check_launch(op, shape(m, w.n, w.k));
 }
 
-void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
-                    const uint16_t* bias, uint16_t* y, int32_t* acc_out, cudaStream_t stream) {
+void g128_impl(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
+               const uint16_t* bias, uint16_t* y, int32_t* acc_out, cudaStream_t stream,
+               const GemmWorkspace* ws) {
   const char* op = "gemm_w4a8_g128";
   check_gemm(op, m, w.n, w.k, 128 * 128);
   check(w.k % quant::kGroupSize == 0,
@@ -241,7 +265,7 @@ void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
   if (m == 0) return;
   if (acc_out == nullptr) {
     if (m <= kW4A8SmallMMax && gemm_w4a8_g128_small_m(aq, a_scale, m, w, bias, y, stream)) return;
-    if (m > kW4A8SmallMMax && g128_large_m(aq, a_scale, m, w, y, stream)) {
+    if (m > kW4A8SmallMMax && g128_large_m(aq, a_scale, m, w, y, stream, ws)) {
       w4a8_add_bias(y, bias, m, w.n, stream);
       return;
     }
@@ -250,6 +274,42 @@ void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
   const G128Epi epi{a_scale, w.s1_scales, bias, y, acc_out, w.n};
   detail::launch_int8_gemm(aq, m, w.n, w.k, src, aligned4(w.q), epi, stream);
   check_launch(op, shape(m, w.n, w.k));
+}
+
+}  // namespace
+
+void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                           int64_t m, const W4PerChannelView& w, const uint16_t* bias, uint16_t* y,
+                           int32_t* acc_out, cudaStream_t stream) {
+  per_channel_impl(aq, a_scale, a_sum, m, w, bias, y, acc_out, stream, nullptr);
+}
+
+void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                           int64_t m, const W4PerChannelView& w, const uint16_t* bias, uint16_t* y,
+                           int32_t* acc_out, cudaStream_t stream, const GemmWorkspace& ws) {
+  per_channel_impl(aq, a_scale, a_sum, m, w, bias, y, acc_out, stream, &ws);
+}
+
+void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
+                    const uint16_t* bias, uint16_t* y, int32_t* acc_out, cudaStream_t stream) {
+  g128_impl(aq, a_scale, m, w, bias, y, acc_out, stream, nullptr);
+}
+
+void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
+                    const uint16_t* bias, uint16_t* y, int32_t* acc_out, cudaStream_t stream,
+                    const GemmWorkspace& ws) {
+  g128_impl(aq, a_scale, m, w, bias, y, acc_out, stream, &ws);
+}
+
+// Only the large-M paths take workspace; small M and the dp4a kernels need none.
+size_t gemm_w4a8_per_channel_workspace_bytes(int64_t m, const W4PerChannelView& w) {
+  if (m <= kW4A8SmallMMax) return 0;
+  return w4a8_per_channel_sm90_workspace_bytes(m, w.n, w.k);
+}
+
+size_t gemm_w4a8_g128_workspace_bytes(int64_t m, const W4G128View& w) {
+  if (m <= kW4A8SmallMMax) return 0;
+  return expand_bytes(w) + gemm_w8a8_sm90_workspace_bytes(m, w.n, w.k);
 }
 
 }  // namespace qserve::cuda

@@ -69,9 +69,14 @@ bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m
 bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
                                       const uint16_t* a_sum, int64_t m,
                                       const W4PerChannelView& w, const uint16_t* y);
+// With `ws` (ops_cuda.h GemmWorkspace) CUTLASS's workspace is ws->data instead of the file's
+// grow-only block; a ws->bytes below w4a8_per_channel_sm90_workspace_bytes() throws.
 bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
                                 int64_t m, const W4PerChannelView& w, uint16_t* y,
-                                cudaStream_t stream);
+                                cudaStream_t stream, const GemmWorkspace* ws = nullptr);
+// Its workspace bytes for an m x n x k problem on the current device (0 when not compiled or
+// not sm_90; the persistent scheduler usually needs none).
+size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k);
 
 // The name of the path gemm_w4a8_per_channel / gemm_w4a8_g128 take for these operands when
 // acc_out is null (for bench reports): "small_m_mma_packed", "sm90_wgmma_evt",

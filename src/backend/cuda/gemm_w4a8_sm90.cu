@@ -223,16 +223,13 @@ bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
 #endif
 }
 
-bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
-                                int64_t m, const W4PerChannelView& w, uint16_t* y,
-                                cudaStream_t stream) {
-  if (!w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y)) return false;
-#if !defined(QSERVE_HAVE_CUTLASS)
-  (void)stream;
-  return false;
-#else
-  int device = 0;
-  cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
+#if defined(QSERVE_HAVE_CUTLASS)
+namespace {
+
+// The CUTLASS arguments, shared by the launch and the workspace query so both size alike.
+typename Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale,
+                                   const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                   uint16_t* y, int device) {
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
   using StrideC = typename Kernel::StrideC;
@@ -241,7 +238,7 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
   cutlass::KernelHardwareInfo hw;
   hw.device_id = device;
   hw.sm_count = device_info(device).sm_count;
-  typename Gemm::Arguments args{
+  return typename Gemm::Arguments{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {gm, gn, gk, 1},
       {aq, packed_stride<StrideA>(gm, gk), reinterpret_cast<const int8_t*>(w.q),
@@ -250,9 +247,51 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
        packed_stride<StrideC>(gm, gn), reinterpret_cast<ElementOut*>(y),
        packed_stride<StrideD>(gm, gn)},
       hw};
+}
+
+}  // namespace
+#endif  // QSERVE_HAVE_CUTLASS
+
+size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k) {
+#if !defined(QSERVE_HAVE_CUTLASS)
+  (void)m, (void)n, (void)k;
+  return 0;
+#else
+  int device = 0;
+  if (m < 1 || n < 1 || k < 1 || cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  if (!device_info(device).sm90) return 0;
+  const W4PerChannelView w{n, k, nullptr, nullptr, nullptr, nullptr};
+  return Gemm::get_workspace_size(make_args(nullptr, nullptr, nullptr, m, w, nullptr, device));
+#endif
+}
+
+bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                                int64_t m, const W4PerChannelView& w, uint16_t* y,
+                                cudaStream_t stream, const GemmWorkspace* user_ws) {
+  if (!w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y)) return false;
+#if !defined(QSERVE_HAVE_CUTLASS)
+  (void)stream;
+  (void)user_ws;
+  return false;
+#else
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
+  const typename Gemm::Arguments args = make_args(aq, a_scale, a_sum, m, w, y, device);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
-  void* ws = workspace(Gemm::get_workspace_size(args), device);
+  const size_t ws_bytes = Gemm::get_workspace_size(args);
+  void* ws = nullptr;
+  if (user_ws != nullptr) {
+    check(ws_bytes == 0 || (user_ws->data != nullptr && user_ws->bytes >= ws_bytes),
+          "gemm_w4a8_per_channel_sm90: caller workspace of " + std::to_string(user_ws->bytes) +
+              " bytes, need " + std::to_string(ws_bytes) + " (" + shape(m, w.n, w.k) + ")");
+    ws = ws_bytes == 0 ? nullptr : user_ws->data;
+  } else {
+    ws = workspace(ws_bytes, device);
+  }
   const std::string detail = shape(m, w.n, w.k);
   const cutlass::Status init = gemm.initialize(args, ws, stream);
   check(init == cutlass::Status::kSuccess, "gemm_w4a8_per_channel_sm90: initialize failed (" +

@@ -60,8 +60,10 @@ W8PerChannelOnDevice upload(const quant::W8PerChannel& w, cudaStream_t stream) {
   return d;
 }
 
-void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
-               uint16_t* y, int32_t* acc_out, cudaStream_t stream) {
+namespace {
+
+void w8a8_impl(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+               uint16_t* y, int32_t* acc_out, cudaStream_t stream, const GemmWorkspace* ws) {
   const char* op = "gemm_w8a8";
   check(m >= 0 && w.n > 0 && w.k > 0, std::string(op) + ": bad shape " + shape(m, w.n, w.k));
   check(w.k <= (int64_t{1} << 31) / (128 * 128) - 1,
@@ -73,12 +75,30 @@ void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8Per
   if (m == 0) return;
   // Hopper: the CUTLASS wgmma kernel (same y bits; it cannot export the accumulators, so a
   // request for acc_out takes the reference path). It declines unsupported shapes/devices.
-  if (acc_out == nullptr && gemm_w8a8_sm90(aq, a_scale, m, w, y, stream)) return;
+  if (acc_out == nullptr &&
+      gemm_w8a8_sm90(aq, a_scale, m, w, y, stream, W8A8Sm90Variant::kAuto, ws))
+    return;
   const W8Src src{w.w, w.k};
   const W8Epi epi{a_scale, w.dequant_scale, y, acc_out, w.n};
   detail::launch_int8_gemm(aq, m, w.n, w.k, src, reinterpret_cast<uintptr_t>(w.w) % 4 == 0, epi,
                            stream);
   check_launch(op, shape(m, w.n, w.k));
+}
+
+}  // namespace
+
+void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+               uint16_t* y, int32_t* acc_out, cudaStream_t stream) {
+  w8a8_impl(aq, a_scale, m, w, y, acc_out, stream, nullptr);
+}
+
+void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+               uint16_t* y, int32_t* acc_out, cudaStream_t stream, const GemmWorkspace& ws) {
+  w8a8_impl(aq, a_scale, m, w, y, acc_out, stream, &ws);
+}
+
+size_t gemm_w8a8_workspace_bytes(int64_t m, const W8PerChannelView& w) {
+  return gemm_w8a8_sm90_workspace_bytes(m, w.n, w.k);
 }
 
 }  // namespace qserve::cuda

@@ -222,11 +222,12 @@ void* workspace(size_t bytes, int device) {
   return b.data();
 }
 
-// Runs one configuration on y[m, n] = aq[m, k] W[n, k]^T. `swap` selects the y^T formulation.
+// The CUTLASS arguments of one configuration for y[m, n] = aq[m, k] W[n, k]^T (`swap` selects
+// the y^T formulation); shared by the launch and the workspace query so both size alike.
 template <typename Config, bool kSwap>
-bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
-                uint16_t* y, cudaStream_t stream, int device, int sm_count) {
-  using Gemm = typename Config::Gemm;
+typename Config::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale, int64_t m,
+                                           const W8PerChannelView& w, uint16_t* y, int device,
+                                           int sm_count) {
   using Kernel = typename Config::Kernel;
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
@@ -251,18 +252,42 @@ bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8Pe
   hw.device_id = device;
   hw.sm_count = sm_count;
 
-  typename Gemm::Arguments args{
+  return typename Config::Gemm::Arguments{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {gm, gn, gk, 1},
       {ptr_a, stride_a, ptr_b, stride_b},
       {Config::Evt::args(row_scale, col_scale), nullptr, stride_c,
        reinterpret_cast<ElementOut*>(y), stride_d},
       hw};
+}
 
+template <typename Config, bool kSwap>
+size_t config_workspace_bytes(int64_t m, int64_t n, int64_t k, int device, int sm_count) {
+  const W8PerChannelView w{n, k, nullptr, nullptr};
+  return Config::Gemm::get_workspace_size(
+      make_args<Config, kSwap>(nullptr, nullptr, m, w, nullptr, device, sm_count));
+}
+
+// Runs one configuration; `user_ws` (may be null) replaces the grow-only workspace.
+template <typename Config, bool kSwap>
+bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+                uint16_t* y, cudaStream_t stream, int device, int sm_count,
+                const GemmWorkspace* user_ws) {
+  using Gemm = typename Config::Gemm;
+  const typename Gemm::Arguments args =
+      make_args<Config, kSwap>(aq, a_scale, m, w, y, device, sm_count);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
   const size_t ws_bytes = Gemm::get_workspace_size(args);
-  void* ws = workspace(ws_bytes, device);
+  void* ws = nullptr;
+  if (user_ws != nullptr) {
+    check(ws_bytes == 0 || (user_ws->data != nullptr && user_ws->bytes >= ws_bytes),
+          "gemm_w8a8_sm90: caller workspace of " + std::to_string(user_ws->bytes) +
+              " bytes, need " + std::to_string(ws_bytes) + " (" + shape(m, w.n, w.k) + ")");
+    ws = ws_bytes == 0 ? nullptr : user_ws->data;
+  } else {
+    ws = workspace(ws_bytes, device);
+  }
   const std::string detail = shape(m, w.n, w.k) + " variant=" +
                              w8a8_sm90_variant_name(kSwap ? W8A8Sm90Variant::kSmallMSwapAB
                                                           : W8A8Sm90Variant::kLargeM);
@@ -304,7 +329,7 @@ bool w8a8_sm90_applicable(const int8_t* aq, const uint16_t* a_scale, int64_t m,
 
 bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                     const W8PerChannelView& w, uint16_t* y, cudaStream_t stream,
-                    W8A8Sm90Variant variant) {
+                    W8A8Sm90Variant variant, const GemmWorkspace* ws) {
   if (!w8a8_sm90_applicable(aq, a_scale, m, w, y)) return false;
 #if defined(QSERVE_HAVE_CUTLASS)
   int device = 0;
@@ -312,13 +337,32 @@ bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
   const DeviceInfo info = current_device_info();
   if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
   if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
-    return run_config<SmallMSwapAB, true>(aq, a_scale, m, w, y, stream, device, info.sm_count);
+    return run_config<SmallMSwapAB, true>(aq, a_scale, m, w, y, stream, device, info.sm_count,
+                                          ws);
   }
-  return run_config<LargeM, false>(aq, a_scale, m, w, y, stream, device, info.sm_count);
+  return run_config<LargeM, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws);
 #else
   (void)stream;
   (void)variant;
+  (void)ws;
   return false;
+#endif
+}
+
+size_t gemm_w8a8_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, W8A8Sm90Variant variant) {
+#if defined(QSERVE_HAVE_CUTLASS)
+  const DeviceInfo info = current_device_info();
+  if (!info.sm90 || m < 1 || n < 1 || k < 1) return 0;
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), "gemm_w8a8_sm90_workspace_bytes");
+  if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
+  if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
+    return config_workspace_bytes<SmallMSwapAB, true>(m, n, k, device, info.sm_count);
+  }
+  return config_workspace_bytes<LargeM, false>(m, n, k, device, info.sm_count);
+#else
+  (void)m, (void)n, (void)k, (void)variant;
+  return 0;
 #endif
 }
 

@@ -18,6 +18,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/cuda/ops_cuda.h"
@@ -51,8 +52,15 @@ W8A8Sm90Variant w8a8_sm90_choose(int64_t m);
 // qserve::Error when a launch that was accepted fails. The stream-K variant uses a grow-only
 // device workspace owned by this file; growing it synchronizes the device, so warm the shapes
 // up before capturing a CUDA graph.
+// With `ws` (ops_cuda.h GemmWorkspace) the stream-K workspace is ws->data instead, and a
+// ws->bytes below gemm_w8a8_sm90_workspace_bytes() throws.
 bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                     const W8PerChannelView& w, uint16_t* y, cudaStream_t stream,
-                    W8A8Sm90Variant variant = W8A8Sm90Variant::kAuto);
+                    W8A8Sm90Variant variant = W8A8Sm90Variant::kAuto,
+                    const GemmWorkspace* ws = nullptr);
+// Workspace bytes of the variant (kAuto: the one picked for m) for an m x n x k problem on the
+// current device; 0 when the kernels are not compiled or the device is not sm_90.
+size_t gemm_w8a8_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
+                                      W8A8Sm90Variant variant = W8A8Sm90Variant::kAuto);
 
 }  // namespace qserve::cuda

@@ -2,11 +2,17 @@
 // quant::norm_quantize_per_token (quant/norm_quant.h), and the plain fp32 RMSNorm of the W16A16
 // path (cpu::rms_norm, within rounding).
 //
-// One block per row. The block's logical size is QServe's B = norm_quant_block_dim(cols); thread
-// t owns elements t, t+B, t+2B, ... exactly like the CPU emulation, so every per-thread partial
-// and every tree reduction matches it. Intermediate values (u_i) are recomputed in each pass
-// from x instead of being kept in shared memory: it is the same deterministic expression, and
-// it keeps any hidden size launchable. Speed is a later issue.
+// Two kernels compute the same bits:
+//  - norm_quant_vec_kernel (1024 <= cols <= 8192, cols % 8 == 0, 16-byte aligned rows: every
+//    Llama hidden size): one 128-thread block per row in one pass over memory. Physical thread
+//    p plays the reference's logical threads 8p .. 8p+7 (quant_device.cuh, "Vectorized rows"),
+//    so it reads its 8 consecutive columns of each 1024-column chunk with 16-byte accesses,
+//    keeps the row in registers, and holds the 8 logical per-thread partials in registers; the
+//    block reductions are the reference's butterfly trees (logical_warp_sum8) with one shared
+//    memory exchange and one barrier each (mean, sum of squares, then amax + sum together).
+//  - norm_quant_kernel (any shape, the baseline): one block of B = norm_quant_block_dim(cols)
+//    threads per row; thread t owns elements t, t+B, t+2B, ... exactly like the CPU emulation,
+//    and every pass re-reads x. Kept for the other shapes and as baseline:: for bench_fused.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +20,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
 #include "core/half.h"
@@ -130,18 +137,198 @@ void check_args(const char* op, int64_t rows, int64_t cols, const NormQuantOut& 
         std::string(op) + ": the q and scale outputs are required");
 }
 
+// ---- The one-pass vectorized kernel -------------------------------------------------------
+//
+// Same arithmetic as norm_quant_kernel, element for element and tree for tree. Thread t holds
+// columns j * 1024 + 8t + k (chunk j < kChunks, k < 8) of its row in registers: x (after the
+// residual add, written back at once), then u. The per-logical-thread partials p[k] are the
+// reference's sequential sums over j.
+template <typename TX, typename TG, Residual kRes, int kChunks>
+__global__ void __launch_bounds__(detail::kVecRowThreads)
+    norm_quant_vec_kernel(const TX* __restrict__ x, float* __restrict__ residual,
+                          const void* __restrict__ delta, const TG* __restrict__ gamma, float eps,
+                          int cols, bool subtract_mean, float amax_floor, NormQuantOut out) {
+  constexpr int kV = detail::kVecPerThread;
+  // One exchange buffer per reduction, so no barrier is needed before reusing one.
+  __shared__ float ex_mean[detail::kWarp], ex_var[detail::kWarp], ex_sum[detail::kWarp];
+  __shared__ float ex_max[detail::kVecRowWarps];
+  const int t = threadIdx.x;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols + t * kV;
+  const float n = static_cast<float>(cols);
+  auto valid = [&](int j) { return j * detail::kVecChunk + t * kV < cols; };
+
+  // All loads first (up to kChunks x 48 bytes in flight per thread), then the residual add.
+  float xv[kChunks][kV];
+  if constexpr (kRes == Residual::kNone) {
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (valid(j)) detail::load8(x + base + j * detail::kVecChunk, xv[j]);
+    }
+  } else {
+    float dv[kChunks][kV];
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (valid(j)) {
+        detail::load8(residual + base + j * detail::kVecChunk, xv[j]);
+        if constexpr (kRes == Residual::kF32Delta) {
+          detail::load8(static_cast<const float*>(delta) + base + j * detail::kVecChunk, dv[j]);
+        } else {
+          detail::load8(static_cast<const uint16_t*>(delta) + base + j * detail::kVecChunk, dv[j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (valid(j)) {
+#pragma unroll
+        for (int k = 0; k < kV; ++k) xv[j][k] = __fadd_rn(xv[j][k], dv[j][k]);
+        detail::store8(residual + base + j * detail::kVecChunk, xv[j]);
+      }
+    }
+  }
+
+  float mu = 0.0f;
+  if (subtract_mean) {
+    float p[kV] = {};
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (valid(j)) {
+#pragma unroll
+        for (int k = 0; k < kV; ++k) p[k] = __fadd_rn(p[k], xv[j][k]);
+      }
+    }
+    detail::publish_logical_warp_sum(detail::logical_warp_sum8(p), ex_mean);
+    __syncthreads();
+    mu = __fdiv_rn(detail::logical_block_total(ex_mean), n);
+  }
+  {
+    float p[kV] = {};
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      if (valid(j)) {
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          const float d = __fsub_rn(xv[j][k], mu);
+          p[k] = __fmaf_rn(d, d, p[k]);
+        }
+      }
+    }
+    detail::publish_logical_warp_sum(detail::logical_warp_sum8(p), ex_var);
+  }
+  __syncthreads();
+  const float s2 = detail::logical_block_total(ex_var);
+  const float rho = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(s2, n), eps)));
+
+  // u (fp32, kept for the codes), v = fp16(u) (packed pairs), amax over |v|, and the per-thread
+  // fp16 running sums of v (QServe's fuse_sum), two logical threads per __hadd2_rn.
+  float amax = amax_floor;
+  __half2 hs[kV / 2];
+#pragma unroll
+  for (int k = 0; k < kV / 2; ++k) hs[k] = __half2half2(__ushort_as_half(0));
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (valid(j)) {
+      float g[kV];
+      if (gamma != nullptr) {
+        detail::load8(gamma + t * kV + j * detail::kVecChunk, g);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kV; ++k) g[k] = 1.0f;
+      }
+      uint32_t vh[kV / 2];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        xv[j][k] = __fmul_rn(__fmul_rn(__fsub_rn(xv[j][k], mu), rho), g[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < kV / 2; ++k) {
+        vh[k] = detail::f2h2(xv[j][2 * k], xv[j][2 * k + 1]);
+        amax = fmaxf(amax, fmaxf(fabsf(detail::h2f_lo(vh[k])), fabsf(detail::h2f_hi(vh[k]))));
+        hs[k] = __hadd2_rn(hs[k], *reinterpret_cast<const __half2*>(&vh[k]));
+      }
+      if (out.normed != nullptr) {
+        *reinterpret_cast<uint4*>(out.normed + base + j * detail::kVecChunk) =
+            make_uint4(vh[0], vh[1], vh[2], vh[3]);
+      }
+    }
+  }
+  // One exchange for amax and the sum: both only depend on values known now.
+  {
+    const float m = detail::warp_max(amax);
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = m;
+    if (out.sum != nullptr) {
+      float p[kV];
+#pragma unroll
+      for (int k = 0; k < kV / 2; ++k) {
+        p[2 * k] = __low2float(hs[k]);
+        p[2 * k + 1] = __high2float(hs[k]);
+      }
+      detail::publish_logical_warp_sum(detail::logical_warp_sum8(p), ex_sum);
+    }
+  }
+  __syncthreads();
+  amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < detail::kVecRowWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (valid(j)) detail::store_codes8(out.q + base + j * detail::kVecChunk, xv[j], r);
+  }
+  if (t < detail::kWarp) {
+    constexpr float kInv127 = 1.0f / 127.0f;
+    const float total = out.sum != nullptr ? detail::logical_block_total(ex_sum) : 0.0f;
+    if (t == 0) {
+      out.scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+      if (out.sum != nullptr) out.sum[blockIdx.x] = f2h(total);
+    }
+  }
+}
+
+template <typename TX, typename TG, Residual kRes, int kChunks>
+void launch_vec(const TX* x, float* residual, const void* delta, const TG* gamma, float eps,
+                int64_t rows, int64_t cols, bool subtract_mean, float amax_floor,
+                const NormQuantOut& out, cudaStream_t stream) {
+  norm_quant_vec_kernel<TX, TG, kRes, kChunks>
+      <<<static_cast<unsigned>(rows), detail::kVecRowThreads, 0, stream>>>(
+          x, residual, delta, gamma, eps, static_cast<int>(cols), subtract_mean, amax_floor, out);
+}
+
+// Whether the vectorized kernel applies: the logical block is exactly 1024 threads, rows split
+// into whole 8-column groups, at most 8 chunks per thread in registers, and every pointer the
+// kernel touches with 8- or 16-byte accesses aligned for them (rows are then aligned too).
+bool vec_applies(const void* x, const void* delta, const void* gamma, int64_t cols,
+                 const NormQuantOut& out) {
+  using detail::aligned_to;
+  return cols >= detail::kVecChunk && cols % detail::kVecPerThread == 0 &&
+         cols <= 8 * detail::kVecChunk && aligned_to(x, 16) && aligned_to(delta, 16) &&
+         aligned_to(gamma, 16) && aligned_to(out.q, 8) && aligned_to(out.normed, 16);
+}
+
 template <typename TX, typename TG, Residual kRes>
 void launch_norm_quant(const char* op, const TX* x, float* residual, const void* delta,
                        const TG* gamma, float eps, int64_t rows, int64_t cols, quant::NormKind kind,
-                       const NormQuantOut& out, cudaStream_t stream) {
+                       const NormQuantOut& out, cudaStream_t stream, bool allow_vec = true) {
   check_args(op, rows, cols, out);
   if (rows == 0) return;
-  const int64_t stride = quant::norm_quant_block_dim(cols);
   const float amax_floor = fp16_to_float(float_to_fp16(1e-6f));
-  norm_quant_kernel<TX, TG, kRes>
-      <<<static_cast<unsigned>(rows), detail::threads_for(stride), 0, stream>>>(
-          x, residual, delta, gamma, eps, cols, static_cast<int>(stride),
-          kind == quant::NormKind::kQServeLayerNorm, amax_floor, out);
+  const bool subtract_mean = kind == quant::NormKind::kQServeLayerNorm;
+  const void* in = kRes == Residual::kNone ? static_cast<const void*>(x) : residual;
+  if (allow_vec && vec_applies(in, delta, gamma, cols, out)) {
+    if (cols <= 4 * detail::kVecChunk) {
+      launch_vec<TX, TG, kRes, 4>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                  amax_floor, out, stream);
+    } else {
+      launch_vec<TX, TG, kRes, 8>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                  amax_floor, out, stream);
+    }
+  } else {
+    const int64_t stride = quant::norm_quant_block_dim(cols);
+    norm_quant_kernel<TX, TG, kRes>
+        <<<static_cast<unsigned>(rows), detail::threads_for(stride), 0, stream>>>(
+            x, residual, delta, gamma, eps, cols, static_cast<int>(stride), subtract_mean,
+            amax_floor, out);
+  }
   check_launch(op, shape("", rows, cols));
 }
 
@@ -218,6 +405,18 @@ void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, co
                                                        residual, delta, gamma, eps, rows, cols,
                                                        kind, out, stream);
 }
+
+namespace baseline {
+
+void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, const float* gamma,
+                                      float eps, int64_t rows, int64_t cols, quant::NormKind kind,
+                                      const NormQuantOut& out, cudaStream_t stream) {
+  launch_norm_quant<float, float, Residual::kF16Delta>(
+      "baseline::add_residual_norm_quant_f16delta", nullptr, residual, delta, gamma, eps, rows,
+      cols, kind, out, stream, /*allow_vec=*/false);
+}
+
+}  // namespace baseline
 
 void rms_norm_f32(const float* x, const float* w, float eps, int64_t rows, int64_t dim, float* out,
                   cudaStream_t stream) {

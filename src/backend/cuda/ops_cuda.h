@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/cuda/device_buffer.h"
@@ -187,6 +188,30 @@ void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
 // W8A8: acc = sum_k aq * w; y = fp16(float(acc) * (dequant_scale * a_scale)).
 void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
                uint16_t* y, int32_t* acc_out, cudaStream_t stream);
+
+// The same three GEMMs with a caller-owned workspace. The calls above give their CUTLASS paths
+// (stream-K partials and barriers; g128 weights expanded per call when the view has no w8) a
+// grow-only workspace owned by the kernel file, whose block is replaced when a larger problem
+// arrives: a CUDA graph that captured the old pointer would then write freed memory. These
+// overloads use only ws.data (nothing is allocated, nothing synchronizes) and throw when
+// ws.bytes is below what the chosen path needs; gemm_*_workspace_bytes(m, w) bounds that for m
+// rows of these weights on the current device (0 when only the small-M or dp4a kernels apply).
+// ws.data must be 256-byte aligned (any DeviceBuffer is).
+struct GemmWorkspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+size_t gemm_w4a8_per_channel_workspace_bytes(int64_t m, const W4PerChannelView& w);
+size_t gemm_w4a8_g128_workspace_bytes(int64_t m, const W4G128View& w);
+size_t gemm_w8a8_workspace_bytes(int64_t m, const W8PerChannelView& w);
+void gemm_w4a8_per_channel(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                           int64_t m, const W4PerChannelView& w, const uint16_t* bias, uint16_t* y,
+                           int32_t* acc_out, cudaStream_t stream, const GemmWorkspace& ws);
+void gemm_w4a8_g128(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4G128View& w,
+                    const uint16_t* bias, uint16_t* y, int32_t* acc_out, cudaStream_t stream,
+                    const GemmWorkspace& ws);
+void gemm_w8a8(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+               uint16_t* y, int32_t* acc_out, cudaStream_t stream, const GemmWorkspace& ws);
 
 // ---------------------------------------------------------------------------------------------
 // Floating-point GEMM through cuBLASLt (gemm_cublaslt.cu): W16A16 linears and lm_head.

@@ -93,4 +93,124 @@ inline int threads_for(int64_t stride) {
   return static_cast<int>((stride + kWarp - 1) / kWarp * kWarp);
 }
 
+// ---- Vectorized rows (the fast norm + quant and SiLU·mul + quant kernels) --------------------
+//
+// QServe's logical block of 1024 threads, thread t owning elements t, t + 1024, t + 2048, ...,
+// is played by kVecRowThreads = 128 physical threads: physical thread p plays logical threads
+// 8p .. 8p+7, i.e. it owns the 8 consecutive columns [8p, 8p + 8) of every 1024-column chunk.
+// It loads them with 16-byte accesses, and the 8 logical per-thread partials (sequential over
+// the chunks, as the reference) are plain registers. Valid when cols >= 1024 (the logical block
+// is then exactly 1024 for both block-size rules of block_reduce.h) and cols % 8 == 0.
+inline constexpr int kVecRowThreads = 128;
+inline constexpr int kVecPerThread = 8;
+inline constexpr int kVecChunk = kVecRowThreads * kVecPerThread;  // 1024 columns
+inline constexpr int kVecRowWarps = kVecRowThreads / kWarp;
+
+// The first level of block_sum_exact for this layout: the XOR butterfly (masks 16, 8, 4, 2, 1)
+// over one logical warp of 32 logical threads = 4 physical lanes (4w .. 4w+3) x 8 partials.
+// Logical lane = 8 * (lane % 4) + k, so masks 16 and 8 flip physical lane bits 1 and 0 (a
+// shuffle), masks 4, 2, 1 flip k inside the thread. The adds are the reference's adds (fp32
+// addition is commutative, so only the tree matters). Returns the logical warp's total, equal
+// in its 4 lanes; the logical warp index is threadIdx.x / 4. All lanes of the warp must call.
+__device__ __forceinline__ float logical_warp_sum8(const float (&p)[kVecPerThread]) {
+  float v[kVecPerThread];
+#pragma unroll
+  for (int k = 0; k < kVecPerThread; ++k) {
+    v[k] = __fadd_rn(p[k], __shfl_xor_sync(kFullMask, p[k], 2));
+  }
+#pragma unroll
+  for (int k = 0; k < kVecPerThread; ++k) {
+    v[k] = __fadd_rn(v[k], __shfl_xor_sync(kFullMask, v[k], 1));
+  }
+#pragma unroll
+  for (int mask = 4; mask >= 1; mask /= 2) {
+    float n[kVecPerThread];
+#pragma unroll
+    for (int k = 0; k < kVecPerThread; ++k) n[k] = __fadd_rn(v[k], v[k ^ mask]);
+#pragma unroll
+    for (int k = 0; k < kVecPerThread; ++k) v[k] = n[k];
+  }
+  return v[0];
+}
+
+// Publishes a logical warp total (from logical_warp_sum8) into scratch[threadIdx.x / 4]; after
+// a __syncthreads, logical_block_total(scratch) is block_sum_exact's result.
+__device__ __forceinline__ void publish_logical_warp_sum(float total, float* scratch) {
+  if ((threadIdx.x & 3) == 0) scratch[threadIdx.x >> 2] = total;
+}
+// The second level: the butterfly over the 32 logical warp totals. Every lane of the calling
+// warp gets the block total.
+__device__ __forceinline__ float logical_block_total(const float* scratch) {
+  return warp_sum_butterfly(scratch[threadIdx.x % kWarp]);
+}
+
+// Max over one physical warp (order does not matter for max).
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int mask = 16; mask >= 1; mask /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, mask));
+  return v;
+}
+
+// cvt_rni_sat_s8 as the single instruction it emulates (cvt.rni.sat.s8.f32: round to nearest
+// even, saturate to [-128, 127], NaN -> 0), for four values packed into one word (byte i holds
+// the code of the i-th argument).
+__device__ __forceinline__ uint32_t cvt_s8_bits(float x) {
+  uint32_t r;
+  asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ uint32_t pack_s8x4(float a, float b, float c, float d) {
+  const uint32_t ab = __byte_perm(cvt_s8_bits(a), cvt_s8_bits(b), 0x0040);
+  const uint32_t cd = __byte_perm(cvt_s8_bits(c), cvt_s8_bits(d), 0x0040);
+  return __byte_perm(ab, cd, 0x5410);
+}
+
+// Two fp32 values rounded to fp16 (each exactly __float2half_rn), packed low = a, high = b, in
+// one conversion instruction.
+__device__ __forceinline__ uint32_t f2h2(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+// The fp32 value of the low / high fp16 half of a packed word.
+__device__ __forceinline__ float h2f_lo(uint32_t w) {
+  return h2f(static_cast<uint16_t>(w & 0xffffu));
+}
+__device__ __forceinline__ float h2f_hi(uint32_t w) {
+  return h2f(static_cast<uint16_t>(w >> 16));
+}
+
+// 8 consecutive elements as fp32 (exact widening of fp16), with 16-byte loads: one for fp16,
+// two for fp32. p must be 16-byte aligned.
+__device__ __forceinline__ void load8(const float* p, float (&v)[kVecPerThread]) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const uint16_t* p, float (&v)[kVecPerThread]) {
+  const uint4 a = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = h2f_lo(w[i]);
+    v[2 * i + 1] = h2f_hi(w[i]);
+  }
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[kVecPerThread]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+// Codes of 8 values (x_k * r, converted as cvt_rni_sat_s8) stored with one 8-byte access.
+__device__ __forceinline__ void store_codes8(int8_t* p, const float (&v)[kVecPerThread], float r) {
+  const uint32_t lo =
+      pack_s8x4(__fmul_rn(v[0], r), __fmul_rn(v[1], r), __fmul_rn(v[2], r), __fmul_rn(v[3], r));
+  const uint32_t hi =
+      pack_s8x4(__fmul_rn(v[4], r), __fmul_rn(v[5], r), __fmul_rn(v[6], r), __fmul_rn(v[7], r));
+  *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+}
+
+// Whether p is aligned to `bytes` (the vectorized kernels check their pointers on the host).
+inline bool aligned_to(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 }  // namespace qserve::cuda::detail

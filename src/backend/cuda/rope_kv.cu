@@ -1,5 +1,18 @@
 // RoPE on Q and K, fp16 rounding of K/V, and the paged KV append (KV4/KV8 QServe pages, or our
-// KV16 pages), fused: one block per token.
+// KV16 pages), fused.
+//
+// Two kernels compute the same bits:
+//  - rope_kv_vec_kernel (head_dim % 16 == 0 and <= 512, 16-byte aligned rows: every Llama
+//    geometry): a "task" is 8 rotation pairs (i, i + D/2), i in [8l, 8l + 8), of one head of
+//    one token, so D/16 consecutive lanes cover a head and every load and store is 16 bytes
+//    (q: 2 x 16 B in, 4 x 16 B fp32 out). K/V tasks quantize their head straight from registers:
+//    min/max over the head's lanes by shuffles, then 4 (KV4) or 8 (KV8) code bytes per half.
+//    One 128-thread block handles up to kRopeMaxTasks task blocks of one token (Llama-3-8B: 48
+//    heads x 8 lanes = 3 blocks, all loads issued before the cos/sin are computed); when the
+//    whole batch fits in one wave the token's task blocks are spread over `parts` blocks
+//    instead (blockIdx.z), which shortens each block's serial work at 256 tokens.
+//  - rope_kv_kernel (any geometry, the baseline): one 128-thread block per token, scalar
+//    accesses, K/V staged in shared memory and quantized one warp per (K or V, head).
 //
 // Numerics (the CPU path is cpu::rope, then model/paged_attention.h round_to_fp16, then
 // quant::kv_page_write):
@@ -20,6 +33,7 @@
 
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
 
@@ -191,11 +205,291 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kv_kernel(const In* qkv, Ro
   }
 }
 
+// ---- The vectorized kernel -------------------------------------------------------------------
+
+// Task blocks (of kRopeThreads tasks) per block: Llama geometries have 3 (48 heads x 8 lanes).
+constexpr int kRopeMaxTasks = 3;
+// Blocks of rope_kv_vec_kernel resident per SM (its __launch_bounds__: <= 80 registers). A
+// 64-register cap (8 blocks: one wave for 1024 Llama tokens) measured 1.99 / 2.56 / 2.85 TB/s
+// at 1024 / 4096 / 8192 tokens against 1.95 / 2.96 / 3.27 with this one: its spills cost more.
+constexpr int kRopeBlocksPerSm = 6;
+
+// cvt.rni.sat.u8.f32 as one instruction: cvt_rni_sat_u8 above.
+__device__ __forceinline__ uint32_t cvt_u8_bits(float x) {
+  uint32_t r;
+  asm("cvt.rni.sat.u8.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// 8 consecutive input elements, widened exactly to fp32.
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
+  const uint4 a = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = h2f(static_cast<uint16_t>(w[i] & 0xffffu));
+    v[2 * i + 1] = h2f(static_cast<uint16_t>(w[i] >> 16));
+  }
+}
+// The raw 16 or 32 bytes of 8 input elements (kept as loaded until the cos/sin are ready).
+template <typename In>
+struct Raw8 {
+  uint4 w[sizeof(In) / 2];
+  __device__ __forceinline__ void load(const In* p) {
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(sizeof(In)) / 2; ++i) {
+      w[i] = reinterpret_cast<const uint4*>(p)[i];
+    }
+  }
+  __device__ __forceinline__ void get(float (&v)[8]) const {
+    load8(reinterpret_cast<const In*>(w), v);
+  }
+};
+// 8 fp32 values rounded to fp16 (each __float2half_rn), packed.
+__device__ __forceinline__ uint4 pack_f16x8(const float (&v)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2 h = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+    w[i] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void unpack_f16x8(const uint4& p, float (&v)[8]) {
+  load8(reinterpret_cast<const uint16_t*>(&p), v);
+}
+
+// Quantizes one (token, head) row held by the `lanes` lanes of an aligned group (8 channels
+// [c0, c0 + 8) and [half + c0, half + c0 + 8) per lane: x1, x2 as fp32 values of fp16 bits) into
+// the page, exactly as quantize_row: mx/mn over the row (exact in any order), s, z, codes.
+// Every lane of the warp must call (the shuffles); `active` lanes write.
+template <KvFormat F>
+__device__ __forceinline__ void quantize_group(const float (&x1)[8], const float (&x2)[8],
+                                               int lanes, bool active, uint8_t* page,
+                                               const attn::PageGeom& g, int head, int slot, int c0,
+                                               int half, bool leader) {
+  float mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    mx = fmaxf(mx, fmaxf(x1[k], x2[k]));
+    mn = fminf(mn, fminf(x1[k], x2[k]));
+  }
+  for (int o = lanes / 2; o > 0; o >>= 1) {
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+  }
+  if (!active) return;
+  constexpr float levels = F == KvFormat::kv4 ? 15.0f : 255.0f;
+  constexpr float inv_levels = 1.0f / levels;  // fl32(1/Q), as the CPU's constant
+  const float range = __fsub_rn(mx, mn);
+  const uint16_t s_bits = f2h(__fmul_rn(range, inv_levels));
+  const uint16_t z_bits = f2h(__fmul_rn(__fmul_rn(-levels, mn), __frcp_rn(range)));
+  const float inv = __frcp_rn(h2f(s_bits));
+  const float z = h2f(z_bits);
+  uint32_t q1[8], q2[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    q1[k] = cvt_u8_bits(__fmaf_rn(x1[k], inv, z));
+    q2[k] = cvt_u8_bits(__fmaf_rn(x2[k], inv, z));
+  }
+  uint8_t* data = page + g.data_offset(head, slot);
+  if constexpr (F == KvFormat::kv4) {
+    // Byte c/2 holds channel c (even) in its low nibble and c + 1 in its high nibble.
+    auto pack4 = [](const uint32_t(&q)[8]) {
+      uint32_t w = 0;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        w |= (((q[2 * m] & 0x0fu) | ((q[2 * m + 1] & 0x0fu) << 4)) << (8 * m));
+      }
+      return w;
+    };
+    *reinterpret_cast<uint32_t*>(data + c0 / 2) = pack4(q1);
+    *reinterpret_cast<uint32_t*>(data + (half + c0) / 2) = pack4(q2);
+  } else {
+    auto pack8 = [](const uint32_t(&q)[8]) {
+      return make_uint2(q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24),
+                        q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24));
+    };
+    *reinterpret_cast<uint2*>(data + c0) = pack8(q1);
+    *reinterpret_cast<uint2*>(data + half + c0) = pack8(q2);
+  }
+  if (leader) {
+    *reinterpret_cast<uint16_t*>(page + g.scale_offset(head, slot)) = s_bits;
+    *reinterpret_cast<uint16_t*>(page + g.zero_offset(head, slot)) = z_bits;
+  }
+}
+
+// Task tau of a token: head hh = tau / L (q heads, then k, then v), lane-in-head l = tau % L
+// (L = D / 16), rotation pairs i in [8l, 8l + 8). x1, x2: the task's inputs (channels [8l, 8l + 8)
+// and D/2 + those); cs: the token's cos[D/2], sin[D/2]. Every lane of the warp must call (the
+// K/V quantization shuffles over a head's lanes); `valid` lanes have a task.
+template <KvFormat F>
+__device__ __forceinline__ void rope_task(const RopeArgs& a, const float* cs, int64_t row, int tau,
+                                          bool valid, const float (&x1)[8], const float (&x2)[8],
+                                          int32_t page, int slot) {
+  const int D = a.head_dim, half_d = D / 2, L = D / 16, Hq = a.num_heads, Hkv = a.kv_heads;
+  const int hh = tau / L, c0 = (tau % L) * 8;
+  const bool is_q = hh < Hq;
+  auto rotate = [&](float(&o1)[8], float(&o2)[8]) {
+    float cv[8], sv[8];
+    *reinterpret_cast<float4*>(cv) = *reinterpret_cast<const float4*>(cs + c0);
+    *reinterpret_cast<float4*>(cv + 4) = *reinterpret_cast<const float4*>(cs + c0 + 4);
+    *reinterpret_cast<float4*>(sv) = *reinterpret_cast<const float4*>(cs + half_d + c0);
+    *reinterpret_cast<float4*>(sv + 4) = *reinterpret_cast<const float4*>(cs + half_d + c0 + 4);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      o1[k] = __fsub_rn(__fmul_rn(x1[k], cv[k]), __fmul_rn(x2[k], sv[k]));
+      o2[k] = __fadd_rn(__fmul_rn(x2[k], cv[k]), __fmul_rn(x1[k], sv[k]));
+    }
+  };
+  if (valid && is_q) {
+    float o1[8], o2[8];
+    rotate(o1, o2);
+    float* o = a.q_out + (row * Hq + hh) * D + c0;
+    reinterpret_cast<float4*>(o)[0] = make_float4(o1[0], o1[1], o1[2], o1[3]);
+    reinterpret_cast<float4*>(o)[1] = make_float4(o1[4], o1[5], o1[6], o1[7]);
+    reinterpret_cast<float4*>(o + half_d)[0] = make_float4(o2[0], o2[1], o2[2], o2[3]);
+    reinterpret_cast<float4*>(o + half_d)[1] = make_float4(o2[4], o2[5], o2[6], o2[7]);
+  }
+  // K (rotated) and V heads: fp16 rows out, then the page. Groups never mix q and k/v lanes (a
+  // head is one aligned group), but a warp may, so the shuffles run on the whole warp.
+  const bool is_kv = valid && !is_q;
+  if (!__any_sync(0xffffffffu, is_kv)) return;
+  const int kvh = hh - Hq;
+  const bool is_v = kvh >= Hkv;
+  const int h = is_v ? kvh - Hkv : kvh;
+  uint4 p1 = make_uint4(0, 0, 0, 0), p2 = p1;
+  if (is_kv) {
+    if (!is_v) {
+      float o1[8], o2[8];
+      rotate(o1, o2);
+      p1 = pack_f16x8(o1);
+      p2 = pack_f16x8(o2);
+    } else {
+      p1 = pack_f16x8(x1);
+      p2 = pack_f16x8(x2);
+    }
+    uint16_t* dst = (is_v ? a.v16 : a.k16) + (row * Hkv + h) * D + c0;
+    *reinterpret_cast<uint4*>(dst) = p1;
+    *reinterpret_cast<uint4*>(dst + half_d) = p2;
+  }
+  if (a.k_pool == nullptr) return;
+  uint8_t* pg = (is_v ? a.v_pool : a.k_pool) + static_cast<int64_t>(page) * a.geom.page_bytes;
+  if constexpr (F == KvFormat::kv16) {
+    if (is_kv) {
+      uint8_t* data = pg + a.geom.data_offset(h, slot);
+      *reinterpret_cast<uint4*>(data + 2 * c0) = p1;
+      *reinterpret_cast<uint4*>(data + 2 * (half_d + c0)) = p2;
+    }
+  } else {
+    float v1[8], v2[8];
+    unpack_f16x8(p1, v1);
+    unpack_f16x8(p2, v2);
+    quantize_group<F>(v1, v2, L, is_kv, pg, a.geom, h, slot, c0, half_d, c0 == 0);
+  }
+}
+
+// The token's cos/sin (double precision, rounded to fp32: the baseline's values) into cs.
+__device__ __forceinline__ void rope_cos_sin(const RopeArgs& a, int pos, float* cs) {
+  const int half_d = a.head_dim / 2;
+  const float fpos = static_cast<float>(pos);
+  for (int i = threadIdx.x; i < half_d; i += blockDim.x) {
+    const float angle = __fmul_rn(fpos, a.inv_freq[i]);
+    double sn, c;
+    sincos(static_cast<double>(angle), &sn, &c);
+    cs[i] = static_cast<float>(c);
+    cs[half_d + i] = static_cast<float>(sn);
+  }
+}
+
+// One token per block (blockIdx.x = token of sequence blockIdx.y); the block takes task blocks
+// part, part + parts, ... (at most kRopeMaxTasks).
+template <KvFormat F, typename In>
+__global__ void __launch_bounds__(kRopeThreads, kRopeBlocksPerSm)
+    rope_kv_vec_kernel(const In* __restrict__ qkv, RopeArgs a, int parts) {
+  extern __shared__ float cs[];  // cos[D/2], sin[D/2]
+  const int j = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
+  if (j >= a.num_tokens[seq]) return;
+  const int pos = a.context_len[seq] + j;
+  const int64_t row = static_cast<int64_t>(a.token_offset[seq]) + j;
+  const int D = a.head_dim, half_d = D / 2, L = D / 16;
+  const int tasks = (a.num_heads + 2 * a.kv_heads) * L;
+  const int t = threadIdx.x;
+  const In* src = qkv + row * a.qkv_stride;
+
+  // Issue every load of this block before the (slow, double-precision) cos/sin.
+  Raw8<In> r1[kRopeMaxTasks], r2[kRopeMaxTasks];
+#pragma unroll
+  for (int m = 0; m < kRopeMaxTasks; ++m) {
+    const int tau = (part + parts * m) * kRopeThreads + t;
+    if (tau < tasks) {
+      const In* p = src + (tau / L) * D + (tau % L) * 8;
+      r1[m].load(p);
+      r2[m].load(p + half_d);
+    }
+  }
+  rope_cos_sin(a, pos, cs);
+  __syncthreads();
+
+  int32_t page = 0;
+  if (a.k_pool != nullptr) {
+    page = a.block_table[static_cast<int64_t>(seq) * a.block_stride + pos / kPage];
+  }
+#pragma unroll
+  for (int m = 0; m < kRopeMaxTasks; ++m) {
+    const int tb = part + parts * m;
+    if (tb * kRopeThreads >= tasks) break;  // uniform over the block
+    const int tau = tb * kRopeThreads + t;
+    const bool valid = tau < tasks;
+    float x1[8], x2[8];
+    if (valid) {
+      r1[m].get(x1);
+      r2[m].get(x2);
+    }
+    rope_task<F>(a, cs, row, tau, valid, x1, x2, page, pos % kPage);
+  }
+}
+
+// Whether the vectorized kernel applies (16-byte accesses everywhere; a head's D/16 lanes form
+// an aligned group of a warp).
+template <typename In>
+bool rope_vec_applies(const In* qkv, int64_t qkv_stride, int64_t head_dim, const float* q_out,
+                      const uint16_t* k16, const uint16_t* v16, const PagedKvDevice& cache,
+                      bool append) {
+  auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const int64_t lanes = head_dim / 16;  // a power of two <= 32: the groups tile warps
+  return head_dim % 16 == 0 && head_dim <= 512 && (lanes & (lanes - 1)) == 0 &&
+         (qkv_stride * static_cast<int64_t>(sizeof(In))) % 16 == 0 && a16(qkv) && a16(q_out) &&
+         a16(k16) && a16(v16) && (!append || (a16(cache.k_pool) && a16(cache.v_pool)));
+}
+
+int sm_count() {
+  thread_local int cached_dev = -1, cached_n = 0;
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  if (dev == cached_dev) return cached_n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  cached_dev = dev;
+  cached_n = n;
+  return n;
+}
+
 template <typename In>
 void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                   int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                   const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                  cudaStream_t stream, const char* op) {
+                  cudaStream_t stream, const char* op, bool allow_vec = true) {
   const std::string shape = "S=" + std::to_string(batch.num_seqs) +
                             " max_num_tokens=" + std::to_string(batch.max_num_tokens) +
                             " Hq=" + std::to_string(num_heads) + " Hkv=" +
@@ -234,6 +528,39 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   a.k16 = k16;
   a.v16 = v16;
 
+  if (allow_vec && rope_vec_applies(qkv, qkv_stride, head_dim, q_out, k16, v16, cache, append)) {
+    const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
+    const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+    const int64_t token_slots =
+        static_cast<int64_t>(batch.max_num_tokens) * static_cast<int64_t>(batch.num_seqs);
+    int64_t parts = (blocks + kRopeMaxTasks - 1) / kRopeMaxTasks;
+    // Spread a token over `blocks` blocks when even that many fit in one wave: at small
+    // batches this shortens each block's serial work.
+    if (token_slots * blocks <= kRopeBlocksPerSm * static_cast<int64_t>(sm_count())) {
+      parts = blocks;
+    }
+    check(parts <= 64, std::string(op) + ": too many heads (" + shape + ")");
+    const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
+                    static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(parts));
+    const size_t smem = static_cast<size_t>(head_dim) * sizeof(float);
+    auto run = [&](auto kernel) {
+      kernel<<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
+    };
+    switch (fmt) {
+      case KvFormat::kv4:
+        run(rope_kv_vec_kernel<KvFormat::kv4, In>);
+        break;
+      case KvFormat::kv8:
+        run(rope_kv_vec_kernel<KvFormat::kv8, In>);
+        break;
+      case KvFormat::kv16:
+        run(rope_kv_vec_kernel<KvFormat::kv16, In>);
+        break;
+    }
+    check_launch(op, shape);
+    return;
+  }
+
   const size_t smem = static_cast<size_t>(head_dim) * sizeof(float) +
                       static_cast<size_t>(2 * kv_heads * head_dim) * sizeof(uint16_t);
   const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
@@ -261,6 +588,26 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
 }
 
 }  // namespace
+
+namespace baseline {
+
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream) {
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, "baseline::rope_kv_append", /*allow_vec=*/false);
+}
+
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, "baseline::rope_kv_append_f16", /*allow_vec=*/false);
+}
+
+}  // namespace baseline
 
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,

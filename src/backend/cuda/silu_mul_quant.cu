@@ -3,9 +3,24 @@
 //
 // The fp16 variants follow the reference step by step with correctly rounded operations:
 //   silu = fp16_RN(g / (1 + exp(-g))),  out = fp16_RN(float(silu) * up).
-// exp(-g) is computed in double and rounded once to fp32, i.e. (almost always) the correctly
-// rounded expf, which is what glibc's expf returns except within 0.002 ulp of a midpoint; see
-// ops_cuda.h for the resulting tolerance. Slow (fp64), but this is the correctness pass.
+// The definition (silu_f16_ref): exp(-g) is computed in double and rounded once to fp32, i.e.
+// (almost always) the correctly rounded expf, which is what glibc's expf returns except within
+// 0.002 ulp of a midpoint; see ops_cuda.h for the resulting tolerance.
+//
+// Speed: the double exp of every element is what bounded the first kernels (0.7-0.8 TB/s). The
+// current kernels evaluate SiLU in fp32 with a proven error bound and *certify* the fp16
+// rounding (silu_f16_fast): when the whole error interval rounds to one fp16 value, that value
+// is the definition's; otherwise (about 0.5% of elements) the element is recomputed by
+// silu_f16_ref. The outputs are the same bits as the double-exp kernels (kept as baseline:: for
+// bench_fused and the parity tests), not an approximation of them.
+//
+// The fused SiLU·mul + quant kernel (silu_mul_quant_vec_kernel, 1024 <= inter <= 16384,
+// inter % 8 == 0: every Llama intermediate size up to 16K) runs one 128-thread block per row in
+// one pass over memory: 16-byte loads of gate and up (physical thread p plays the reference
+// quantizer's logical threads 8p .. 8p+7, quant_device.cuh), the fp16 results staged in shared
+// memory (28 KB for 14336), the rare uncertain elements recomputed afterwards by the whole warp
+// at once (one double-exp pass per warp instead of one per uncertain element), then one
+// exchange for amax and 8-byte code stores.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +29,7 @@
 
 #include "backend/cuda/act_quant_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
 #include "quant/block_reduce.h"
@@ -30,20 +46,88 @@ __device__ __forceinline__ float exp_f32_rn(float x) {
   return __double2float_rn(exp(static_cast<double>(x)));
 }
 
-// fp16 SiLU·mul of one element (the reference's two fp16 roundings).
+// fp16 SiLU·mul of one element (the reference's two fp16 roundings), double exp: the baseline.
 __device__ __forceinline__ uint16_t silu_mul_f16_elem(float g, float up) {
   const float silu = h2f(f2h(__fdiv_rn(g, __fadd_rn(1.0f, exp_f32_rn(-g)))));
   return f2h(__fmul_rn(silu, up));
 }
 
-template <typename T>
+// The definition of the fp16 SiLU value (the same expression as silu_mul_f16_elem's first step).
+__device__ __forceinline__ uint16_t silu_f16_ref(float g) {
+  return f2h(__fdiv_rn(g, __fadd_rn(1.0f, exp_f32_rn(-g))));
+}
+
+// The fp32 path with a certificate. With U = 2^-23 (an ulp is at most U times the value) and
+// CUDA's documented bounds (Programming Guide, mathematical functions; in ulps from the
+// correctly rounded value, so half an ulp more from the exact one):
+//  - e = ex2.approx(fl(-g * log2 e)) is what __expf(-g) computes: (2 + floor(1.173 |g|)) ulp, so
+//    within (2.5 + 1.173 |g|) U e of exp(-g) (the |g| term is the rounding of the product); the
+//    definition's fl32(double exp) is within 0.51 U e;
+//  - d = fl(1 + e): the two d differ by at most (3.01 + 1.173 |g| + 2 * 0.5) U d (e < d);
+//  - s = g * rcp(d): rcp.approx (the 1 / x of -prec-div=false) is 1 ulp from the correctly
+//    rounded reciprocal for normal results (|g| <= 87.3 keeps d < 2^126), the product adds 0.5 ulp,
+//    the definition's division 0.5 ulp; so the definition's s lies within
+//    (6.5 + 1.2 |g|) U |s| of ours (plus second-order terms).
+// delta = (16 + 2 |g|) U |s| covers that 1.7 (|g| = 87) to 2.4 (g = 0) times over. fp16 rounding
+// is monotonic, so when s - delta (rounded down) and s + delta (rounded up) round to the same
+// fp16 bits, those are the definition's bits. Otherwise - s within delta of an fp16 rounding
+// boundary (about 0.55% of random inputs with |g| <= 8), s = 0 (the interval then holds both
+// signed zeros), g < -87.3, g = +inf - the result is not certified and the caller must use
+// silu_f16_ref. A subnormal s (|g| < 2^-125, fp32 inputs only) may be flushed to a signed zero;
+// both paths round it to that signed fp16 zero. The documented bounds come from extensive tests,
+// not proofs: bench_fused --check and the parity tests compare with the double-exp kernel on
+// every fp16 gate value (all the fp16 path can see) and on millions of fp32 ones.
+__device__ __forceinline__ float ex2_approx(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+// Returns the fp16 bits; they are certified iff `uncertain` is 0. (An integer rather than a
+// bool: the compiler keeps it in a register and tests it where it is used, instead of moving
+// predicates through byte registers.) No range check is needed: up to |g| = 87.3 every value is
+// normal and the bound holds; g > 87.3 gives e = 0 (flushed), d = 1 and s = g exactly, as the
+// definition; g < -87.3 gives a flushed 1 / d, s = -0 and the interval [-0, +0], which never
+// certifies; g = +inf gives the interval [NaN, inf], uncertain; g = -inf or NaN gives s = NaN
+// on both paths, rounded to fp16 by the same conversion instruction (checked on every fp16 NaN
+// pattern by bench_fused --check and the parity tests).
+__device__ __forceinline__ uint16_t silu_f16_fast(float g, uint32_t& uncertain) {
+  constexpr float kMinusLog2e = -1.4426950408889634f;
+  const float e = ex2_approx(__fmul_rn(g, kMinusLog2e));
+  const float ag = fabsf(g);
+  const float s = __fmul_rn(g, rcp_approx(__fadd_rn(1.0f, e)));
+  const float delta = __fmul_rn(fabsf(s), __fmaf_rn(ag, 0x1p-22f, 0x1p-19f));
+  const uint32_t b = detail::f2h2(__fsub_rd(s, delta), __fadd_ru(s, delta));
+  uncertain = __byte_perm(b, 0, 0x1032) ^ b;
+  return static_cast<uint16_t>(b);
+}
+
+// fp16 SiLU·mul of one element, the definition's bits, through the certified fast path.
+__device__ __forceinline__ uint16_t silu_mul_f16_fast_elem(float g, float up) {
+  uint32_t uncertain;
+  uint16_t h = silu_f16_fast(g, uncertain);
+  if (uncertain != 0) h = silu_f16_ref(g);
+  return f2h(__fmul_rn(h2f(h), up));
+}
+
+template <bool kFast>
+__device__ __forceinline__ uint16_t silu_mul_elem(float g, float up) {
+  return kFast ? silu_mul_f16_fast_elem(g, up) : silu_mul_f16_elem(g, up);
+}
+
+template <typename T, bool kFast>
 __global__ void silu_mul_f16_kernel(const T* __restrict__ gate_up, int64_t inter,
                                     uint16_t* __restrict__ out) {
   const int64_t row = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= inter) return;
   const T* g = gate_up + row * 2 * inter;
-  out[row * inter + i] = silu_mul_f16_elem(load_f(g[i]), load_f(g[inter + i]));
+  const float gv = load_f(g[i]), uv = load_f(g[inter + i]);
+  out[row * inter + i] = silu_mul_elem<kFast>(gv, uv);
 }
 
 __global__ void silu_mul_f32_kernel(const float* __restrict__ gate_up, int64_t inter,
@@ -58,7 +142,8 @@ __global__ void silu_mul_f32_kernel(const float* __restrict__ gate_up, int64_t i
 
 // One block per row: the fp16 SiLU·mul values are recomputed in each pass of the quantizer (a
 // deterministic function of the inputs) and written to `out` in the first pass when requested.
-template <typename T>
+// kFast: the certified fp32 SiLU (same bits); the baseline:: entry points use the double exp.
+template <typename T, bool kFast>
 __global__ void silu_mul_quant_kernel(const T* __restrict__ gate_up, int64_t inter, int stride,
                                       int8_t* __restrict__ q, uint16_t* __restrict__ scale,
                                       uint16_t* __restrict__ sum, uint16_t* __restrict__ out) {
@@ -67,11 +152,13 @@ __global__ void silu_mul_quant_kernel(const T* __restrict__ gate_up, int64_t int
   const T* g = gate_up + row * 2 * inter;
   if (out != nullptr && threadIdx.x < static_cast<unsigned>(stride)) {
     for (int64_t i = threadIdx.x; i < inter; i += stride) {
-      out[row * inter + i] = silu_mul_f16_elem(load_f(g[i]), load_f(g[inter + i]));
+      out[row * inter + i] = silu_mul_elem<kFast>(load_f(g[i]), load_f(g[inter + i]));
     }
   }
   detail::quantize_row_block(
-      [g, inter](int64_t i) { return h2f(silu_mul_f16_elem(load_f(g[i]), load_f(g[inter + i]))); },
+      [g, inter](int64_t i) {
+        return h2f(silu_mul_elem<kFast>(load_f(g[i]), load_f(g[inter + i])));
+      },
       inter, stride, q + row * inter, scale + row, sum != nullptr ? sum + row : nullptr, scratch);
 }
 
@@ -82,7 +169,7 @@ __global__ void silu_mul_quant_kernel(const T* __restrict__ gate_up, int64_t int
 // every pass. Rows of up to kMaxPerThread * stride elements (Llama-3-8B: 14336 = 14 x 1024).
 constexpr int kMaxPerThread = 16;
 
-template <typename T>
+template <typename T, bool kFast>
 __global__ void silu_mul_quant_reg_kernel(const T* __restrict__ gate_up, int64_t inter, int stride,
                                           int8_t* __restrict__ q, uint16_t* __restrict__ scale,
                                           uint16_t* __restrict__ sum, uint16_t* __restrict__ out) {
@@ -98,7 +185,7 @@ __global__ void silu_mul_quant_reg_kernel(const T* __restrict__ gate_up, int64_t
     const int64_t i = t + static_cast<int64_t>(j) * stride;
     v[j] = 0.0f;
     if (active && i < inter) {
-      const uint16_t h = silu_mul_f16_elem(load_f(g[i]), load_f(g[inter + i]));
+      const uint16_t h = silu_mul_elem<kFast>(load_f(g[i]), load_f(g[inter + i]));
       if (out != nullptr) out[row * inter + i] = h;
       v[j] = h2f(h);
       amax = fmaxf(amax, fabsf(v[j]));
@@ -124,6 +211,187 @@ __global__ void silu_mul_quant_reg_kernel(const T* __restrict__ gate_up, int64_t
   }
 }
 
+// ---- The one-pass vectorized fused kernel ---------------------------------------------------
+
+// 8 consecutive elements of a gate or up row as loaded (one 16-byte access for fp16, two for
+// fp32), widened exactly to fp32 on use; k is a compile-time index after unrolling.
+template <typename T>
+struct Vec8;
+template <>
+struct Vec8<uint16_t> {
+  uint4 raw;
+  __device__ __forceinline__ void load(const uint16_t* p) {
+    raw = *reinterpret_cast<const uint4*>(p);
+  }
+  __device__ __forceinline__ float operator[](int k) const {
+    const uint32_t w = k < 2 ? raw.x : k < 4 ? raw.y : k < 6 ? raw.z : raw.w;
+    return k % 2 == 0 ? detail::h2f_lo(w) : detail::h2f_hi(w);
+  }
+};
+template <>
+struct Vec8<float> {
+  float4 a, b;
+  __device__ __forceinline__ void load(const float* p) {
+    a = *reinterpret_cast<const float4*>(p);
+    b = *reinterpret_cast<const float4*>(p + 4);
+  }
+  __device__ __forceinline__ float operator[](int k) const {
+    const float4& v = k < 4 ? a : b;
+    const int i = k % 4;
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+  }
+};
+
+constexpr int kVecMaxChunks = 16;  // inter <= 16 * 1024 (Llama-3-8B's 14336: 14 chunks)
+
+// kSplit x 128 threads per row. Thread t owns the 8 columns [8p, 8p + 8), p = t % 128, of the
+// chunks j = t / 128 + kSplit * m (m = 0, 1, ...), columns j * 1024 + 8p + k.
+//  1. Streams gate and up in groups of chunks (32 or 64 bytes of loads per chunk in flight per
+//     thread), computes the certified fp16 SiLU·mul values into shared memory (the thread's own
+//     slots: no barrier needed) and a bit per uncertain element.
+//  2. The warp recomputes the uncertain elements with the definition, each lane its lowest one
+//     per round: one double-precision pass per round instead of one per element.
+//  3. amax over the thread's values (packed fp16 max), one exchange; then the codes and, with
+//     kSum, the per-logical-thread sums. The sum's order needs every chunk of a column group in
+//     one thread (the reference's logical thread 8p + k sums its elements in chunk order), so
+//     kSum runs with kSplit = 1; without a sum (g128 W4A8, W8A8) two threads share a column
+//     group, which halves each thread's serial work and doubles the warps at small batches.
+template <int kSplit>
+inline constexpr int kSplitThreads = detail::kVecRowThreads* kSplit;
+
+template <typename T, bool kSum, int kSplit>
+__global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
+    silu_mul_quant_vec_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
+                              uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
+                              uint16_t* __restrict__ out) {
+  static_assert(!kSum || kSplit == 1, "the sum's order needs one thread per column group");
+  constexpr int kV = detail::kVecPerThread;
+  constexpr int kC = detail::kVecChunk;
+  constexpr int kGroups = detail::kVecRowThreads;  // column groups per chunk
+  constexpr int kM = kVecMaxChunks / kSplit;       // chunks per thread (at most)
+  constexpr int kWarps = detail::kVecRowWarps * kSplit;
+  // Chunks per load group: 8 x 32 bytes (fp16) or 4 x 64 bytes (fp32) in flight per thread.
+  constexpr int kLoadGroup = std::min(kM, sizeof(T) == 2 ? 8 : 4);
+  extern __shared__ uint4 vals[];  // [chunk][column group]: 8 fp16 SiLU·mul values each
+  __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  const int t = threadIdx.x, p = t % kGroups, phase = t / kGroups;
+  const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + p * kV;
+  const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + p * kV;
+  const T* up = gate + inter;
+  auto chunk = [&](int m) { return phase + kSplit * m; };
+  auto valid = [&](int m) { return chunk(m) * kC + p * kV < inter; };
+
+  // Bit 8m + k of pend_lo (m < 8) / pend_hi (m >= 8): element (chunk(m), k) is uncertain.
+  uint64_t pend_lo = 0, pend_hi = 0;
+#pragma unroll
+  for (int m0 = 0; m0 < kM; m0 += kLoadGroup) {
+    Vec8<T> g[kLoadGroup], u[kLoadGroup];
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      if (valid(m0 + mm)) {
+        g[mm].load(gate + chunk(m0 + mm) * kC);
+        u[mm].load(up + chunk(m0 + mm) * kC);
+      }
+    }
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      const int m = m0 + mm;
+      if (!valid(m)) continue;
+      uint32_t o[kV / 2];
+      uint32_t bad = 0;
+#pragma unroll
+      for (int k = 0; k < kV; k += 2) {
+        uint32_t unc0, unc1;
+        const uint16_t h0 = silu_f16_fast(g[mm][k], unc0);
+        const uint16_t h1 = silu_f16_fast(g[mm][k + 1], unc1);
+        o[k / 2] = detail::f2h2(__fmul_rn(h2f(h0), u[mm][k]), __fmul_rn(h2f(h1), u[mm][k + 1]));
+        if (unc0 != 0) bad |= 1u << k;
+        if (unc1 != 0) bad |= 2u << k;
+      }
+      vals[chunk(m) * kGroups + p] = make_uint4(o[0], o[1], o[2], o[3]);
+      if (m < 8) {
+        pend_lo |= static_cast<uint64_t>(bad) << (8 * m);
+      } else {
+        pend_hi |= static_cast<uint64_t>(bad) << (8 * (m - 8));
+      }
+    }
+  }
+
+  // 2. Each round, every lane with an uncertain element left recomputes its lowest one.
+  bool mine = (pend_lo | pend_hi) != 0;
+  while (__any_sync(detail::kFullMask, mine)) {
+    if (mine) {
+      int idx;
+      if (pend_lo != 0) {
+        idx = __ffsll(static_cast<long long>(pend_lo)) - 1;
+        pend_lo &= pend_lo - 1;
+      } else {
+        idx = 64 + __ffsll(static_cast<long long>(pend_hi)) - 1;
+        pend_hi &= pend_hi - 1;
+      }
+      const int j = chunk(idx / kV), k = idx % kV;
+      const int off = j * kC + k;
+      const uint16_t o = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off]))), load_f(up[off])));
+      reinterpret_cast<uint16_t*>(vals)[(j * kGroups + p) * kV + k] = o;
+      mine = (pend_lo | pend_hi) != 0;
+    }
+  }
+
+  // 3. amax = max |v| (exact in fp16: __hmax2 ignores a NaN like fmaxf, and |v| has no -0).
+  {
+    __half2 m2 = __half2half2(__ushort_as_half(0));
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (!valid(m)) continue;
+      const uint4 o = vals[chunk(m) * kGroups + p];
+      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        m2 = __hmax2(m2, __habs2(*reinterpret_cast<const __half2*>(&w[i])));
+      }
+    }
+    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+  }
+  __syncthreads();
+  float amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  // As quantize_row_block: 127 * rcp(amax) rounded to fp32; amax = 0 gives NaN -> code 0.
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+
+  float ps[kV] = {};
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    if (!valid(m)) continue;
+    const int j = chunk(m);
+    const uint4 o = vals[j * kGroups + p];
+    if (out != nullptr) *reinterpret_cast<uint4*>(out + row_off + j * kC) = o;
+    const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+    float v[kV];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = detail::h2f_lo(w[i]);
+      v[2 * i + 1] = detail::h2f_hi(w[i]);
+    }
+    detail::store_codes8(q + row_off + j * kC, v, r);
+    if constexpr (kSum) {
+#pragma unroll
+      for (int k = 0; k < kV; ++k) ps[k] = __fadd_rn(ps[k], v[k]);
+    }
+  }
+  constexpr float kInv127 = 1.0f / 127.0f;
+  if (t == 0) scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+  if constexpr (kSum) {
+    detail::publish_logical_warp_sum(detail::logical_warp_sum8(ps), ex_sum);
+    __syncthreads();
+    if (t < detail::kWarp) {
+      const float total = detail::logical_block_total(ex_sum);
+      if (t == 0) sum[blockIdx.x] = f2h(total);
+    }
+  }
+}
+
 std::string shape(int64_t rows, int64_t inter) {
   return "rows=" + std::to_string(rows) + " inter=" + std::to_string(inter);
 }
@@ -145,32 +413,52 @@ void launch_elementwise(const char* op, int64_t rows, int64_t inter, F launch_ch
   }
 }
 
-template <typename T>
+template <typename T, bool kFast = true>
 void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, uint16_t* out,
                        cudaStream_t stream) {
   check_shape(op, rows, inter);
   launch_elementwise(op, rows, inter, [&](int64_t r0, dim3 grid) {
-    silu_mul_f16_kernel<T>
+    silu_mul_f16_kernel<T, kFast>
         <<<grid, 256, 0, stream>>>(gate_up + r0 * 2 * inter, inter, out + r0 * inter);
   });
 }
 
 template <typename T>
 void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, int8_t* q,
-                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
+                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                         bool allow_vec = true) {
   check_shape(op, rows, inter);
   check(rows <= 0x7fffffff, std::string(op) + ": too many rows");
   check(q != nullptr && scale != nullptr, std::string(op) + ": q and scale are required");
   if (rows == 0) return;
+  using detail::aligned_to;
+  if (allow_vec && inter >= detail::kVecChunk && inter % detail::kVecPerThread == 0 &&
+      inter <= kVecMaxChunks * detail::kVecChunk && aligned_to(gate_up, 16) && aligned_to(q, 8) &&
+      aligned_to(out, 16)) {
+    const int64_t chunks = (inter + detail::kVecChunk - 1) / detail::kVecChunk;
+    const size_t smem = static_cast<size_t>(chunks) * detail::kVecRowThreads * sizeof(uint4);
+    const auto grid = static_cast<unsigned>(rows);
+    if (sum != nullptr) {
+      silu_mul_quant_vec_kernel<T, true, 1><<<grid, detail::kVecRowThreads, smem, stream>>>(
+          gate_up, static_cast<int>(inter), q, scale, sum, out);
+    } else {
+      silu_mul_quant_vec_kernel<T, false, 2><<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(
+          gate_up, static_cast<int>(inter), q, scale, sum, out);
+    }
+    check_launch(op, shape(rows, inter));
+    return;
+  }
   const int64_t stride = quant::quant_block_dim(inter);
+  const auto grid = static_cast<unsigned>(rows);
+  const int threads = detail::threads_for(stride);
   if (inter <= kMaxPerThread * stride) {
-    silu_mul_quant_reg_kernel<T>
-        <<<static_cast<unsigned>(rows), detail::threads_for(stride), 0, stream>>>(
-            gate_up, inter, static_cast<int>(stride), q, scale, sum, out);
+    (allow_vec ? silu_mul_quant_reg_kernel<T, true>
+               : silu_mul_quant_reg_kernel<T, false>)<<<grid, threads, 0, stream>>>(
+        gate_up, inter, static_cast<int>(stride), q, scale, sum, out);
   } else {
-    silu_mul_quant_kernel<T>
-        <<<static_cast<unsigned>(rows), detail::threads_for(stride), 0, stream>>>(
-            gate_up, inter, static_cast<int>(stride), q, scale, sum, out);
+    (allow_vec ? silu_mul_quant_kernel<T, true>
+               : silu_mul_quant_kernel<T, false>)<<<grid, threads, 0, stream>>>(
+        gate_up, inter, static_cast<int>(stride), q, scale, sum, out);
   }
   check_launch(op, shape(rows, inter));
 }
@@ -196,6 +484,27 @@ void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, in
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
   silu_mul_quant_impl("silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out, stream);
 }
+
+namespace baseline {
+
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
+  silu_mul_quant_impl("baseline::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out,
+                      stream, /*allow_vec=*/false);
+}
+
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
+  silu_mul_quant_impl("baseline::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out,
+                      stream, /*allow_vec=*/false);
+}
+
+void silu_mul_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, uint16_t* out,
+                  cudaStream_t stream) {
+  silu_mul_f16_impl<uint16_t, false>("baseline::silu_mul_f16", gate_up, rows, inter, out, stream);
+}
+
+}  // namespace baseline
 
 void silu_mul_f32(const float* gate_up, int64_t rows, int64_t inter, float* out,
                   cudaStream_t stream) {
