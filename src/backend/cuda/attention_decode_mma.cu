@@ -39,6 +39,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
@@ -48,8 +49,13 @@ namespace qserve::cuda {
 
 namespace {
 
+using attn::cp_async16;
+using attn::cp_async_commit;
+using attn::cp_async_wait;
 using attn::first_key;
+using attn::h2u;
 using attn::kPage;
+using attn::lds_words;
 using attn::PageGeom;
 
 constexpr int kThreads = 128;  // 4 warps, each an independent key stream
@@ -106,12 +112,6 @@ struct Args {
   float* part_ml;  // [S, Hq, splits, 2]: (max in natural-log units, sum)
 };
 
-__device__ __forceinline__ uint32_t h2u(__half2 h) {
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -134,18 +134,6 @@ __device__ __forceinline__ uint32_t lop_and_or(uint32_t a, uint32_t mask, uint32
   // (a & mask) | magic in one LOP3 (immediate LUT 0xEA = (A & B) | C).
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));
   return d;
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 constexpr uint32_t kMagic = 0x64006400u;  // fp16 1024 in both halves
@@ -226,27 +214,6 @@ __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-
-template <int NW>
-__device__ __forceinline__ void lds_words(uint32_t (&w)[NW], const uint8_t* p) {
-  if constexpr (NW % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < NW / 4; ++i) {
-      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
-      w[4 * i] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  } else if constexpr (NW == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    w[0] = v.x;
-    w[1] = v.y;
-  } else {
-    static_assert(NW == 1, "word count");
-    w[0] = *reinterpret_cast<const uint32_t*>(p);
-  }
 }
 
 __device__ __forceinline__ float h2f(uint16_t b) {
@@ -598,35 +565,6 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   }
 }
 
-// out = sum_j o_j 2^(m_j - M) / sum_j l_j 2^(m_j - M) over the used splits (m in log2 units).
-__global__ void decode_mma_merge_kernel(const float* part_o, const float* part_ml,
-                                        const int32_t* token_offset, const int32_t* context_len,
-                                        int num_heads, int head_dim, int splits, int split_keys,
-                                        int window, float* out) {
-  const int h = blockIdx.x, seq = blockIdx.y;
-  const int ctx = context_len[seq];
-  const int lo = first_key(ctx, window);
-  const int used = (ctx + 1 - lo + split_keys - 1) / split_keys;
-  const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
-  float M = -INFINITY;
-  for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
-  float L = 0.0f;
-  for (int j = 0; j < used; ++j) {
-    const float m = part_ml[(base + j) * 2];
-    L += part_ml[(base + j) * 2 + 1] * (m == -INFINITY ? 0.0f : exp2f(m - M));
-  }
-  const int64_t row = token_offset[seq];
-  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
-    float o = 0.0f;
-    for (int j = 0; j < used; ++j) {
-      const float m = part_ml[(base + j) * 2];
-      const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
-      o += part_o[(base + j) * head_dim + c] * w;
-    }
-    out[(row * num_heads + h) * head_dim + c] = o / L;
-  }
-}
-
 template <KvFormat F, int D>
 void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
   constexpr int smem = Geom<F, D>::kSmemBytes;
@@ -655,20 +593,6 @@ int ctas_per_sm() {
     }
     return blocks;
   }();
-  return n;
-}
-
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
   return n;
 }
 
@@ -720,22 +644,10 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
                           int64_t num_heads, int64_t window, float* out, void* workspace,
                           size_t workspace_bytes, cudaStream_t stream) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
-  const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
-                            " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
-                            " max_total_len=" + std::to_string(batch.max_total_len);
-  check(
-      decode_attention_mma_supported(cache.format, num_heads, hkv, d),
-      "decode_attention_mma: needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in 1..8 (" + shape + ")");
-  check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
-        "decode_attention_mma: 0..65535 sequences (" + shape + ")");
+  const std::string shape = attn::check_decode_call(
+      "decode_attention_mma", decode_attention_mma_supported(cache.format, num_heads, hkv, d), q,
+      k16, v16, cache, batch, num_heads, workspace, workspace_bytes);
   if (S == 0) return;
-  check(aligned16(q) && aligned16(k16) && aligned16(v16) && aligned16(cache.k_pool) &&
-            aligned16(cache.v_pool),
-        "decode_attention_mma: q, k16, v16 and the pools must be 16-byte aligned (" + shape + ")");
-  const size_t need = decode_attention_workspace_bytes(S, num_heads, d, batch.max_total_len);
-  check(workspace != nullptr && workspace_bytes >= need,
-        "decode_attention_mma: workspace of " + std::to_string(workspace_bytes) + " bytes, need " +
-            std::to_string(need) + " (" + shape + ")");
 
   Args a{};
   a.q = q;
@@ -757,7 +669,7 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
           ? (d == 128 ? ctas_per_sm<KvFormat::kv4, 128>() : ctas_per_sm<KvFormat::kv4, 64>())
           : (d == 128 ? ctas_per_sm<KvFormat::kv8, 128>() : ctas_per_sm<KvFormat::kv8, 64>());
   const int64_t keys =
-      decode_attention_mma_split_keys(S, hkv, batch.max_total_len, sm_count(), per_sm);
+      decode_attention_mma_split_keys(S, hkv, batch.max_total_len, attn::sm_count(), per_sm);
   a.split_keys = static_cast<int>(keys);
   a.splits = static_cast<int>(
       std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
@@ -780,7 +692,7 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
   check_launch("decode_attention_mma split", shape);
   if (a.splits > 1) {
     const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
-    decode_mma_merge_kernel<<<grid, 128, 0, stream>>>(
+    attn::decode_split_merge_kernel<true><<<grid, 128, 0, stream>>>(
         a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
         static_cast<int>(d), a.splits, a.split_keys, a.window, out);
     check_launch("decode_attention_mma merge", shape);

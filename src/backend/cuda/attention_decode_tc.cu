@@ -44,6 +44,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
@@ -53,13 +54,18 @@ namespace qserve::cuda {
 
 namespace {
 
+using attn::cp_async16;
+using attn::cp_async_commit;
+using attn::cp_async_wait;
 using attn::first_key;
+using attn::h2u;
 using attn::kPage;
+using attn::lds_words;
 using attn::PageGeom;
 
 constexpr int kTcThreads = 128;  // 4 warps, each an independent key stream
 constexpr int kTcWarps = kTcThreads / 32;
-constexpr int kBlk = 32;         // keys per warp step (half a page; never straddles a page)
+constexpr int kBlk = 32;  // keys per warp step (half a page; never straddles a page)
 constexpr int kMinSplitKeys = 256;
 constexpr float kPScale = 32768.0f;  // 2^15: P in [0,1] -> fp16 hi/lo without subnormal loss
 constexpr float kPInv = 1.0f / 32768.0f;
@@ -104,11 +110,6 @@ struct TcArgs {
   float* part_ml;  // [S, Hq, splits, 2]
 };
 
-__device__ __forceinline__ uint32_t h2u(__half2 h) {
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
 __device__ __forceinline__ __half2 u2h(uint32_t u) {
   __half2 h;
   memcpy(&h, &u, 4);
@@ -122,16 +123,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // KV4: codes (nibble i, nibble 4+i) of word w as exact fp16 pairs, then HFMA(q, s, Z) per lane
@@ -162,27 +153,6 @@ __device__ __forceinline__ int kdim(int c, int j) {
   }
 }
 
-template <int NW>
-__device__ __forceinline__ void lds_words(uint32_t (&w)[NW], const uint8_t* p) {
-  if constexpr (NW % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < NW / 4; ++i) {
-      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
-      w[4 * i] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  } else if constexpr (NW == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    w[0] = v.x;
-    w[1] = v.y;
-  } else {
-    static_assert(NW == 1, "word count");
-    w[0] = *reinterpret_cast<const uint32_t*>(p);
-  }
-}
-
 template <KvFormat F, int D>
 __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   using Geo = TcGeom<F, D>;
@@ -199,7 +169,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   const int lo = first_key(ctx, a.window);
   const int k_lo = lo + split * a.split_keys;
   const int k_hi = min(ctx + 1, k_lo + a.split_keys);
-  if (k_lo >= k_hi) return;  // unused split; the merge does not read it
+  if (k_lo >= k_hi) return;         // unused split; the merge does not read it
   const int kend = min(k_hi, ctx);  // cached keys of this split: [k_lo, kend)
   const int64_t q_row = a.token_offset[seq];
   const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
@@ -520,35 +490,6 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   }
 }
 
-// out = sum_j o_j e^(m_j - M) / sum_j l_j e^(m_j - M) over the used splits.
-__global__ void decode_tc_merge_kernel(const float* part_o, const float* part_ml,
-                                       const int32_t* token_offset, const int32_t* context_len,
-                                       int num_heads, int head_dim, int splits, int split_keys,
-                                       int window, float* out) {
-  const int h = blockIdx.x, seq = blockIdx.y;
-  const int ctx = context_len[seq];
-  const int lo = first_key(ctx, window);
-  const int used = (ctx + 1 - lo + split_keys - 1) / split_keys;
-  const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
-  float M = -INFINITY;
-  for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
-  float L = 0.0f;
-  for (int j = 0; j < used; ++j) {
-    const float m = part_ml[(base + j) * 2];
-    L += part_ml[(base + j) * 2 + 1] * (m == -INFINITY ? 0.0f : expf(m - M));
-  }
-  const int64_t row = token_offset[seq];
-  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
-    float o = 0.0f;
-    for (int j = 0; j < used; ++j) {
-      const float m = part_ml[(base + j) * 2];
-      const float w = m == -INFINITY ? 0.0f : expf(m - M);
-      o += part_o[(base + j) * head_dim + c] * w;
-    }
-    out[(row * num_heads + h) * head_dim + c] = o / L;
-  }
-}
-
 template <KvFormat F, int D>
 void launch_tc(const TcArgs& a, int num_seqs, int kv_heads, cudaStream_t stream) {
   constexpr int smem = TcGeom<F, D>::kSmemBytes;
@@ -559,18 +500,6 @@ void launch_tc(const TcArgs& a, int num_seqs, int kv_heads, cudaStream_t stream)
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(num_seqs));
   decode_tc_kernel<F, D><<<grid, kTcThreads, smem, stream>>>(a);
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  return n;
 }
 
 }  // namespace
@@ -592,8 +521,7 @@ int64_t decode_attention_tc_split_keys(int64_t num_seqs, int64_t kv_heads, int64
   // never splits below 256 keys (the workspace is sized for 256-key splits, and each of the 4
   // warps should still stream a few 32-key blocks).
   const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
-  const int64_t want =
-      std::max<int64_t>(1, (4 * std::max<int64_t>(1, num_sms) + base - 1) / base);
+  const int64_t want = std::max<int64_t>(1, (4 * std::max<int64_t>(1, num_sms) + base - 1) / base);
   int64_t keys = (std::max<int64_t>(1, max_total_len) + want - 1) / want;
   keys = (keys + kPage - 1) / kPage * kPage;
   return std::max<int64_t>(kMinSplitKeys, keys);
@@ -604,22 +532,10 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
                          int64_t num_heads, int64_t window, float* out, void* workspace,
                          size_t workspace_bytes, cudaStream_t stream) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
-  const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
-                            " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
-                            " max_total_len=" + std::to_string(batch.max_total_len);
-  check(decode_attention_tc_supported(cache.format, num_heads, hkv, d),
-        "decode_attention_tc: needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in 1..8 (" + shape +
-            ")");
-  check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
-        "decode_attention_tc: 0..65535 sequences (" + shape + ")");
+  const std::string shape = attn::check_decode_call(
+      "decode_attention_tc", decode_attention_tc_supported(cache.format, num_heads, hkv, d), q, k16,
+      v16, cache, batch, num_heads, workspace, workspace_bytes);
   if (S == 0) return;
-  check(aligned16(q) && aligned16(k16) && aligned16(v16) && aligned16(cache.k_pool) &&
-            aligned16(cache.v_pool),
-        "decode_attention_tc: q, k16, v16 and the pools must be 16-byte aligned (" + shape + ")");
-  const size_t need = decode_attention_workspace_bytes(S, num_heads, d, batch.max_total_len);
-  check(workspace != nullptr && workspace_bytes >= need,
-        "decode_attention_tc: workspace of " + std::to_string(workspace_bytes) +
-            " bytes, need " + std::to_string(need) + " (" + shape + ")");
 
   TcArgs a{};
   a.q = q;
@@ -636,7 +552,8 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
   a.group = static_cast<int>(num_heads / hkv);
   a.window = static_cast<int>(std::max<int64_t>(0, window));
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
-  const int64_t keys = decode_attention_tc_split_keys(S, hkv, batch.max_total_len, sm_count());
+  const int64_t keys =
+      decode_attention_tc_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
   a.split_keys = static_cast<int>(keys);
   a.splits = static_cast<int>(
       std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
@@ -646,19 +563,22 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
 
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
   if (cache.format == KvFormat::kv4) {
-    if (d == 128) launch_tc<KvFormat::kv4, 128>(a, ns, nh, stream);
-    else launch_tc<KvFormat::kv4, 64>(a, ns, nh, stream);
+    if (d == 128)
+      launch_tc<KvFormat::kv4, 128>(a, ns, nh, stream);
+    else
+      launch_tc<KvFormat::kv4, 64>(a, ns, nh, stream);
   } else {
-    if (d == 128) launch_tc<KvFormat::kv8, 128>(a, ns, nh, stream);
-    else launch_tc<KvFormat::kv8, 64>(a, ns, nh, stream);
+    if (d == 128)
+      launch_tc<KvFormat::kv8, 128>(a, ns, nh, stream);
+    else
+      launch_tc<KvFormat::kv8, 64>(a, ns, nh, stream);
   }
   check_launch("decode_attention_tc split", shape);
   if (a.splits > 1) {
     const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
-    decode_tc_merge_kernel<<<grid, 128, 0, stream>>>(a.part_o, a.part_ml, batch.token_offset,
-                                                     batch.context_len, a.num_heads,
-                                                     static_cast<int>(d), a.splits,
-                                                     a.split_keys, a.window, out);
+    attn::decode_split_merge_kernel<false><<<grid, 128, 0, stream>>>(
+        a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
+        static_cast<int>(d), a.splits, a.split_keys, a.window, out);
     check_launch("decode_attention_tc merge", shape);
   }
 }
