@@ -177,6 +177,37 @@ Plan plan_for(const BenchArgs& a, const LlamaModel& model, const std::string& de
   return p;
 }
 
+// A fixed --batch N prefills every prompt in one step (QServe's protocol) unless that step's
+// activations would not fit beside the weights and KV cache: then it prefills in steps of the
+// planned size (as --batch max does) and says so, instead of failing in the allocator.
+int64_t fixed_batch_prefill_tokens(const BenchArgs& a, const LlamaModel& model,
+                                   const std::string& device, int64_t batch) {
+  if (a.engine.max_num_batched_tokens > 0) return a.engine.max_num_batched_tokens;
+#ifdef QSERVE_WITH_CUDA
+  if (device != "cuda") return 0;
+  const ModelConfig& cfg = model.config();
+  const int64_t seq_len = a.input_len + a.output_len;
+  const cuda::DeviceMemory mem = cuda::device_memory();
+  const cuda::BatchPlan one_step =
+      cuda::plan_batch(cfg, model.precision(), seq_len, batch * a.input_len, mem);
+  if (one_step.need(batch) <= mem.free) return 0;
+  const int64_t rows =
+      cuda::default_prefill_tokens(cfg, model.precision(), a.input_len, seq_len, mem);
+  const double gib = static_cast<double>(int64_t{1} << 30);
+  std::printf(
+      "note: one prefill step for all %lld prompts would need %.1f GiB with %.1f GiB free; "
+      "prefilling in steps of <= %lld rows (--max-num-batched-tokens)\n",
+      static_cast<long long>(batch), static_cast<double>(one_step.need(batch)) / gib,
+      static_cast<double>(mem.free) / gib, static_cast<long long>(rows));
+  return rows;
+#else
+  (void)model;
+  (void)device;
+  (void)batch;
+  return 0;
+#endif
+}
+
 nlohmann::json base_row(const BenchArgs& a, const std::string& precision, const std::string& mode,
                         const std::string& phase, int64_t batch, int64_t output_len,
                         const Plan& plan) {
@@ -284,6 +315,9 @@ void run_bench(const BenchArgs& a) {
   Plan plan;
   plan.prefill_tokens = a.engine.max_num_batched_tokens;
   if (choice.mode != BatchMode::kFixed) plan = plan_for(a, model, device_name);
+  if (choice.mode == BatchMode::kFixed && !a.ifb) {
+    plan.prefill_tokens = fixed_batch_prefill_tokens(a, model, device_name, choice.n);
+  }
   nlohmann::json rows = nlohmann::json::array();
   int64_t batch = choice.n;
   if (choice.mode == BatchMode::kMax) batch = plan.max_batch;
