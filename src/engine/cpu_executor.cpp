@@ -63,6 +63,10 @@ class CpuExecutor final : public ModelExecutor {
 
 std::unique_ptr<ModelExecutor> make_cpu_executor(const LlamaModel& model, int64_t num_pages,
                                                  int64_t num_slots, int64_t max_model_len) {
+  // Fail at engine creation, not at the first step.
+  check(!model.device_synthetic_seed().has_value(),
+        "cpu executor: this synthetic model's weights exist only on the GPU; use --device cuda "
+        "(or a model with host weights)");
   return std::make_unique<CpuExecutor>(model, num_pages, num_slots, max_model_len);
 }
 

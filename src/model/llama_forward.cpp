@@ -167,7 +167,11 @@ std::vector<float> LlamaModel::forward(std::span<const int32_t> tokens,
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size, V = cfg_.vocab_size;
   const int64_t qd = cfg_.q_dim(), kvd = cfg_.kv_dim(), hd = cfg_.head_dim;
 
-  // Validate the batch layout before touching anything.
+  // Validate the model and the batch layout before touching anything.
+  check(!w_.device_seed.has_value(),
+        "forward: this synthetic model's weights exist only on the GPU (generated there by the "
+        "CUDA executor); the CPU backend needs host weights: run it with --device cuda, or use "
+        "LlamaModel::synthetic for a host copy");
   check_cache(cache, cfg_);
   int64_t expect_offset = 0;
   for (const SeqSpan& s : seqs) {
