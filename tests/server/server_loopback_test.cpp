@@ -6,10 +6,14 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -376,20 +380,36 @@ TEST_F(ServerLoopback, HealthModelsAndMetrics) {
   EXPECT_EQ(models["data"][0]["max_model_len"], kMaxModelLen);
   ASSERT_EQ(server_->post("/v1/completions", R"({"prompt": "x", "max_tokens": 2})").first, 200);
   ASSERT_EQ(server_->post("/v1/completions", R"({"prompt": 1})").first, 400);
-  const auto t = c.Get("/metrics");
-  ASSERT_TRUE(t);
-  EXPECT_EQ(t->status, 200);
-  const std::string& text = t->body;
-  for (const char* s :
-       {"vllm:num_requests_running{", "vllm:num_requests_waiting{", "vllm:gpu_cache_usage_perc{",
-        "qserve:kv_pages_used{", "qserve:kv_pages_free{", "vllm:prompt_tokens_total{",
-        "vllm:generation_tokens_total{", "vllm:time_to_first_token_seconds_bucket{",
-        "vllm:time_per_output_token_seconds_count{", "vllm:e2e_request_latency_seconds_sum{",
-        "endpoint=\"/v1/completions\",status=\"200\"}",
-        "endpoint=\"/v1/completions\",status=\"400\"}",
-        "vllm:request_success_total{model_name=\"doc-llama\",finished_reason=\"length\"}"}) {
-    EXPECT_NE(text.find(s), std::string::npos) << s;
+  const std::vector<std::string> want = {
+      "vllm:num_requests_running{",
+      "vllm:num_requests_waiting{",
+      "vllm:gpu_cache_usage_perc{",
+      "qserve:kv_pages_used{",
+      "qserve:kv_pages_free{",
+      "vllm:prompt_tokens_total{",
+      "vllm:generation_tokens_total{",
+      "vllm:time_to_first_token_seconds_bucket{",
+      "vllm:time_per_output_token_seconds_count{",
+      "vllm:e2e_request_latency_seconds_sum{",
+      "endpoint=\"/v1/completions\",status=\"200\"}",
+      "endpoint=\"/v1/completions\",status=\"400\"}",
+      "vllm:request_success_total{model_name=\"doc-llama\",finished_reason=\"length\"}"};
+  // Responses are counted by status once they have been written (httplib's logger runs after
+  // the write), so a client can see its answer a moment before the counter: poll briefly.
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    const auto t = c.Get("/metrics");
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->status, 200);
+    text = t->body;
+    const bool all = std::all_of(want.begin(), want.end(), [&](const std::string& s) {
+      return text.find(s) != std::string::npos;
+    });
+    if (all || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  for (const std::string& s : want) EXPECT_NE(text.find(s), std::string::npos) << s;
   EXPECT_EQ(text.find("vllm:generation_tokens_total{model_name=\"doc-llama\"} 0\n"),
             std::string::npos);
 }
