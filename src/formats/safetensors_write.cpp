@@ -3,20 +3,15 @@
 // data is ordered by decreasing dtype alignment, then by name, so that every tensor is naturally
 // aligned (the data section starts at a multiple of 8) and zero-copy views of it can be read as
 // typed arrays.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <bit>
-#include <cerrno>
-#include <cstring>
 #include <limits>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "formats/atomic_file.h"
 #include "formats/json_util.h"
 #include "formats/safetensors.h"
 
@@ -61,59 +56,6 @@ int reference_rank(DType t) {
   }
   return 0;
 }
-
-// Owns the temporary file until it is renamed over the destination; removes it on any failure so
-// an interrupted or failed write never leaves a partial file behind.
-class TempFile {
- public:
-  explicit TempFile(const std::string& path) : path_(path) {
-    static std::atomic<uint64_t> counter{0};
-    for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
-      tmp_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-      if (fd_ < 0 && errno != EEXIST) fail("cannot create a temporary file " + tmp_);
-    }
-    if (fd_ < 0) fail("cannot create a temporary file " + tmp_);
-  }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  void write(const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      // Linux writes at most ~2 GiB per call; loop for partial writes and EINTR.
-      const ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail("write failed");
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
-
-  void commit() {
-    if (::fsync(fd_) != 0) fail("fsync failed");
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail("close failed");
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail("cannot rename the temporary file");
-    committed_ = true;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw Error(path_ + ": cannot write safetensors file: " + what + ": " + std::strerror(errno));
-  }
-  std::string path_;
-  std::string tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 }  // namespace
 
@@ -184,7 +126,7 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<uint8_t>(n & 0xff);
 
-  TempFile out(path);
+  AtomicFileWriter out(path, "safetensors file");
   out.write(len, sizeof(len));
   out.write(header.data(), header.size());
   for (const SafetensorsWriteItem* t : order) out.write(t->bytes.data(), t->bytes.size());

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/atomic_file.h"
+
 namespace qserve {
 
 // Where the archive's bytes go.
@@ -33,24 +35,17 @@ class StringSink final : public ByteSink {
   std::string out_;
 };
 
-// A file written under a temporary name in the destination's folder and renamed over `path` by
-// commit(); destroyed uncommitted (an exception), it removes the temporary file, so a failed
-// write never leaves a partial checkpoint behind. Errors name `path`.
+// The archive written to a file atomically (atomic_file.h): renamed over `path` by commit();
+// destroyed uncommitted (an exception), it removes its temporary file, so a failed write never
+// leaves a partial checkpoint behind. Errors name `path`.
 class AtomicFileSink final : public ByteSink {
  public:
-  explicit AtomicFileSink(const std::string& path);
-  ~AtomicFileSink() override;
-  AtomicFileSink(const AtomicFileSink&) = delete;
-  AtomicFileSink& operator=(const AtomicFileSink&) = delete;
-  void write(const void* data, size_t n) override;
-  void commit();
+  explicit AtomicFileSink(const std::string& path) : file_(path, "torch checkpoint") {}
+  void write(const void* data, size_t n) override { file_.write(data, n); }
+  void commit() { file_.commit(); }
 
  private:
-  [[noreturn]] void fail(const std::string& what) const;
-  std::string path_;
-  std::string tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
+  AtomicFileWriter file_;
 };
 
 class ZipStreamWriter {
