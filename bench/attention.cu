@@ -26,9 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <exception>
-#include <fstream>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -41,16 +39,15 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/ops_cuda_attention.h"
-
-#ifndef QSERVE_GIT_COMMIT
-#define QSERVE_GIT_COMMIT "unknown"
-#endif
+#include "bench_common.cuh"
 
 namespace {
 
 using qserve::cuda::DeviceBuffer;
 using qserve::cuda::KvFormat;
 using json = nlohmann::json;
+using qserve::bench::result;
+using qserve::bench::time_us;
 
 int g_iters = 30;
 int g_failures = 0;
@@ -116,42 +113,6 @@ void fill_random_pool(uint8_t* pool, KvFormat fmt, int64_t pages, int64_t hkv, i
                                                  fmt == KvFormat::kv4 ? 15.0f : 255.0f, seed + 1);
   }
   qserve::cuda::check_launch("bench fill pool");
-}
-
-// ---- timing -------------------------------------------------------------------------------
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
-
-// Median microseconds of `iters` runs of f (each bracketed by events) after `warmup` runs.
-double time_us(const std::function<void()>& f, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) f();
-  QSERVE_CUDA_CHECK(cudaDeviceSynchronize(), "bench warm-up");
-  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
-  for (auto& e : ev) QSERVE_CUDA_CHECK(cudaEventCreate(&e), "bench event");
-  for (int i = 0; i < iters; ++i) {
-    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i], nullptr), "bench event");
-    f();
-    QSERVE_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], nullptr), "bench event");
-  }
-  QSERVE_CUDA_CHECK(cudaEventSynchronize(ev.back()), "bench sync");
-  std::vector<double> t;
-  for (int i = 0; i < iters; ++i) {
-    float ms = 0.0f;
-    QSERVE_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]), "bench elapsed");
-    t.push_back(1e3 * ms);
-  }
-  for (auto& e : ev) cudaEventDestroy(e);
-  return median(t);
-}
-
-json result(const std::string& kernel, const std::string& shape, int64_t batch, int64_t context,
-            const std::string& precision, double us, const char* unit, double value,
-            const std::string& system) {
-  return json{{"kernel", kernel},       {"shape", shape}, {"batch", batch}, {"context", context},
-              {"precision", precision}, {"us", us},       {unit, value},    {"system", system}};
 }
 
 // Device-to-device copy of 1 GiB: read + write bytes over time.
@@ -532,30 +493,13 @@ void bench_prefill_all(bool check, json& results) {
   std::printf("SKIP prefill_attention bf16: K/V are fp16 in this engine (same MMA rate as bf16)\n");
 }
 
-std::string device_name() {
-  cudaDeviceProp prop{};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-    return "unknown";
-  }
-  return prop.name;
-}
-
-std::string today() {
-  const std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&t));
-  return buf;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string json_path;
   bool check = false;
   bool prefill_only = false;  // skip the decode section (GPU time is scarce)
-  std::string command;
-  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  const std::string command = qserve::bench::command_line(argc, argv);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) {
@@ -625,19 +569,9 @@ int main(int argc, char** argv) {
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   std::printf("total %.1f s, %d failure(s)\n", secs, g_failures);
-  const json doc = {{"device", device_name()},
-                    {"commit", QSERVE_GIT_COMMIT},
-                    {"date", today()},
-                    {"command", command},
-                    {"results", results}};
-  if (!json_path.empty()) {
-    std::ofstream f(json_path);
-    if (!f) {
-      fail("cannot write " + json_path);
-    } else {
-      f << doc.dump(2) << "\n";
-      std::printf("wrote %s\n", json_path.c_str());
-    }
+  const json doc = qserve::bench::results_document(command, results);
+  if (!json_path.empty() && !qserve::bench::write_json(json_path, doc)) {
+    fail("cannot write " + json_path);
   }
   return g_failures == 0 ? 0 : 1;
 }

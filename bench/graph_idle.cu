@@ -30,8 +30,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
-#include <fstream>
 #include <mutex>
 #include <random>
 #include <string>
@@ -40,14 +38,11 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cuda/cuda_check.h"
+#include "bench_common.cuh"
 #include "engine/block_manager.h"
 #include "engine_cuda/cuda_executor.h"
 #include "model/llama_model.h"
 #include "model/synthetic_configs.h"
-
-#ifndef QSERVE_GIT_COMMIT
-#define QSERVE_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -346,28 +341,11 @@ json run_mode(const qserve::LlamaModel& model, const Options& o, int64_t batch, 
   return summary;
 }
 
-std::string device_name() {
-  cudaDeviceProp prop{};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-    return "unknown";
-  }
-  return prop.name;
-}
-
-std::string today() {
-  const std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&t));
-  return buf;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  std::string command;
-  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  const std::string command = qserve::bench::command_line(argc, argv);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const auto next = [&]() -> std::string {
@@ -451,16 +429,9 @@ int main(int argc, char** argv) {
     }
     std::printf("GRAPH-IDLE %s in %.1f s\n", pass ? "PASS" : "FAIL",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    const json doc = {{"device", device_name()},
-                      {"commit", QSERVE_GIT_COMMIT},
-                      {"date", today()},
-                      {"command", command},
-                      {"results", results}};
+    const json doc = qserve::bench::results_document(command, results);
     if (!o.json_path.empty()) {
-      std::ofstream f(o.json_path);
-      qserve::check(static_cast<bool>(f), "cannot write " + o.json_path);
-      f << doc.dump(2) << "\n";
-      std::printf("wrote %s\n", o.json_path.c_str());
+      qserve::check(qserve::bench::write_json(o.json_path, doc), "cannot write " + o.json_path);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
