@@ -160,8 +160,13 @@ OpenAIServer::OpenAIServer(std::unique_ptr<Engine> engine, const Tokenizer& toke
         }
         send_error(res, ApiError(500, "internal error: " + what));
       });
-  http.set_logger([&ctx](const httplib::Request& req, const httplib::Response& res) {
+  // Count every response by status before it is written (httplib runs the post-routing handler
+  // once the status is final, error handler included, and before sending the status line), so a
+  // client that has its answer always finds it in /metrics. The logger runs after the write.
+  http.set_post_routing_handler([&ctx](const httplib::Request& req, httplib::Response& res) {
     ctx.metrics.on_http_response(endpoint_label(req.path), res.status);
+  });
+  http.set_logger([&ctx](const httplib::Request& req, const httplib::Response& res) {
     if (!ctx.cfg.log_requests) return;
     const std::string id = res.get_header_value("X-Request-Id");
     std::fprintf(stderr, "%s %s %s %s %d%s%s\n", timestamp().c_str(), req.remote_addr.c_str(),

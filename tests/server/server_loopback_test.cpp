@@ -394,8 +394,8 @@ TEST_F(ServerLoopback, HealthModelsAndMetrics) {
       "endpoint=\"/v1/completions\",status=\"200\"}",
       "endpoint=\"/v1/completions\",status=\"400\"}",
       "vllm:request_success_total{model_name=\"doc-llama\",finished_reason=\"length\"}"};
-  // Responses are counted by status once they have been written (httplib's logger runs after
-  // the write), so a client can see its answer a moment before the counter: poll briefly.
+  // Responses are counted by status before they are written (the post-routing handler), so the
+  // counters are there once the client has its answers; the brief poll is kept as a safety net.
   std::string text;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (;;) {
@@ -412,6 +412,31 @@ TEST_F(ServerLoopback, HealthModelsAndMetrics) {
   for (const std::string& s : want) EXPECT_NE(text.find(s), std::string::npos) << s;
   EXPECT_EQ(text.find("vllm:generation_tokens_total{model_name=\"doc-llama\"} 0\n"),
             std::string::npos);
+}
+
+// A response is counted by status before it is written: once a client has its answer (on a new
+// connection each time, so nothing waits for the server to finish the previous exchange),
+// /metrics counts it already, every time, without polling.
+TEST_F(ServerLoopback, ResponsesAreCountedBeforeTheClientHasThem) {
+  const auto count = [&](const std::string& labels) -> int64_t {
+    const auto t = server_->client().Get("/metrics");
+    if (!t) return -1;
+    const std::string key = "endpoint=\"" + labels + "\"} ";
+    const size_t p = t->body.find(key);
+    return p == std::string::npos ? 0 : std::stoll(t->body.substr(p + key.size()));
+  };
+  const std::string health = "/health\",status=\"200", other = "other\",status=\"404";
+  const int64_t health0 = count(health), other0 = count(other);
+  for (int i = 1; i <= 20; ++i) {
+    const auto h = server_->client().Get("/health");
+    ASSERT_TRUE(h);
+    ASSERT_EQ(h->status, 200);
+    EXPECT_EQ(count(health), health0 + i);
+    const auto o = server_->client().Get("/no-such-path");
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 404);
+    EXPECT_EQ(count(other), other0 + i);
+  }
 }
 
 TEST_F(ServerLoopback, BearerKeyAuth) {
