@@ -7,8 +7,10 @@
 // Method: random data generated on the device (never all-zero: zeros let the tensor cores idle
 // and flatter the time), every kernel timed with CUDA events around each run, the median of
 // `reps` (default 30, >= 30 unless --reps/--quick lower it) runs after `warmup` runs. Before each
-// timed run the L2 cache (60 MB on the H200) is flushed by overwriting a 256 MB buffer, outside
-// the timed interval, so small weights are not served from L2 (--no-flush turns this off).
+// timed run the L2 cache (60 MB on the H200) is flushed by reading a 256 MB buffer, outside the
+// timed interval, so small weights are not served from L2 (--no-flush turns this off). Until
+// 2026-11-30 the flush overwrote the buffer (--flush-write keeps that): it left the L2 dirty and
+// its write-back ran inside the timed interval, adding a fixed cost to every kernel and peer.
 // cuBLASLt's algorithm is chosen once per (type, shape) from its heuristic and cached; when a
 // type/shape has no algorithm (or every candidate fails) the case reports "n/a" and the run
 // continues. Every failure prints one line and the benchmark moves on to the next case.
@@ -104,7 +106,7 @@ __global__ void fill_kernel(void* p, int64_t n, uint64_t seed, Fill kind, float 
     switch (kind) {
       case Fill::kInt8NonZero: {
         int v = static_cast<int>((h >> 8) % 254) - 127;  // -127..126
-        if (v >= 0) ++v;                                  // skip 0 -> -127..-1, 1..127
+        if (v >= 0) ++v;                                 // skip 0 -> -127..-1, 1..127
         static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v);
         break;
       }
@@ -125,7 +127,8 @@ __global__ void fill_kernel(void* p, int64_t n, uint64_t seed, Fill kind, float 
         break;
       case Fill::kFp8Signed: {
         const float v = sign * (0.05f + 1.95f * unit(h));
-        static_cast<__nv_fp8_storage_t*>(p)[i] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+        static_cast<__nv_fp8_storage_t*>(p)[i] =
+            __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
         break;
       }
     }
@@ -145,7 +148,9 @@ void fill(void* p, int64_t n, uint64_t seed, Fill kind, float lo = 0.0f, float h
 
 enum class Peer : uint8_t { kBf16, kFp8, kInt8 };
 const char* peer_kernel(Peer p) {
-  return p == Peer::kBf16 ? "cublaslt_bf16" : p == Peer::kFp8 ? "cublaslt_fp8_e4m3" : "cublaslt_int8";
+  return p == Peer::kBf16  ? "cublaslt_bf16"
+         : p == Peer::kFp8 ? "cublaslt_fp8_e4m3"
+                           : "cublaslt_int8";
 }
 const char* peer_precision(Peer p) {
   return p == Peer::kBf16 ? "bf16" : p == Peer::kFp8 ? "fp8_e4m3" : "int8";
@@ -194,14 +199,14 @@ class LtPeers {
       cublasStatus_t st;
       if (p == Peer::kInt8) {
         const int32_t alpha = 1, beta = 0;
-        st = cublasLtMatmul(lt_.handle(), plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y,
-                            plan.c, y, plan.c, &plan.algos[static_cast<size_t>(i)].r.algo,
-                            lt_.workspace(), lt_.workspace_bytes(), stream);
+        st = cublasLtMatmul(lt_.handle(), plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.c,
+                            y, plan.c, &plan.algos[static_cast<size_t>(i)].r.algo, lt_.workspace(),
+                            lt_.workspace_bytes(), stream);
       } else {
         const float alpha = 1.0f, beta = 0.0f;
-        st = cublasLtMatmul(lt_.handle(), plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y,
-                            plan.c, y, plan.c, &plan.algos[static_cast<size_t>(i)].r.algo,
-                            lt_.workspace(), lt_.workspace_bytes(), stream);
+        st = cublasLtMatmul(lt_.handle(), plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.c,
+                            y, plan.c, &plan.algos[static_cast<size_t>(i)].r.algo, lt_.workspace(),
+                            lt_.workspace_bytes(), stream);
       }
       if (st == CUBLAS_STATUS_SUCCESS) {
         plan.chosen = i;
@@ -229,7 +234,7 @@ class LtPeers {
     };
     const cublasComputeType_t compute = p == Peer::kInt8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
     const cudaDataType_t scale_t = p == Peer::kInt8 ? CUDA_R_32I : CUDA_R_32F;
-    const cudaDataType_t in_t = p == Peer::kBf16 ? CUDA_R_16BF
+    const cudaDataType_t in_t = p == Peer::kBf16  ? CUDA_R_16BF
                                 : p == Peer::kFp8 ? CUDA_R_8F_E4M3
                                                   : CUDA_R_8I;
     const cudaDataType_t out_t = p == Peer::kInt8 ? CUDA_R_32I : CUDA_R_16BF;
@@ -291,14 +296,38 @@ struct Settings {
   int reps = 30;
   int warmup = 5;
   bool flush = true;
+  bool flush_write = false;
   bool check = false;
   bool quick = false;
   std::string json_path;
+  bool tune_small_m = false;
+  std::string tune_out;  // the tuned table (.inc) to write
 };
+
+// Reads the flush buffer (XOR-folds it into one word per thread so nothing is elided): the L2
+// then holds clean lines of that buffer, none of the timed kernel's operands.
+__global__ void l2_flush_read_kernel(const uint4* __restrict__ buf, size_t n, uint32_t* sink) {
+  uint32_t x = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = buf[i];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (x == 0x9E3779B9u) sink[0] = x;  // practically never; keeps the loads alive
+}
 
 class Timer {
  public:
-  Timer(cudaStream_t s, bool flush) : stream_(s), flush_(flush ? size_t{256} << 20 : 0) {
+  // flush_write: overwrite the buffer (memset) instead of reading it. A write flush leaves up to
+  // the whole L2 dirty, and its write-back then runs inside the next timed interval (tens of µs
+  // of HBM traffic that a real decode step does not have), so reading is the default.
+  Timer(cudaStream_t s, bool flush, bool flush_write = false)
+      : stream_(s), flush_(flush ? size_t{256} << 20 : 0), flush_write_(flush_write) {
+    if (flush) {
+      QSERVE_CUDA_CHECK(cudaMemsetAsync(flush_.data(), 0x5A, flush_.bytes(), stream_),
+                        "bench flush buffer");
+      sink_ = DeviceBuffer<uint32_t>(1);
+    }
     QSERVE_CUDA_CHECK(cudaEventCreate(&start_), "bench event");
     QSERVE_CUDA_CHECK(cudaEventCreate(&stop_), "bench event");
   }
@@ -315,9 +344,13 @@ class Timer {
     QSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_), "bench warm-up");
     std::vector<float> t;
     for (int i = 0; i < reps; ++i) {
-      if (!flush_.empty()) {
+      if (!flush_.empty() && flush_write_) {
         QSERVE_CUDA_CHECK(cudaMemsetAsync(flush_.data(), i & 0xff, flush_.bytes(), stream_),
                           "bench L2 flush");
+      } else if (!flush_.empty()) {
+        l2_flush_read_kernel<<<1056, 512, 0, stream_>>>(
+            reinterpret_cast<const uint4*>(flush_.data()), flush_.bytes() / 16, sink_.data());
+        QSERVE_CUDA_CHECK(cudaGetLastError(), "bench L2 flush");
       }
       QSERVE_CUDA_CHECK(cudaEventRecord(start_, stream_), "bench event");
       const std::string e = fn();
@@ -337,6 +370,8 @@ class Timer {
  private:
   cudaStream_t stream_;
   DeviceBuffer<uint8_t> flush_;
+  bool flush_write_ = false;
+  DeviceBuffer<uint32_t> sink_;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
@@ -352,14 +387,14 @@ struct Layer {
 struct Operands {
   int64_t n = 0, k = 0, max_m = 0;
   // weights
-  DeviceBuffer<uint8_t> q4;            // [n, k] codes (shared by per-channel and g128)
-  DeviceBuffer<uint16_t> s1, szero;    // per-channel [n]
-  DeviceBuffer<uint16_t> g_s1;         // g128 [n]
-  DeviceBuffer<int8_t> s2, z2;         // g128 [n, k/128]
-  DeviceBuffer<int8_t> w8;             // [n, k]
-  DeviceBuffer<uint16_t> dq;           // [n]
-  DeviceBuffer<uint16_t> w_bf16;       // [n, k]
-  DeviceBuffer<uint8_t> w_fp8;         // [n, k]
+  DeviceBuffer<uint8_t> q4;          // [n, k] codes (shared by per-channel and g128)
+  DeviceBuffer<uint16_t> s1, szero;  // per-channel [n]
+  DeviceBuffer<uint16_t> g_s1;       // g128 [n]
+  DeviceBuffer<int8_t> s2, z2;       // g128 [n, k/128]
+  DeviceBuffer<int8_t> w8;           // [n, k]
+  DeviceBuffer<uint16_t> dq;         // [n]
+  DeviceBuffer<uint16_t> w_bf16;     // [n, k]
+  DeviceBuffer<uint8_t> w_fp8;       // [n, k]
   // activations (max_m rows) and outputs
   DeviceBuffer<int8_t> aq;
   DeviceBuffer<uint16_t> a_scale, a_sum;
@@ -369,8 +404,8 @@ struct Operands {
   mutable DeviceBuffer<uint16_t> y16;  // fp16 / bf16
   mutable DeviceBuffer<int32_t> y32;   // int32
 
-  DeviceBuffer<uint8_t> q4_packed;     // the small-M kernel's layout of q4 (w4a8_pack_codes)
-  DeviceBuffer<int8_t> g_w8;           // g128 expanded int8 weights (what upload() caches)
+  DeviceBuffer<uint8_t> q4_packed;  // the small-M kernel's layout of q4 (w4a8_pack_codes)
+  DeviceBuffer<int8_t> g_w8;        // g128 expanded int8 weights (what upload() caches)
 
   qserve::cuda::W4PerChannelView w4pc() const {
     return {n, k, q4.data(), s1.data(), szero.data(), q4_packed.data()};
@@ -463,8 +498,8 @@ void run_ours(Ours kind, const Operands& o, int64_t m, uint16_t* y, cudaStream_t
 // Which implementation gemm_w8a8 runs for these operands (for the report).
 std::string ours_path(Ours kind, const Operands& o, int64_t m) {
   if (kind == Ours::kW4PerChannel)
-    return qserve::cuda::gemm_w4a8_per_channel_path(o.aq.data(), o.a_scale.data(),
-                                                    o.a_sum.data(), m, o.w4pc(), o.y16.data());
+    return qserve::cuda::gemm_w4a8_per_channel_path(o.aq.data(), o.a_scale.data(), o.a_sum.data(),
+                                                    m, o.w4pc(), o.y16.data());
   if (kind == Ours::kW4G128)
     return qserve::cuda::gemm_w4a8_g128_path(o.aq.data(), o.a_scale.data(), m, o.w4g(),
                                              o.y16.data());
@@ -515,7 +550,8 @@ HostRef host_ref(const Operands& o, int64_t rows) {
   qserve::quant::validate(h.w4g);
   qserve::quant::validate(h.w8);
   h.g128_w8.resize(nk);
-  for (int64_t r = 0; r < o.n; ++r) qserve::quant::g128_int8_row(h.w4g, r, h.g128_w8.data() + r * o.k);
+  for (int64_t r = 0; r < o.n; ++r)
+    qserve::quant::g128_int8_row(h.w4g, r, h.g128_w8.data() + r * o.k);
   h.aq = to_host(o.aq.data(), static_cast<size_t>(rows * o.k));
   h.a_scale = to_host(o.a_scale.data(), static_cast<size_t>(rows));
   h.a_sum = to_host(o.a_sum.data(), static_cast<size_t>(rows));
@@ -577,12 +613,13 @@ bool compare_rows(const std::string& what, const std::vector<uint16_t>& got, int
     std::printf("CHECK PASS %s rows=[%lld,%lld) bit-exact\n", what.c_str(),
                 static_cast<long long>(r0), static_cast<long long>(r0 + rows));
   } else {
-    std::printf("CHECK FAIL %s rows=[%lld,%lld) mismatches=%lld first=(m=%lld,n=%lld) got=0x%04x "
-                "want=0x%04x\n",
-                what.c_str(), static_cast<long long>(r0), static_cast<long long>(r0 + rows),
-                static_cast<long long>(bad), static_cast<long long>(r0 + first / n),
-                static_cast<long long>(first % n), got[static_cast<size_t>(r0 * n + first)],
-                want[static_cast<size_t>(first)]);
+    std::printf(
+        "CHECK FAIL %s rows=[%lld,%lld) mismatches=%lld first=(m=%lld,n=%lld) got=0x%04x "
+        "want=0x%04x\n",
+        what.c_str(), static_cast<long long>(r0), static_cast<long long>(r0 + rows),
+        static_cast<long long>(bad), static_cast<long long>(r0 + first / n),
+        static_cast<long long>(first % n), got[static_cast<size_t>(r0 * n + first)],
+        want[static_cast<size_t>(first)]);
   }
   return bad == 0;
 }
@@ -622,7 +659,8 @@ bool check_one(const std::string& what, Ours kind, const Operands& o, const Host
   bool ok = true;
   for (const int64_t r0 : {int64_t{0}, m - 8}) {
     const std::vector<int32_t> acc = cpu_acc(kind, h, r0, 8);
-    ok = compare_rows(what + " vs CPU", got, o.n, r0, 8, epilogue(kind, h, acc.data(), r0, 8)) && ok;
+    ok =
+        compare_rows(what + " vs CPU", got, o.n, r0, 8, epilogue(kind, h, acc.data(), r0, 8)) && ok;
   }
   return ok;
 }
@@ -639,8 +677,9 @@ std::map<Ours, bool> check_layer(const Layer& L, const Operands& o, LtPeers& lt,
       const std::string what = std::string(ours_kernel(kind)) + " " + L.name +
                                " M=" + std::to_string(m) + " path=" + ours_path(kind, o, m);
       try {
-        ok = check_one(what, kind, o, h, m, [&] { run_ours(kind, o, m, o.y16.data(), s); }, lt,
-                       s) && ok;
+        ok = check_one(
+                 what, kind, o, h, m, [&] { run_ours(kind, o, m, o.y16.data(), s); }, lt, s) &&
+             ok;
         if (kind == Ours::kW8A8) {  // each sm90 variant explicitly, whatever dispatch picks
           for (const auto v : {qserve::cuda::W8A8Sm90Variant::kSmallMSwapAB,
                                qserve::cuda::W8A8Sm90Variant::kLargeM}) {
@@ -653,12 +692,14 @@ std::map<Ours, bool> check_layer(const Layer& L, const Operands& o, LtPeers& lt,
               continue;
             }
             bool launched = true;
-            ok = check_one(vw, kind, o, h, m,
-                           [&] {
-                             launched = qserve::cuda::gemm_w8a8_sm90(
-                                 o.aq.data(), o.a_scale.data(), m, o.w8v(), o.y16.data(), s, v);
-                           },
-                           lt, s) && ok;
+            ok = check_one(
+                     vw, kind, o, h, m,
+                     [&] {
+                       launched = qserve::cuda::gemm_w8a8_sm90(o.aq.data(), o.a_scale.data(), m,
+                                                               o.w8v(), o.y16.data(), s, v);
+                     },
+                     lt, s) &&
+                 ok;
             if (!launched) {
               std::printf("CHECK FAIL %s: CUTLASS declined the problem (can_implement)\n",
                           vw.c_str());
@@ -674,6 +715,134 @@ std::map<Ours, bool> check_layer(const Layer& L, const Operands& o, LtPeers& lt,
     pass[kind] = ok;
   }
   return pass;
+}
+
+// ---------------------------------------------------------------------------------------------
+// --tune-small-m: the small-M W4A8 kernel's launch configurations, per shape and token bucket
+// ---------------------------------------------------------------------------------------------
+
+// Every configuration the kernel has (gemm_w4a8_fast.h) for this k.
+std::vector<qserve::cuda::W4A8SmallMConfig> small_m_configs(int64_t m, int64_t k) {
+  std::vector<qserve::cuda::W4A8SmallMConfig> v;
+  for (const auto& [rt, u] :
+       {std::pair{1, 4}, std::pair{1, 8}, std::pair{1, 16}, std::pair{2, 2}, std::pair{2, 4}}) {
+    for (const int s : {1, 2, 4, 8}) {
+      const qserve::cuda::W4A8SmallMConfig c{rt, u, s, false};
+      if (qserve::cuda::w4a8_small_m_config_valid(c, m, k)) v.push_back(c);
+    }
+  }
+  for (const int s : {1, 2, 4, 8}) {
+    const qserve::cuda::W4A8SmallMConfig c{1, 8, s, true};
+    if (qserve::cuda::w4a8_small_m_config_valid(c, m, k)) v.push_back(c);
+  }
+  return v;
+}
+
+// Times every configuration at M = 8, 16, 32, 64 (the largest M of each token-tile bucket) for
+// per-channel and g128; each is first checked bit-exact against the simple reference kernel's
+// output for the same operands. Appends one JSON row per (case, configuration) and returns the
+// table lines of the fastest configuration per case.
+std::vector<std::string> tune_layer(const Layer& L, const Operands& o, Timer& timer,
+                                    const Settings& st, cudaStream_t s, nlohmann::json& results) {
+  std::vector<std::string> lines;
+  const size_t max_y = static_cast<size_t>(o.max_m * o.n);
+  for (const bool g128 : {false, true}) {
+    for (const int64_t m : {int64_t{8}, int64_t{16}, int64_t{32}, int64_t{64}}) {
+      if (m > o.max_m) continue;
+      const size_t yn = static_cast<size_t>(m * o.n);
+      // Reference: the simple kernel (it runs whenever acc_out is requested).
+      if (g128)
+        qserve::cuda::gemm_w4a8_g128(o.aq.data(), o.a_scale.data(), m, o.w4g(), nullptr,
+                                     o.y16.data(), o.y32.data(), s);
+      else
+        qserve::cuda::gemm_w4a8_per_channel(o.aq.data(), o.a_scale.data(), o.a_sum.data(), m,
+                                            o.w4pc(), nullptr, o.y16.data(), o.y32.data(), s);
+      QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "tune reference");
+      const std::vector<uint16_t> want = to_host(o.y16.data(), yn, s);
+      (void)max_y;
+      const auto launch = [&](const qserve::cuda::W4A8SmallMConfig& c) {
+        const bool ok =
+            g128 ? qserve::cuda::gemm_w4a8_g128_small_m(o.aq.data(), o.a_scale.data(), m, o.w4g(),
+                                                        nullptr, o.y16.data(), s, &c)
+                 : qserve::cuda::gemm_w4a8_per_channel_small_m(o.aq.data(), o.a_scale.data(),
+                                                               o.a_sum.data(), m, o.w4pc(), nullptr,
+                                                               o.y16.data(), s, &c);
+        if (!ok) throw qserve::Error("small-M kernel declined the operands");
+      };
+      const qserve::cuda::W4A8SmallMConfig dflt =
+          qserve::cuda::w4a8_small_m_config(g128, m, o.n, o.k);
+      double best_us = 1e30, dflt_us = 0;
+      qserve::cuda::W4A8SmallMConfig best{};
+      for (const qserve::cuda::W4A8SmallMConfig& c : small_m_configs(m, o.k)) {
+        std::string status = "ok";
+        double us = 0;
+        try {
+          QSERVE_CUDA_CHECK(cudaMemsetAsync(o.y16.data(), 0xFF, yn * 2, s), "tune poison");
+          launch(c);
+          QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "tune check run");
+          if (to_host(o.y16.data(), yn, s) != want) status = "check_failed";
+          if (status == "ok") {
+            const std::string e = timer.time(
+                [&] {
+                  launch(c);
+                  return std::string();
+                },
+                st.warmup, st.reps, &us);
+            if (!e.empty()) status = "error";
+          }
+        } catch (const std::exception& e) {
+          std::printf("TUNE ERROR %s M=%lld rt=%d u=%d splits=%d: %s\n", L.name.c_str(),
+                      static_cast<long long>(m), c.row_tiles_per_warp, c.k_blocks_in_flight,
+                      c.splits, e.what());
+          status = "error";
+        }
+        const bool is_default = c.row_tiles_per_warp == dflt.row_tiles_per_warp &&
+                                c.k_blocks_in_flight == dflt.k_blocks_in_flight &&
+                                c.splits == dflt.splits && c.wgmma == dflt.wgmma;
+        nlohmann::json r = {{"kernel", g128 ? "w4a8_g128_small_m" : "w4a8_per_channel_small_m"},
+                            {"shape", L.name},
+                            {"M", m},
+                            {"N", L.n},
+                            {"K", L.k},
+                            {"precision", g128 ? "w4a8-g128" : "w4a8"},
+                            {"system", "qserve.cpp"},
+                            {"row_tiles_per_warp", c.row_tiles_per_warp},
+                            {"k_blocks_in_flight", c.k_blocks_in_flight},
+                            {"splits", c.splits},
+                            {"wgmma", c.wgmma},
+                            {"current_default", is_default},
+                            {"status", status}};
+        r["us"] = status == "ok" ? nlohmann::json(us) : nlohmann::json(nullptr);
+        if (status == "ok")
+          r["tbps"] = traffic_bytes(g128 ? "w4a8-g128" : "w4a8", m, L.n, L.k) / (us * 1e-6) / 1e12;
+        results.push_back(r);
+        std::printf("tune %-8s %-9s M=%-3lld %s rt=%d u=%d splits=%d %s %8.2f us%s\n",
+                    L.name.c_str(), g128 ? "g128" : "per-chan", static_cast<long long>(m),
+                    c.wgmma ? "wgmma" : "mma  ", c.row_tiles_per_warp, c.k_blocks_in_flight,
+                    c.splits, status.c_str(), us, is_default ? " (current)" : "");
+        if (status != "ok") continue;
+        if (is_default) dflt_us = us;
+        if (us < best_us) {
+          best_us = us;
+          best = c;
+        }
+      }
+      if (best_us < 1e29) {
+        const int mt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
+        char line[256];
+        std::snprintf(line, sizeof(line),
+                      "{%s, %d, %lld, %lld, %d, %d, %d, %s},  // %s M<=%lld: %.2f us (was %.2f)",
+                      g128 ? "true" : "false", mt, static_cast<long long>(L.n),
+                      static_cast<long long>(L.k), best.row_tiles_per_warp, best.k_blocks_in_flight,
+                      best.splits, best.wgmma ? "true" : "false", L.name.c_str(),
+                      static_cast<long long>(m), best_us, dflt_us);
+        lines.push_back(line);
+        std::printf("TUNED %s\n", line);
+      }
+      std::fflush(stdout);
+    }
+  }
+  return lines;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,9 +871,14 @@ std::vector<std::string> parse_strs(const std::string& s) {
 void usage() {
   std::printf(
       "usage: bench_gemm [--check] [--quick] [--json PATH] [--m 1,16,...] "
-      "[--shapes qkv,o,gate_up,down] [--reps N] [--warmup N] [--no-flush]\n"
+      "[--shapes qkv,o,gate_up,down] [--reps N] [--warmup N] [--no-flush] [--flush-write]\n"
+      "  --flush-write  flush L2 by overwriting 256 MB (default: by reading it; see Timer)\n"
       "  --check   verify our kernels bit-exactly (CPU / cuBLASLt int8) before timing\n"
-      "  --quick   M in {1, 64, 256, 4096}, 10 reps, 3 warm-ups\n");
+      "  --quick   M in {1, 64, 256, 4096}, 10 reps, 3 warm-ups\n"
+      "  --tune-small-m [--tune-out FILE]  time every launch configuration of the small-M W4A8\n"
+      "            kernel (M = 8/16/32/64, per-channel and g128; each checked bit-exact first)\n"
+      "            and write the fastest per case as "
+      "src/backend/cuda/gemm_w4a8_small_m_tuned.inc\n");
 }
 
 // True if the CUDA context still works after an error (a sticky error kills it).
@@ -734,23 +908,46 @@ int run(int argc, char** argv) {
       if (i + 1 >= argc) throw qserve::Error("bench_gemm: " + a + " needs a value");
       return argv[++i];
     };
-    if (a == "--check") st.check = true;
-    else if (a == "--quick") st.quick = true;
-    else if (a == "--no-flush") st.flush = false;
-    else if (a == "--json") st.json_path = next();
-    else if (a == "--m") { st.ms = parse_ints(next()); ms_set = true; }
-    else if (a == "--shapes") st.shapes = parse_strs(next());
-    else if (a == "--reps") { st.reps = std::stoi(next()); reps_set = true; }
-    else if (a == "--warmup") { st.warmup = std::stoi(next()); warm_set = true; }
-    else if (a == "--help" || a == "-h") { usage(); return 0; }
-    else { usage(); throw qserve::Error("bench_gemm: unknown argument " + a); }
+    if (a == "--check")
+      st.check = true;
+    else if (a == "--quick")
+      st.quick = true;
+    else if (a == "--no-flush")
+      st.flush = false;
+    else if (a == "--flush-write")
+      st.flush_write = true;
+    else if (a == "--json")
+      st.json_path = next();
+    else if (a == "--m") {
+      st.ms = parse_ints(next());
+      ms_set = true;
+    } else if (a == "--shapes")
+      st.shapes = parse_strs(next());
+    else if (a == "--reps") {
+      st.reps = std::stoi(next());
+      reps_set = true;
+    } else if (a == "--warmup") {
+      st.warmup = std::stoi(next());
+      warm_set = true;
+    } else if (a == "--tune-small-m")
+      st.tune_small_m = true;
+    else if (a == "--tune-out")
+      st.tune_out = next();
+    else if (a == "--help" || a == "-h") {
+      usage();
+      return 0;
+    } else {
+      usage();
+      throw qserve::Error("bench_gemm: unknown argument " + a);
+    }
   }
   if (st.quick) {
     if (!ms_set) st.ms = {1, 64, 256, 4096};
     if (!reps_set) st.reps = 10;
     if (!warm_set) st.warmup = 3;
   }
-  if (st.reps < 1 || st.warmup < 0 || st.ms.empty()) throw qserve::Error("bench_gemm: bad settings");
+  if (st.reps < 1 || st.warmup < 0 || st.ms.empty())
+    throw qserve::Error("bench_gemm: bad settings");
 
   int dev_count = 0;
   if (cudaGetDeviceCount(&dev_count) != cudaSuccess || dev_count == 0) {
@@ -767,19 +964,21 @@ int run(int argc, char** argv) {
   std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   std::printf("bench_gemm: %s, commit %s, %s\n", device.c_str(), QSERVE_GIT_COMMIT, date);
   std::printf("settings: reps=%d warmup=%d l2_flush=%s check=%s sm90_w8a8_compiled=%s\n", st.reps,
-              st.warmup, st.flush ? "on" : "off", st.check ? "on" : "off",
-              qserve::cuda::w8a8_sm90_compiled() ? "yes" : "no");
+              st.warmup, st.flush ? (st.flush_write ? "write" : "read") : "off",
+              st.check ? "on" : "off", qserve::cuda::w8a8_sm90_compiled() ? "yes" : "no");
 
   const std::vector<Layer> all_layers = {
       {"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+  if (st.tune_small_m) st.ms = {64};
   const int64_t max_m = *std::max_element(st.ms.begin(), st.ms.end());
   const int64_t alloc_m = st.check ? std::max<int64_t>(max_m, 133) : max_m;
 
   qserve::cuda::Stream stream;
   LtPeers lt;
-  Timer timer(stream, st.flush);
+  Timer timer(stream, st.flush, st.flush_write);
   nlohmann::json results = nlohmann::json::array();
   bool dead = false;
+  std::vector<std::string> tuned_lines;
   const auto t0 = std::chrono::steady_clock::now();
 
   for (const std::string& want : st.shapes) {
@@ -794,11 +993,28 @@ int run(int argc, char** argv) {
     try {
       ops.emplace(make_operands(L.n, L.k, alloc_m, 1000 * static_cast<uint64_t>(L.n) + L.k));
     } catch (const std::exception& e) {
-      std::printf("ERROR %s: allocating/generating operands failed: %s\n", L.name.c_str(), e.what());
-      if (!context_alive()) { dead = true; break; }
+      std::printf("ERROR %s: allocating/generating operands failed: %s\n", L.name.c_str(),
+                  e.what());
+      if (!context_alive()) {
+        dead = true;
+        break;
+      }
       continue;
     }
     const Operands& o = *ops;
+    if (st.tune_small_m) {
+      try {
+        for (std::string& l : tune_layer(L, o, timer, st, stream, results))
+          tuned_lines.push_back(std::move(l));
+      } catch (const std::exception& e) {
+        std::printf("ERROR %s: tuning failed: %s\n", L.name.c_str(), e.what());
+        if (!context_alive()) {
+          dead = true;
+          break;
+        }
+      }
+      continue;
+    }
     std::map<Ours, bool> passed = {
         {Ours::kW4PerChannel, true}, {Ours::kW4G128, true}, {Ours::kW8A8, true}};
     if (st.check) {
@@ -819,9 +1035,9 @@ int run(int argc, char** argv) {
       const auto record = [&](const std::string& kernel, const std::string& precision,
                               const std::string& system, const std::string& path,
                               const std::string& status, double us) {
-        nlohmann::json r = {{"kernel", kernel}, {"shape", L.name}, {"M", m}, {"N", L.n},
-                            {"K", L.k}, {"precision", precision}, {"system", system},
-                            {"path", path}, {"status", status}};
+        nlohmann::json r = {{"kernel", kernel}, {"shape", L.name}, {"M", m},
+                            {"N", L.n},         {"K", L.k},        {"precision", precision},
+                            {"system", system}, {"path", path},    {"status", status}};
         if (status == "ok") {
           const double ops2 = 2.0 * m * L.n * L.k;
           r["us"] = us;
@@ -840,10 +1056,10 @@ int run(int argc, char** argv) {
         double us = 0;
         std::string status = "ok", err;
         try {
-          const void* x = p == Peer::kBf16 ? static_cast<const void*>(o.x_bf16.data())
+          const void* x = p == Peer::kBf16  ? static_cast<const void*>(o.x_bf16.data())
                           : p == Peer::kFp8 ? static_cast<const void*>(o.x_fp8.data())
                                             : static_cast<const void*>(o.aq.data());
-          const void* w = p == Peer::kBf16 ? static_cast<const void*>(o.w_bf16.data())
+          const void* w = p == Peer::kBf16  ? static_cast<const void*>(o.w_bf16.data())
                           : p == Peer::kFp8 ? static_cast<const void*>(o.w_fp8.data())
                                             : static_cast<const void*>(o.w8.data());
           void* y = p == Peer::kInt8 ? static_cast<void*>(o.y32.data())
@@ -855,9 +1071,11 @@ int run(int argc, char** argv) {
           status = "error";
           err = e.what();
         }
-        if (status == "ok") peer_us[p] = us;
-        else std::printf("%-8s %5lld %-22s %s: %s\n", L.name.c_str(), static_cast<long long>(m),
-                         peer_kernel(p), status == "n/a" ? "n/a" : "ERROR", err.c_str());
+        if (status == "ok")
+          peer_us[p] = us;
+        else
+          std::printf("%-8s %5lld %-22s %s: %s\n", L.name.c_str(), static_cast<long long>(m),
+                      peer_kernel(p), status == "n/a" ? "n/a" : "ERROR", err.c_str());
         record(peer_kernel(p), peer_precision(p), "cublaslt", "cublasLt heuristic", status, us);
         if (status == "error" && !context_alive()) dead = true;
       }
@@ -894,9 +1112,15 @@ int run(int argc, char** argv) {
           const auto f = peer_us.find(p);
           return f == peer_us.end() ? std::string("n/a") : fmt(f->second / us, "%.2f");
         };
-        rows.back()["vs_cublaslt_bf16"] = peer_us.count(Peer::kBf16) ? nlohmann::json(peer_us[Peer::kBf16] / us) : nlohmann::json(nullptr);
-        rows.back()["vs_cublaslt_fp8_e4m3"] = peer_us.count(Peer::kFp8) ? nlohmann::json(peer_us[Peer::kFp8] / us) : nlohmann::json(nullptr);
-        rows.back()["vs_cublaslt_int8"] = peer_us.count(Peer::kInt8) ? nlohmann::json(peer_us[Peer::kInt8] / us) : nlohmann::json(nullptr);
+        rows.back()["vs_cublaslt_bf16"] = peer_us.count(Peer::kBf16)
+                                              ? nlohmann::json(peer_us[Peer::kBf16] / us)
+                                              : nlohmann::json(nullptr);
+        rows.back()["vs_cublaslt_fp8_e4m3"] = peer_us.count(Peer::kFp8)
+                                                  ? nlohmann::json(peer_us[Peer::kFp8] / us)
+                                                  : nlohmann::json(nullptr);
+        rows.back()["vs_cublaslt_int8"] = peer_us.count(Peer::kInt8)
+                                              ? nlohmann::json(peer_us[Peer::kInt8] / us)
+                                              : nlohmann::json(nullptr);
         const nlohmann::json& r = rows.back();
         std::printf("%-8s %5lld %-22s %-38s %10.1f %9.1f %8.3f %8s %8s %8s\n", L.name.c_str(),
                     static_cast<long long>(m), ours_kernel(kind), path.c_str(), us,
@@ -916,15 +1140,37 @@ int run(int argc, char** argv) {
       if (dead) break;
     }
     if (dead) {
-      std::printf("FATAL: the CUDA context is unusable (sticky error); stopping, results so far "
-                  "are kept\n");
+      std::printf(
+          "FATAL: the CUDA context is unusable (sticky error); stopping, results so far "
+          "are kept\n");
       break;
     }
   }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("\nbench_gemm: %zu results in %.1f s\n", results.size(), secs);
 
+  if (st.tune_small_m && !st.tune_out.empty()) {
+    std::ofstream f(st.tune_out);
+    f << "// Tuned launch configurations of the small-M W4A8 kernel (gemm_w4a8_fast.cu), one line "
+         "per\n"
+         "// {g128, token tiles (1: M <= 8, 2: <= 16, 4: <= 32, 8: <= 64), n, k, row tiles per "
+         "warp,\n"
+         "// K blocks in flight, splits, wgmma}. Generated by `bench_gemm --tune-small-m "
+         "--tune-out FILE`\n"
+         "// (median of "
+      << st.reps
+      << " runs, L2 flushed, each configuration checked bit-exact first)\n"
+         "// on "
+      << device << ", commit " << QSERVE_GIT_COMMIT << ", " << date
+      << ".\n"
+         "// Shapes not listed use the heuristic default. Regenerate on a new GPU.\n";
+    for (const std::string& l : tuned_lines) f << l << "\n";
+    if (!f) {
+      std::printf("ERROR: could not write %s\n", st.tune_out.c_str());
+      return 1;
+    }
+    std::printf("wrote %s (%zu entries)\n", st.tune_out.c_str(), tuned_lines.size());
+  }
   if (!st.json_path.empty()) {
     nlohmann::json doc = {
         {"device", device},
@@ -932,11 +1178,16 @@ int run(int argc, char** argv) {
         {"date", date},
         {"command", command},
         {"settings",
-         {{"reps", st.reps}, {"warmup", st.warmup}, {"l2_flush", st.flush}, {"check", st.check},
+         {{"reps", st.reps},
+          {"warmup", st.warmup},
+          {"l2_flush", st.flush},
+          {"l2_flush_mode", st.flush ? (st.flush_write ? "write (memset)" : "read") : "off"},
+          {"check", st.check},
           {"sm90_w8a8_compiled", qserve::cuda::w8a8_sm90_compiled()},
           {"statistic", "median of reps, CUDA events"},
-          {"tbps_bytes", "nominal: format's weight bytes (W4 = 0.5 B/weight, + scales) + "
-                         "activation bytes (+ scales); outputs not counted"},
+          {"tbps_bytes",
+           "nominal: format's weight bytes (W4 = 0.5 B/weight, + scales) + "
+           "activation bytes (+ scales); outputs not counted"},
           {"ratios", "vs_*: peer_us / our_us (> 1: ours faster)"}}},
         {"results", results}};
     std::ofstream f(st.json_path);

@@ -193,12 +193,25 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
   b.max_total_len = static_cast<int32_t>(max_total);
 
   parity::poison(d_out.data(), d_out.bytes());
+  // Decode through the dispatch (what the engine calls): it meets the fp32 contract below only
+  // where it falls back to the fp32 kernels; where decode_attention_mma takes it, that kernel's
+  // fp16-operand bound (ops_cuda_attention.h), checked here with B for A (B >= A).
+  std::vector<float> got_dispatch;
+  const bool dispatch_mma = decode && cuda::decode_attention_mma_supported(fmt, hq, hkv, d);
   if (decode) {
     const size_t ws = cuda::decode_attention_workspace_bytes(S, hq, d, max_total);
     DeviceBuffer<uint8_t> d_ws(ws);
     parity::poison(d_ws.data(), d_ws.bytes());
     cuda::decode_attention(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window, d_out.data(),
                            d_ws.data(), ws, stream);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    got_dispatch = cuda::to_host(d_out);
+    // The fp32 contract is the baseline decode kernel's; the tensor-core kernels have their
+    // own tests (parity_attention_tc_test.cpp, called directly).
+    parity::poison(d_out.data(), d_out.bytes());
+    parity::poison(d_ws.data(), d_ws.bytes());
+    cuda::decode_attention_baseline(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                    d_out.data(), d_ws.data(), ws, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
     // The fp32 contract below is the baseline prefill kernel's; prefill_attention itself now
@@ -226,6 +239,15 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode) {
                                          {"window", c.window}});
   const parity::ParityResult r = parity::compare_close(op, shape, got, want, tol, 0.0);
   EXPECT_PARITY(r, op, shape);
+  if (!decode) return;
+
+  const double delta = std::ldexp(B, -9);
+  const double tol_dispatch =
+      dispatch_mma ? vq * (std::expm1(2.0 * delta) + std::ldexp(1.0, -9) + 3e-5) : tol;
+  const std::string op_dispatch = op + (dispatch_mma ? "_dispatch_mma" : "_dispatch");
+  const parity::ParityResult rd =
+      parity::compare_close(op_dispatch, shape, got_dispatch, want, tol_dispatch, 0.0);
+  EXPECT_PARITY(rd, op_dispatch, shape);
 }
 
 const KvFormat kFormats[] = {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16};

@@ -18,7 +18,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <set>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/device_buffer.h"
@@ -36,17 +38,17 @@ using cuda::DeviceBuffer;
 using cuda::to_device;
 using cuda::to_host;
 
-#define QSERVE_REQUIRE_SM90_W4A8()                                                           \
-  do {                                                                                       \
-    QSERVE_PARITY_REQUIRE_GPU();                                                             \
+#define QSERVE_REQUIRE_SM90_W4A8()                                                             \
+  do {                                                                                         \
+    QSERVE_PARITY_REQUIRE_GPU();                                                               \
     if (!cuda::w8a8_sm90_compiled()) GTEST_SKIP() << "built without CUTLASS (sm90 GEMMs off)"; \
-    int dev = 0, major = 0, minor = 0;                                                       \
-    ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);                                             \
-    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),        \
-              cudaSuccess);                                                                  \
-    ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),        \
-              cudaSuccess);                                                                  \
-    if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0 (sm_90a)";   \
+    int dev = 0, major = 0, minor = 0;                                                         \
+    ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);                                               \
+    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),          \
+              cudaSuccess);                                                                    \
+    ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),          \
+              cudaSuccess);                                                                    \
+    if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0 (sm_90a)";     \
   } while (0)
 
 struct Shape {
@@ -174,8 +176,8 @@ void run_case(const Shape& s, const quant::W4PerChannel* wpc, const cuda::W4PerC
     uint16_t* out = want_rows.data() + i * static_cast<size_t>(s.n);
     if (g128) {
       quant::w4a8_g128_accumulate(a.q.data() + r * s.k, 1, *wg, racc.data());
-      quant::w4a8_g128_epilogue(racc.data(), 1, &a.scale[ri], *wg, with_bias ? bias.data() : nullptr,
-                                out);
+      quant::w4a8_g128_epilogue(racc.data(), 1, &a.scale[ri], *wg,
+                                with_bias ? bias.data() : nullptr, out);
     } else {
       quant::w4a8_per_channel_accumulate(a.q.data() + r * s.k, 1, *wpc, racc.data());
       quant::w4a8_per_channel_epilogue(racc.data(), 1, &a.scale[ri], &a.sum[ri], *wpc,
@@ -187,7 +189,8 @@ void run_case(const Shape& s, const quant::W4PerChannel* wpc, const cuda::W4PerC
   if (rows.size() != static_cast<size_t>(s.m)) base += ",cpu_rows=" + std::to_string(rows.size());
   auto pick_rows = [&](const std::vector<uint16_t>& all) {
     std::vector<uint16_t> out;
-    for (int64_t r : rows) out.insert(out.end(), all.begin() + r * s.n, all.begin() + (r + 1) * s.n);
+    for (int64_t r : rows)
+      out.insert(out.end(), all.begin() + r * s.n, all.begin() + (r + 1) * s.n);
     return out;
   };
   {  // the simple kernel must itself agree with the CPU on those rows (guards the full compare)
@@ -216,10 +219,9 @@ void run_case(const Shape& s, const quant::W4PerChannel* wpc, const cuda::W4PerC
   }
 }
 
-void run_both(const Shape& s, const quant::W4PerChannel& wpc,
-              const cuda::W4PerChannelOnDevice& dpc, const quant::W4G128& wg,
-              const cuda::W4G128OnDevice& dg, const Acts& a, bool with_bias,
-              const std::string& tag) {
+void run_both(const Shape& s, const quant::W4PerChannel& wpc, const cuda::W4PerChannelOnDevice& dpc,
+              const quant::W4G128& wg, const cuda::W4G128OnDevice& dg, const Acts& a,
+              bool with_bias, const std::string& tag) {
   run_case(s, &wpc, &dpc, nullptr, nullptr, a, with_bias, tag);
   run_case(s, nullptr, nullptr, &wg, &dg, a, with_bias, tag);
 }
@@ -328,8 +330,9 @@ TEST(ParityGemmFastW4A8, ExtremesBitExact) {
     a.q.resize(static_cast<size_t>(m * k));
     for (int64_t r = 0; r < m; ++r) {
       for (int64_t i = 0; i < k; ++i) {
-        a.q[static_cast<size_t>(r * k + i)] =
-            r % 3 == 0 ? -128 : r % 3 == 1 ? 127 : (i % 2 == 0 ? -128 : 127);
+        a.q[static_cast<size_t>(r * k + i)] = r % 3 == 0   ? -128
+                                              : r % 3 == 1 ? 127
+                                                           : (i % 2 == 0 ? -128 : 127);
       }
     }
     for (int64_t r = 0; r < m; ++r) {
@@ -340,6 +343,104 @@ TEST(ParityGemmFastW4A8, ExtremesBitExact) {
     }
     const Shape s{m, n, k};
     run_both(s, wpc, dpc, wg, dg, a, m == 133, ",extreme");
+  }
+}
+
+// Every launch configuration of the small-M kernel (the tuning space of `bench_gemm
+// --tune-small-m`; the dispatch may pick any of them from the tuned table) against the simple
+// kernel, bit for bit: N with a partial 128-channel CTA and an odd count of 16-row tiles (so a
+// 2-tile warp has its second tile past N), K blocks not divisible by the split, M in every token
+// bucket including partial tiles. Invalid configurations are refused with an error.
+TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  ParityRng rng(704);
+  const int64_t n = 272, k = 448;  // 17 row tiles; 7 K blocks
+  const auto wpc = random_w4pc(rng, n, k);
+  const auto dpc = cuda::upload(wpc);
+  const auto wg = random_w4g128(rng, n, 384);  // g128 needs k % 128 == 0: 6 K blocks
+  const auto dg = cuda::upload(wg);
+  std::vector<cuda::W4A8SmallMConfig> configs;
+  for (const auto& [rt, u] :
+       {std::pair{1, 4}, std::pair{1, 8}, std::pair{1, 16}, std::pair{2, 2}, std::pair{2, 4}}) {
+    for (const int sp : {1, 2, 3, 4, 5, 6, 7}) configs.push_back({rt, u, sp, false});
+  }
+  for (const int sp : {1, 2, 3, 4, 5, 6, 7}) configs.push_back({1, 8, sp, true});
+  for (const int64_t m : {1, 5, 8, 9, 16, 17, 32, 33, 64}) {
+    for (const bool g128 : {false, true}) {
+      const int64_t kk = g128 ? 384 : k;
+      const Acts a = random_acts(rng, m, kk);
+      const auto da = to_device(a.q);
+      const auto dscale = to_device(a.scale);
+      const auto dsum = to_device(a.sum);
+      const size_t yn = static_cast<size_t>(m * n);
+      DeviceBuffer<uint16_t> y_ref(yn), y(yn);
+      DeviceBuffer<int32_t> acc(yn);
+      if (g128)
+        cuda::gemm_w4a8_g128(da.data(), dscale.data(), m, dg.view(), nullptr, y_ref.data(),
+                             acc.data(), nullptr);
+      else
+        cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), m, dpc.view(), nullptr,
+                                    y_ref.data(), acc.data(), nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> want = to_host(y_ref);
+      for (const cuda::W4A8SmallMConfig& c : configs) {
+        if (c.splits > kk / 64) continue;  // g128's K has 6 blocks
+        const std::string base = mnk({m, n, kk}) + (c.wgmma ? ",wgmma" : ",mma") +
+                                 ",rt=" + std::to_string(c.row_tiles_per_warp) +
+                                 ",u=" + std::to_string(c.k_blocks_in_flight) +
+                                 ",splits=" + std::to_string(c.splits);
+        ASSERT_TRUE(cuda::w4a8_small_m_config_valid(c, m, kk)) << base;
+        poison(y.data(), y.bytes());
+        const bool ran =
+            g128 ? cuda::gemm_w4a8_g128_small_m(da.data(), dscale.data(), m, dg.view(), nullptr,
+                                                y.data(), nullptr, &c)
+                 : cuda::gemm_w4a8_per_channel_small_m(da.data(), dscale.data(), dsum.data(), m,
+                                                       dpc.view(), nullptr, y.data(), nullptr, &c);
+        ASSERT_TRUE(ran) << base;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << base;
+        const std::string op = g128 ? "gemm_w4a8_g128_small_m" : "gemm_w4a8_per_channel_small_m";
+        EXPECT_PARITY(compare_exact<uint16_t>(op, base, to_host(y), want), op, base);
+      }
+    }
+  }
+  // Refused: a ring depth the kernel does not have, more splits than K blocks or than a
+  // portable cluster.
+  const Acts a = random_acts(rng, 4, k);
+  const auto da = to_device(a.q);
+  const auto dscale = to_device(a.scale);
+  const auto dsum = to_device(a.sum);
+  DeviceBuffer<uint16_t> y(static_cast<size_t>(4 * n));
+  for (const cuda::W4A8SmallMConfig bad :
+       {cuda::W4A8SmallMConfig{1, 2, 1}, cuda::W4A8SmallMConfig{3, 4, 1},
+        cuda::W4A8SmallMConfig{1, 8, 9}, cuda::W4A8SmallMConfig{2, 4, 0},
+        cuda::W4A8SmallMConfig{2, 4, 1, true}, cuda::W4A8SmallMConfig{1, 4, 1, true}}) {
+    EXPECT_FALSE(cuda::w4a8_small_m_config_valid(bad, 4, k));
+    EXPECT_THROW(cuda::gemm_w4a8_per_channel_small_m(da.data(), dscale.data(), dsum.data(), 4,
+                                                     dpc.view(), nullptr, y.data(), nullptr, &bad),
+                 std::exception);
+  }
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({1, 8, 2}, 4, 64));  // 2 splits of 1 K block
+  // The mma.sync kernel stages the CTA's activation slice: 64 tokens x 14336 of K in one
+  // split would need 900 KB of shared memory.
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({1, 8, 1}, 64, 14336));
+  EXPECT_TRUE(cuda::w4a8_small_m_config_valid({1, 8, 1, true}, 64, 14336));  // streams them
+}
+
+// K = 28672 (Llama-2-70B's down projection) at 33..64 tokens: the mma.sync kernel's activation
+// slice does not fit shared memory in one split, so the dispatch must take the wgmma kernel.
+TEST(ParityGemmFastW4A8, SmallMLongK) {
+  QSERVE_REQUIRE_SM90_W4A8();
+  ParityRng rng(705);
+  const int64_t n = 144, k = 28672;
+  EXPECT_TRUE(cuda::w4a8_small_m_applies(false, 64, n, k));
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({1, 8, 1, false}, 64, k));
+  const auto wpc = random_w4pc(rng, n, k);
+  const auto dpc = cuda::upload(wpc);
+  const auto wg = random_w4g128(rng, n, k);
+  const auto dg = cuda::upload(wg);
+  for (const int64_t m : {33, 64}) {
+    const Shape s{m, n, k};
+    run_both(s, wpc, dpc, wg, dg, random_acts(rng, m, k), m == 33, ",long_k");
   }
 }
 

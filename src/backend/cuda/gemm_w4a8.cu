@@ -29,7 +29,6 @@ namespace qserve::cuda {
 
 namespace {
 
-
 // ---- weight sources ----
 
 struct W4CodesSrc {  // per-channel: the raw codes 0..15 are the integer weights
@@ -151,10 +150,10 @@ bool g128_large_m(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W4
 }  // namespace
 
 const char* gemm_w4a8_per_channel_path(const int8_t* aq, const uint16_t* a_scale,
-                                       const uint16_t* a_sum, int64_t m,
-                                       const W4PerChannelView& w, const uint16_t* y) {
-  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr && w4a8_packable(w.n, w.k) &&
-      reinterpret_cast<uintptr_t>(aq) % 16 == 0)
+                                       const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                       const uint16_t* y) {
+  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr &&
+      w4a8_small_m_applies(false, m, w.n, w.k) && reinterpret_cast<uintptr_t>(aq) % 16 == 0)
     return "small_m_mma_packed";
   if (m > kW4A8SmallMMax && w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y))
     return "sm90_wgmma_evt";
@@ -163,13 +162,13 @@ const char* gemm_w4a8_per_channel_path(const int8_t* aq, const uint16_t* a_scale
 
 const char* gemm_w4a8_g128_path(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                                 const W4G128View& w, const uint16_t* y) {
-  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr && w4a8_packable(w.n, w.k) &&
-      reinterpret_cast<uintptr_t>(aq) % 16 == 0)
+  if (m >= 1 && m <= kW4A8SmallMMax && w.q_packed != nullptr &&
+      w4a8_small_m_applies(true, m, w.n, w.k) && reinterpret_cast<uintptr_t>(aq) % 16 == 0)
     return "small_m_mma_packed";
   if (m > kW4A8SmallMMax) {
-    const W8PerChannelView v{w.n, w.k,
-                             w.w8 != nullptr ? w.w8 : reinterpret_cast<const int8_t*>(uintptr_t{256}),
-                             w.s1_scales};
+    const W8PerChannelView v{
+        w.n, w.k, w.w8 != nullptr ? w.w8 : reinterpret_cast<const int8_t*>(uintptr_t{256}),
+        w.s1_scales};
     if (w8a8_sm90_applicable(aq, a_scale, m, v, y))
       return w.w8 != nullptr ? "expand+sm90_w8a8" : "expand_per_call+sm90_w8a8";
   }
@@ -180,14 +179,9 @@ W4PerChannelView W4PerChannelOnDevice::view() const {
   return {n, k, q.data(), s1_scales.data(), s1_szeros.data(), q_packed.data()};
 }
 W4G128View W4G128OnDevice::view() const {
-  return {n,
-          k,
-          q.data(),
-          s1_scales.data(),
-          s2_scales.data(),
-          s2_zeros.data(),
-          q_packed.data(),
-          w8.data()};
+  return {
+      n,        k, q.data(), s1_scales.data(), s2_scales.data(), s2_zeros.data(), q_packed.data(),
+      w8.data()};
 }
 
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {
@@ -240,8 +234,7 @@ void per_channel_impl(const int8_t* aq, const uint16_t* a_scale, const uint16_t*
     if (m <= kW4A8SmallMMax &&
         gemm_w4a8_per_channel_small_m(aq, a_scale, a_sum, m, w, bias, y, stream))
       return;
-    if (m > kW4A8SmallMMax &&
-        gemm_w4a8_per_channel_sm90(aq, a_scale, a_sum, m, w, y, stream, ws)) {
+    if (m > kW4A8SmallMMax && gemm_w4a8_per_channel_sm90(aq, a_scale, a_sum, m, w, y, stream, ws)) {
       w4a8_add_bias(y, bias, m, w.n, stream);
       return;
     }

@@ -13,6 +13,12 @@
 
 namespace qserve::cuda::detail {
 
+// Asks L2 for the line holding p (no register, no wait): the small-M kernels issue these for
+// their epilogue operands at start, so the epilogue after the K loop does not wait on DRAM.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 struct W4PerChannelEpi {
   const uint16_t* a_scale;
   const uint16_t* a_sum;
@@ -22,6 +28,18 @@ struct W4PerChannelEpi {
   uint16_t* y;
   int32_t* acc_out;
   int64_t n_total;
+  // Thread i of the CTA prefetches channel n0 + i (i < 128) and token i (i < m) operands.
+  __device__ void prefetch(int64_t n0, int64_t m) const {
+    const int i = static_cast<int>(threadIdx.x);
+    if (i < 128 && n0 + i < n_total) {
+      prefetch_l2(s1 + n0 + i);
+      prefetch_l2(s1_szeros + n0 + i);
+    }
+    if (i < m) {
+      prefetch_l2(a_scale + i);
+      prefetch_l2(a_sum + i);
+    }
+  }
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
     const int64_t o = m * n_total + n;
     if (acc_out != nullptr) acc_out[o] = acc;
@@ -41,6 +59,11 @@ struct W4G128Epi {
   uint16_t* y;
   int32_t* acc_out;
   int64_t n_total;
+  __device__ void prefetch(int64_t n0, int64_t m) const {
+    const int i = static_cast<int>(threadIdx.x);
+    if (i < 128 && n0 + i < n_total) prefetch_l2(s1 + n0 + i);
+    if (i < m) prefetch_l2(a_scale + i);
+  }
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
     const int64_t o = m * n_total + n;
     if (acc_out != nullptr) acc_out[o] = acc;

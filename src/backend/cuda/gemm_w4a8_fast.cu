@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -144,10 +145,9 @@ unsigned grid_for(int64_t items, int threads) {
 
 // ---- small-M kernel ----
 
-constexpr int kSmWarps = 8;
-constexpr int kSmThreads = kSmWarps * 32;
-constexpr int kSmRows = kSmWarps * 16;  // output channels per CTA
-constexpr int kMaxSplits = 8;           // portable cluster size
+constexpr int kSmRows = 128;  // output channels per CTA (8 row tiles of 16)
+constexpr int kSmTiles = kSmRows / 16;
+constexpr int kMaxSplits = 8;  // portable cluster size
 
 struct SmallMParams {
   const int8_t* aq;
@@ -176,131 +176,266 @@ __device__ __forceinline__ void mma_s8(int32_t (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-template <int MT, bool kG128, typename Epilogue>
-__global__ void __launch_bounds__(kSmThreads, 2)
-    w4a8_small_m_kernel(SmallMParams p, Epilogue epi) {
-  constexpr int kTok = 8 * MT;
-  constexpr int kU = MT >= 4 ? 4 : 8;  // K blocks of weights in flight per warp
-  __shared__ int32_t part[kTok * kSmRows];  // [token][row in CTA]
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int64_t tile = static_cast<int64_t>(blockIdx.y) * kSmWarps + warp;
-  const int64_t nkb = p.k / 64;
-  const int split = static_cast<int>(blockIdx.x);
-  const int64_t kb0 = nkb * split / p.splits, kb1 = nkb * (split + 1) / p.splits;
-
-  int32_t acc[MT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
-
-  if (tile < p.n / 16) {
-    const uint4* wp = p.packed + tile * nkb * 32 + lane;
-    // Lane (g, t) reads token 8*mt + g, bytes 64b + 16t .. +15 (its B registers, see header).
-    const int8_t* xrow[MT];
-    bool tok_ok[MT];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int64_t tok = 8 * mt + g;
-      tok_ok[mt] = tok < p.m;
-      xrow[mt] = p.aq + (tok_ok[mt] ? tok : 0) * p.k + 16 * t;
-    }
-    const int64_t groups = p.k / quant::kGroupSize;
-    const int64_t grow_lo = (16 * tile + g) * groups, grow_hi = grow_lo + 8 * groups;
-
-    for (int64_t kb = kb0; kb < kb1; kb += kU) {
-      uint4 wv[kU];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        if (kb + u < kb1) wv[u] = ld_stream(wp + (kb + u) * 32);
-      }
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        if (kb + u >= kb1) continue;  // (not break: keeps the loop fully unrolled)
-        const int64_t b = kb + u;
-        // Low nibbles: row g; high nibbles: row g + 8. Words 2s + r -> a(2r), a(2r + 1).
-        uint32_t a[8];
-        const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          a[2 * w] = words[w] & 0x0F0F0F0Fu;
-          a[2 * w + 1] = (words[w] >> 4) & 0x0F0F0F0Fu;
-        }
-        if constexpr (kG128) {
-          const int64_t grp = b / 2;  // 64-wide block inside one 128-wide group
-          const uint32_t s_lo = static_cast<uint8_t>(__ldg(p.s2 + grow_lo + grp));
-          const uint32_t s_hi = static_cast<uint8_t>(__ldg(p.s2 + grow_hi + grp));
-          const uint32_t z_lo =
-              static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_lo + grp))) *
-              0x01010101u;
-          const uint32_t z_hi =
-              static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_hi + grp))) *
-              0x01010101u;
-#pragma unroll
-          for (int w = 0; w < 4; ++w) {
-            a[2 * w] = detail::g128_bytes(a[2 * w], s_lo, z_lo);
-            a[2 * w + 1] = detail::g128_bytes(a[2 * w + 1], s_hi, z_hi);
-          }
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          uint4 xv = make_uint4(0, 0, 0, 0);
-          if (tok_ok[mt]) xv = __ldg(reinterpret_cast<const uint4*>(xrow[mt] + 64 * b));
-          // K-step 0: a0..a3 = words 0, 1 (r = 0, 1); B = bytes 0..3, 4..7 of the lane's 16.
-          mma_s8(acc[mt], a[0], a[1], a[2], a[3], xv.x, xv.y);
-          // K-step 1: words 2, 3; B = bytes 8..11, 12..15.
-          mma_s8(acc[mt], a[4], a[5], a[6], a[7], xv.z, xv.w);
-        }
-      }
-    }
-  }
-
-  // C fragment: c0, c1 -> (row g, tokens 2t, 2t + 1), c2, c3 -> (row g + 8, same tokens).
-  const int row = warp * 16 + g;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int tok = 8 * mt + 2 * t;
-    part[tok * kSmRows + row] = acc[mt][0];
-    part[(tok + 1) * kSmRows + row] = acc[mt][1];
-    part[tok * kSmRows + row + 8] = acc[mt][2];
-    part[(tok + 1) * kSmRows + row + 8] = acc[mt][3];
-  }
-
+// MT token tiles of 8; RT row tiles of 16 per warp (8 / RT warps, so a CTA is always 128
+// channels and the packed layout and the cluster reduction do not depend on RT: RT = 2 reuses
+// each activation fragment for two weight tiles, halving the activation loads per MMA); U = K
+// blocks per row tile in the weight ring (U * RT 16-byte cp.async copies in flight per lane
+// into the lane's own shared-memory slots: the slot a block is consumed from is refilled with
+// block + U before the block's MMAs run; in shared memory rather than registers so the depth
+// does not cost registers and the copies stay in flight whatever the compiler schedules).
+// The end of both small-M kernels: every CTA of the cluster has its int32 partial tile
+// part[token][row in CTA] (kTok x 128) in shared memory; after a cluster barrier each CTA sums
+// 1/splits of the tile over all the cluster's shared memories (DSMEM) and runs the epilogue on
+// it. Integer addition is exact, so the split changes no bit.
+template <int kTok, int kThreads, typename Epilogue>
+__device__ __forceinline__ void cluster_reduce_epilogue(const SmallMParams& p, int32_t* part,
+                                                        const Epilogue& epi) {
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // all partial tiles of the cluster are in shared memory
   const int rank = static_cast<int>(cluster.block_rank());
-  constexpr int kElems = kTok * kSmRows;
-  const int e0 = kElems * rank / p.splits, e1 = kElems * (rank + 1) / p.splits;
+  // Only the tokens that exist are reduced (M = 1 reduces 128 sums, not 8 * 128).
+  const int tok_used = static_cast<int>(p.m < kTok ? p.m : kTok);
+  const int elems = tok_used * kSmRows;
+  const int e0 = elems * rank / p.splits, e1 = elems * (rank + 1) / p.splits;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kSmRows;
-  for (int e = e0 + static_cast<int>(threadIdx.x); e < e1; e += kSmThreads) {
+  for (int e = e0 + static_cast<int>(threadIdx.x); e < e1; e += kThreads) {
     int32_t sum = 0;
     for (int s = 0; s < p.splits; ++s) sum += cluster.map_shared_rank(part, s)[e];
     const int64_t tok = e / kSmRows;
     const int64_t n = n0 + e % kSmRows;
-    if (tok < p.m && n < p.n) epi(tok, n, sum);
+    if (n < p.n) epi(tok, n, sum);
   }
   cluster.sync();  // no CTA leaves while another still reads its shared memory
 }
 
-// Split-K factor: enough CTAs for ~2 per SM, at most 8 (portable cluster), and >= 4 K blocks
-// per CTA so each warp still has loads to overlap.
-int choose_splits(int64_t n, int64_t k, int sm_count) {
-  const int64_t row_blocks = (n + kSmRows - 1) / kSmRows;
-  const int64_t nkb = k / 64;
-  int s = 1;
-  while (s < kMaxSplits && row_blocks * s < 2 * static_cast<int64_t>(sm_count) &&
-         nkb / (2 * s) >= 4)
-    s *= 2;
-  return s;
+// CTAs per SM the registers must allow: 16 warps, except 12 for the largest accumulator set
+// (MT 8 with RT 2: 64 accumulators + the ring would spill at 128 registers).
+template <int MT, int RT>
+constexpr int small_m_min_blocks() {
+  return RT == 2 && MT == 8 ? 3 : 2 * RT;
 }
 
-template <int MT, bool kG128, typename Epilogue>
-void launch_small_m_mt(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
+// 16-byte cp.async into shared memory; src_bytes 0 writes zeros (tokens past M).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ uint4 lds128(const void* p) {
+  uint4 v;
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(a));
+  return v;
+}
+
+// Bytes of one token's activation row in shared memory for `blocks` K blocks: 64 per block plus
+// 64 of padding, so the 8 tokens of an mma B fragment (row stride = 64 mod 128) fall on distinct
+// bank groups in every quarter-warp phase of the 16-byte loads.
+__host__ __device__ constexpr int64_t small_m_act_row_bytes(int64_t blocks) {
+  return blocks * 64 + 64;
+}
+
+// Dynamic shared memory of the mma.sync kernel: the CTA's activation slice (all its K blocks,
+// staged once with cp.async; later reused for the int32 partial tile), then the weight ring:
+// U stages of 16 bytes per thread and row tile (U * 4 KB per CTA whatever RT is).
+__host__ __device__ inline int64_t small_m_act_region_bytes(int64_t tokens, int64_t k, int splits) {
+  const int64_t nkb = k / 64;
+  const int64_t blocks = (nkb + splits - 1) / splits;
+  const int64_t act = tokens * small_m_act_row_bytes(blocks);
+  const int64_t part = tokens * kSmRows * 4;
+  return ((act > part ? act : part) + 127) / 128 * 128;
+}
+int64_t small_m_smem_bytes(int64_t tokens, int64_t k, int splits, int u) {
+  return small_m_act_region_bytes(tokens, k, splits) + int64_t{u} * 256 * 16;
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+constexpr int64_t kSmallMSmemMax = 160 * 1024;  // leaves room for 1 CTA + L1 on a 228 KB SM
+
+template <int MT, int RT, int U, bool kG128, typename Epilogue>
+__global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
+    w4a8_small_m_kernel(SmallMParams p, Epilogue epi) {
+  constexpr int kWarps = kSmTiles / RT;
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kTok = 8 * MT;
+  extern __shared__ __align__(128) uint8_t smem[];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kSmTiles + warp * RT;
+  const int64_t nkb = p.k / 64;
+  const int split = static_cast<int>(blockIdx.x);
+  const int64_t kb0 = nkb * split / p.splits, kb1 = nkb * (split + 1) / p.splits;
+  const bool tile_ok0 = tile0 < p.n / 16;  // n % 128 == 0 is not required: n % 16 == 0
+  const bool tile_ok1 = RT == 1 || tile0 + 1 < p.n / 16;
+
+  int32_t acc[RT][MT][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      acc[r][mt][0] = acc[r][mt][1] = acc[r][mt][2] = acc[r][mt][3] = 0;
+
+  // The CTA's activation slice and, behind it, the weight ring: each lane's own 16-byte slots
+  // (stage u, row tile r), filled by cp.async and read back by the same lane, so no barrier.
+  const int nblk = static_cast<int>(kb1 - kb0);
+  const int row_bytes = static_cast<int>(small_m_act_row_bytes(nblk));
+  uint8_t* wring = smem + small_m_act_region_bytes(kTok, p.k, p.splits);
+  const auto wslot = [&](int u, int r) {
+    return wring + ((u * RT + r) * kThreads + static_cast<int>(threadIdx.x)) * 16;
+  };
+
+  // Weights first (the longest latency): U K blocks in flight per lane from the start. One
+  // commit group per block, always (empty ones too), so "block j landed" is wait_group(U - 1)
+  // when block j is consumed.
+  const uint4* wp[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) wp[r] = p.packed + (tile_ok0 ? tile0 + r : 0) * nkb * 32 + lane;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+      if (tile_ok0 && kb0 + u < kb1 && (r == 0 || tile_ok1))
+        cp_async16(wslot(u, r), wp[r] + (kb0 + u) * 32, 16);
+    cp_async_commit();
+  }
+
+  epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, p.m);
+
+  // The CTA's activation slice [token][K blocks kb0..kb1), staged once (every token's B
+  // fragment is then a conflict-free shared load instead of an L2 round trip per K block).
+  for (int i = static_cast<int>(threadIdx.x); i < kTok * nblk * 4; i += kThreads) {
+    const int tok = i / (nblk * 4), c = i % (nblk * 4);
+    const bool ok = tok < p.m;
+    cp_async16(smem + tok * row_bytes + 16 * c, p.aq + (ok ? tok : 0) * p.k + kb0 * 64 + 16 * c,
+               ok ? 16 : 0);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();  // (the weight ring's groups too: the slice is needed before block 0)
+  __syncthreads();
+
+  if (tile_ok0) {
+    const int64_t groups = p.k / quant::kGroupSize;
+    // Lane (g, t) reads token 8*mt + g, bytes 64b + 16t .. +15 (its B registers, see header).
+    const uint8_t* xs = smem + g * row_bytes + 16 * t;
+
+    for (int64_t kb = kb0; kb < kb1; kb += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t b = kb + u;
+        if (b >= kb1) continue;  // (not break: keeps the loop fully unrolled)
+        cp_async_wait<U - 1>();  // block b's group (committed U groups ago) has landed
+        uint4 wv[RT];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) wv[r] = lds128(wslot(u, r));
+        // Convert both row tiles first, then one activation fragment at a time (each used by
+        // RT tiles): live registers stay at RT * 8 codes + one fragment beside the ring.
+        uint32_t a[RT][8];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          // Low nibbles: row g; high nibbles: row g + 8. Words 2s + r -> a(2r), a(2r + 1).
+          const uint32_t words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+#pragma unroll
+          for (int w = 0; w < 4; ++w) {
+            a[r][2 * w] = words[w] & 0x0F0F0F0Fu;
+            a[r][2 * w + 1] = (words[w] >> 4) & 0x0F0F0F0Fu;
+          }
+          if constexpr (kG128) {
+            const int64_t grp = b / 2;  // 64-wide block inside one 128-wide group
+            const int64_t grow_lo = (16 * (tile0 + r) + g) * groups, grow_hi = grow_lo + 8 * groups;
+            const uint32_t s_lo = static_cast<uint8_t>(__ldg(p.s2 + grow_lo + grp));
+            const uint32_t s_hi = static_cast<uint8_t>(__ldg(p.s2 + grow_hi + grp));
+            const uint32_t z_lo =
+                static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_lo + grp))) *
+                0x01010101u;
+            const uint32_t z_hi =
+                static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_hi + grp))) *
+                0x01010101u;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+              a[r][2 * w] = detail::g128_bytes(a[r][2 * w], s_lo, z_lo);
+              a[r][2 * w + 1] = detail::g128_bytes(a[r][2 * w + 1], s_hi, z_hi);
+            }
+          }
+        }
+        // Refill the stage with block b + U (after the conversion consumed the slot's bytes).
+#pragma unroll
+        for (int r = 0; r < RT; ++r)
+          if (b + U < kb1 && (r == 0 || tile_ok1))
+            cp_async16(wslot(u, r), wp[r] + (b + U) * 32, 16);
+        cp_async_commit();
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const uint4 xv = lds128(xs + 8 * mt * row_bytes + (b - kb0) * 64);
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            // K-step 0: a0..a3 = words 0, 1 (r = 0, 1); B = bytes 0..3, 4..7 of the lane's 16.
+            mma_s8(acc[r][mt], a[r][0], a[r][1], a[r][2], a[r][3], xv.x, xv.y);
+            // K-step 1: words 2, 3; B = bytes 8..11, 12..15.
+            mma_s8(acc[r][mt], a[r][4], a[r][5], a[r][6], a[r][7], xv.z, xv.w);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();  // every activation read is done: the partial tile reuses the memory
+
+  // C fragment: c0, c1 -> (row g, tokens 2t, 2t + 1), c2, c3 -> (row g + 8, same tokens).
+  int32_t* part = reinterpret_cast<int32_t*>(smem);  // [token][row in CTA]
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    const int row = (warp * RT + r) * 16 + g;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int tok = 8 * mt + 2 * t;
+      part[tok * kSmRows + row] = acc[r][mt][0];
+      part[(tok + 1) * kSmRows + row] = acc[r][mt][1];
+      part[tok * kSmRows + row + 8] = acc[r][mt][2];
+      part[(tok + 1) * kSmRows + row + 8] = acc[r][mt][3];
+    }
+  }
+  cluster_reduce_epilogue<kTok, kThreads>(p, part, epi);
+}
+
+#include "backend/cuda/gemm_w4a8_small_m_wgmma.cuh"
+
+int64_t token_tiles(int64_t m) {
+  return m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
+}
+
+struct TunedEntry {
+  bool g128;
+  int mt;
+  int64_t n, k;
+  int rt, u, splits;
+  bool wgmma;
+};
+
+// The tuned table (bench_gemm --tune-small-m writes this file; docs/kernels.md).
+constexpr TunedEntry kTuned[] = {
+#include "backend/cuda/gemm_w4a8_small_m_tuned.inc"
+    {false, 0, 0, 0, 0, 0, 0, false},  // sentinel (mt 0 never matches): the table may be empty
+};
+
+template <int MT, int RT, int U, bool kG128, typename Epilogue>
+void launch_small_m_cfg(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
+  const auto kernel = w4a8_small_m_kernel<MT, RT, U, kG128, Epilogue>;
+  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel.
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
+  cuda_check(attr_status, "gemm_w4a8 small-M smem attribute", shape(p.m, p.n, p.k));
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(p.splits),
                      static_cast<unsigned>((p.n + kSmRows - 1) / kSmRows), 1);
-  cfg.blockDim = dim3(kSmThreads, 1, 1);
-  cfg.dynamicSmemBytes = 0;
+  cfg.blockDim = dim3(256 / RT, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<size_t>(small_m_smem_bytes(8 * MT, p.k, p.splits, U));
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -309,21 +444,62 @@ void launch_small_m_mt(const SmallMParams& p, const Epilogue& epi, cudaStream_t 
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  cuda_check(cudaLaunchKernelEx(&cfg, w4a8_small_m_kernel<MT, kG128, Epilogue>, p, epi),
-             "gemm_w4a8 small-M launch", shape(p.m, p.n, p.k));
+  cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), "gemm_w4a8 small-M launch",
+             shape(p.m, p.n, p.k));
+}
+
+template <int MT, bool kG128, typename Epilogue>
+void launch_small_m_wgmma(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
+  const auto kernel = w4a8_small_m_wgmma_kernel<MT, kG128, Epilogue>;
+  const int64_t smem_bytes = small_m_wgmma_smem_bytes(8 * MT);
+  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel (a static's
+  // initializer runs once, thread-safely).
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
+  cuda_check(attr_status, "gemm_w4a8 small-M wgmma smem attribute", shape(p.m, p.n, p.k));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.splits),
+                     static_cast<unsigned>((p.n + kSmRows - 1) / kSmRows), 1);
+  cfg.blockDim = dim3(256, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(p.splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), "gemm_w4a8 small-M wgmma launch",
+             shape(p.m, p.n, p.k));
+}
+
+template <int MT, bool kG128, typename Epilogue>
+void launch_small_m_mt(const SmallMParams& p, const W4A8SmallMConfig& c, const Epilogue& epi,
+                       cudaStream_t stream) {
+  if (c.wgmma) return launch_small_m_wgmma<MT, kG128>(p, epi, stream);
+  if (c.row_tiles_per_warp == 1) {
+    if (c.k_blocks_in_flight == 4) return launch_small_m_cfg<MT, 1, 4, kG128>(p, epi, stream);
+    if (c.k_blocks_in_flight == 16) return launch_small_m_cfg<MT, 1, 16, kG128>(p, epi, stream);
+    return launch_small_m_cfg<MT, 1, 8, kG128>(p, epi, stream);
+  }
+  if (c.k_blocks_in_flight == 2) return launch_small_m_cfg<MT, 2, 2, kG128>(p, epi, stream);
+  return launch_small_m_cfg<MT, 2, 4, kG128>(p, epi, stream);
 }
 
 template <bool kG128, typename Epilogue>
-void launch_small_m(SmallMParams p, const Epilogue& epi, cudaStream_t stream) {
-  p.splits = choose_splits(p.n, p.k, sm_info().sm_count);
-  if (p.m <= 8) {
-    launch_small_m_mt<1, kG128>(p, epi, stream);
-  } else if (p.m <= 16) {
-    launch_small_m_mt<2, kG128>(p, epi, stream);
-  } else if (p.m <= 32) {
-    launch_small_m_mt<4, kG128>(p, epi, stream);
-  } else {
-    launch_small_m_mt<8, kG128>(p, epi, stream);
+void launch_small_m(SmallMParams p, const W4A8SmallMConfig& c, const Epilogue& epi,
+                    cudaStream_t stream) {
+  p.splits = c.splits;
+  switch (token_tiles(p.m)) {
+    case 1:
+      return launch_small_m_mt<1, kG128>(p, c, epi, stream);
+    case 2:
+      return launch_small_m_mt<2, kG128>(p, c, epi, stream);
+    case 4:
+      return launch_small_m_mt<4, kG128>(p, c, epi, stream);
+    default:
+      return launch_small_m_mt<8, kG128>(p, c, epi, stream);
   }
 }
 
@@ -332,10 +508,23 @@ bool small_m_ok(const int8_t* aq, int64_t m, int64_t n, int64_t k, const uint8_t
   if (packed == nullptr || aq == nullptr || y == nullptr) return false;
   if (m < 1 || m > kW4A8SmallMMax || !w4a8_packable(n, k)) return false;
   // Exact int32 range (as the CPU reference's check) and the grid's y limit.
-  if (k > (int64_t{1} << 31) / (128 * 128) - 1 || (n + kSmRows - 1) / kSmRows > 65535)
-    return false;
+  if (k > (int64_t{1} << 31) / (128 * 128) - 1 || (n + kSmRows - 1) / kSmRows > 65535) return false;
   if (!aligned16(aq) || !aligned16(packed)) return false;
   return sm_info().major >= 9;  // thread-block clusters
+}
+
+// The configuration to run: the caller's (validated), else the tuned table's, else the default.
+W4A8SmallMConfig resolve_config(bool g128, int64_t m, int64_t n, int64_t k,
+                                const W4A8SmallMConfig* forced) {
+  if (forced != nullptr) {
+    check(w4a8_small_m_config_valid(*forced, m, k),
+          "gemm_w4a8 small-M: invalid configuration (mma.sync: row tiles 1|2, K blocks in flight "
+          "4|8|16 with 1 row tile or 2|4 with 2, activation slice <= 160 KB of shared memory; "
+          "wgmma: 1 row tile, 8 K blocks; splits 1..8 and <= k/64), " +
+              shape(m, n, k));
+    return *forced;
+  }
+  return w4a8_small_m_config(g128, m, n, k);
 }
 
 }  // namespace
@@ -344,8 +533,7 @@ bool w4a8_packable(int64_t n, int64_t k) {
   return n > 0 && k > 0 && n % 16 == 0 && k % 64 == 0;
 }
 
-void w4a8_pack_codes(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed,
-                     cudaStream_t stream) {
+void w4a8_pack_codes(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed, cudaStream_t stream) {
   check(w4a8_packable(n, k), "w4a8_pack_codes: n % 16 and k % 64 must be 0, " + shape(0, n, k));
   check(aligned16(packed), "w4a8_pack_codes: packed must be 16-byte aligned");
   const int64_t words = n * k / 8;
@@ -359,11 +547,11 @@ void w4a8_g128_expand(const W4G128View& w, int8_t* w8, cudaStream_t stream) {
         "w4a8_g128_expand: k must be a positive multiple of 128, " + shape(0, w.n, w.k));
   const int64_t chunks = w.n * w.k / 16;
   if (aligned16(w.q) && aligned16(w8)) {
-    g128_expand_kernel<true><<<grid_for(chunks, 256), 256, 0, stream>>>(w.q, w.s2_scales,
-                                                                        w.s2_zeros, w.n, w.k, w8);
+    g128_expand_kernel<true>
+        <<<grid_for(chunks, 256), 256, 0, stream>>>(w.q, w.s2_scales, w.s2_zeros, w.n, w.k, w8);
   } else {
-    g128_expand_kernel<false><<<grid_for(chunks, 256), 256, 0, stream>>>(w.q, w.s2_scales,
-                                                                         w.s2_zeros, w.n, w.k, w8);
+    g128_expand_kernel<false>
+        <<<grid_for(chunks, 256), 256, 0, stream>>>(w.q, w.s2_scales, w.s2_zeros, w.n, w.k, w8);
   }
   check_launch("w4a8_g128_expand", shape(0, w.n, w.k));
 }
@@ -374,29 +562,82 @@ void w4a8_add_bias(uint16_t* y, const uint16_t* bias, int64_t m, int64_t n, cuda
   check_launch("w4a8_add_bias", shape(m, n, 0));
 }
 
-bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale,
-                                   const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
-                                   const uint16_t* bias, uint16_t* y, cudaStream_t stream) {
+bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k) {
+  if (c.splits < 1 || c.splits > kMaxSplits || c.splits > k / 64 || m < 1 || m > kW4A8SmallMMax)
+    return false;
+  if (c.wgmma)
+    return c.row_tiles_per_warp == 1 && c.k_blocks_in_flight == wgmma_small_m::kBlocksPerChunk;
+  const bool rt_u =
+      (c.row_tiles_per_warp == 1 &&
+       (c.k_blocks_in_flight == 4 || c.k_blocks_in_flight == 8 || c.k_blocks_in_flight == 16)) ||
+      (c.row_tiles_per_warp == 2 && (c.k_blocks_in_flight == 2 || c.k_blocks_in_flight == 4));
+  return rt_u && small_m_smem_bytes(8 * token_tiles(m), k, c.splits, c.k_blocks_in_flight) <=
+                     kSmallMSmemMax;
+}
+
+W4A8SmallMConfig w4a8_small_m_config(bool g128, int64_t m, int64_t n, int64_t k) {
+  const int mt = static_cast<int>(token_tiles(m));
+  for (const TunedEntry& e : kTuned) {
+    if (e.g128 == g128 && e.mt == mt && e.n == n && e.k == k) {
+      const W4A8SmallMConfig c{e.rt, e.u, e.splits, e.wgmma};
+      if (w4a8_small_m_config_valid(c, m, k)) return c;
+    }
+  }
+  // No entry: what the H200 tuning chose most often. Up to 32 tokens the mma.sync kernel, 8 K
+  // blocks in flight, split until about 2 CTAs per SM (its memory parallelism); above, the wgmma
+  // kernel with about one CTA per SM. Splits shrink to what K and shared memory allow.
+  const int64_t sms = sm_info().sm_count > 0 ? sm_info().sm_count : 132;
+  const int64_t row_blocks = (n + kSmRows - 1) / kSmRows;
+  const bool wgmma = token_tiles(m) == 8;
+  const int64_t ctas = wgmma ? sms : 2 * sms;
+  int s = 1;
+  while (s < kMaxSplits && row_blocks * 2 * s <= ctas) s *= 2;
+  W4A8SmallMConfig c{1, 8, s, wgmma};
+  for (int up = s; up <= kMaxSplits; ++up) {  // more splits -> smaller activation slices
+    c.splits = up;
+    if (w4a8_small_m_config_valid(c, m, k)) return c;
+  }
+  for (c.splits = s; c.splits >= 1; --c.splits) {  // fewer K blocks than splits
+    if (w4a8_small_m_config_valid(c, m, k)) return c;
+  }
+  // The mma.sync kernel's slice does not fit (a K over ~40k): the wgmma kernel streams its
+  // activations and always fits.
+  return W4A8SmallMConfig{1, 8, static_cast<int>(std::min<int64_t>(kMaxSplits, k / 64)), true};
+}
+
+bool w4a8_small_m_applies(bool g128, int64_t m, int64_t n, int64_t k) {
+  if (m < 1 || m > kW4A8SmallMMax || !w4a8_packable(n, k)) return false;
+  return w4a8_small_m_config_valid(w4a8_small_m_config(g128, m, n, k), m, k);
+}
+
+bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                                   int64_t m, const W4PerChannelView& w, const uint16_t* bias,
+                                   uint16_t* y, cudaStream_t stream,
+                                   const W4A8SmallMConfig* config) {
   if (!small_m_ok(aq, m, w.n, w.k, w.q_packed, y) || a_scale == nullptr || a_sum == nullptr)
     return false;
-  const SmallMParams p{aq, reinterpret_cast<const uint4*>(w.q_packed), nullptr, nullptr, m, w.n,
-                       w.k, 1};
-  const detail::W4PerChannelEpi epi{a_scale, a_sum, w.s1_scales, w.s1_szeros, bias, y, nullptr,
-                                    w.n};
-  launch_small_m<false>(p, epi, stream);
+  if (config == nullptr && !w4a8_small_m_applies(false, m, w.n, w.k)) return false;
+  const W4A8SmallMConfig c = resolve_config(false, m, w.n, w.k, config);
+  const SmallMParams p{
+      aq, reinterpret_cast<const uint4*>(w.q_packed), nullptr, nullptr, m, w.n, w.k, 1};
+  const detail::W4PerChannelEpi epi{a_scale, a_sum, w.s1_scales, w.s1_szeros,
+                                    bias,    y,     nullptr,     w.n};
+  launch_small_m<false>(p, c, epi, stream);
   return true;
 }
 
 bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                             const W4G128View& w, const uint16_t* bias, uint16_t* y,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const W4A8SmallMConfig* config) {
   if (!small_m_ok(aq, m, w.n, w.k, w.q_packed, y) || a_scale == nullptr ||
       w.k % quant::kGroupSize != 0)
     return false;
-  const SmallMParams p{aq, reinterpret_cast<const uint4*>(w.q_packed), w.s2_scales, w.s2_zeros,
-                       m, w.n, w.k, 1};
+  if (config == nullptr && !w4a8_small_m_applies(true, m, w.n, w.k)) return false;
+  const W4A8SmallMConfig c = resolve_config(true, m, w.n, w.k, config);
+  const SmallMParams p{
+      aq, reinterpret_cast<const uint4*>(w.q_packed), w.s2_scales, w.s2_zeros, m, w.n, w.k, 1};
   const detail::W4G128Epi epi{a_scale, w.s1_scales, bias, y, nullptr, w.n};
-  launch_small_m<true>(p, epi, stream);
+  launch_small_m<true>(p, c, epi, stream);
   return true;
 }
 

@@ -44,8 +44,7 @@ inline constexpr int64_t kW4A8SmallMMax = 64;
 bool w4a8_packable(int64_t n, int64_t k);
 // Packs natural codes q [n, k] (device, one code per byte, only the low 4 bits are kept) into
 // `packed` (device, n * k / 2 bytes) in the layout above. Asynchronous on `stream`.
-void w4a8_pack_codes(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed,
-                     cudaStream_t stream);
+void w4a8_pack_codes(const uint8_t* q, int64_t n, int64_t k, uint8_t* packed, cudaStream_t stream);
 // Expands g128 weights to int8: w8[n, k] = int8((q * s2 + uint8(s2_zero)) mod 256), exactly
 // quant::g128_int8_row for any byte values. Asynchronous; w8 is a device array of n * k bytes.
 void w4a8_g128_expand(const W4G128View& w, int8_t* w8, cudaStream_t stream);
@@ -53,22 +52,55 @@ void w4a8_g128_expand(const W4G128View& w, int8_t* w8, cudaStream_t stream);
 // y[i] = fp16_RN(y[i] + bias[i % n]) over [m, n] (__hadd_rn, as the CPU's f16_add).
 void w4a8_add_bias(uint16_t* y, const uint16_t* bias, int64_t m, int64_t n, cudaStream_t stream);
 
+// The small-M kernel's launch configuration. A CTA is 128 output channels x all M tokens x one
+// K slice; `splits` CTAs along K form a thread-block cluster and reduce their int32 partials
+// exactly through distributed shared memory. row_tiles_per_warp (1: 8 warps of 16 channels;
+// 2: 4 warps of 32 channels, each activation fragment used twice) and k_blocks_in_flight (the
+// per-row-tile ring of 64-wide K blocks of weights each lane keeps loading ahead with cp.async
+// into shared memory: 4|8|16 with 1 row tile, 2|4 with 2) trade memory parallelism against
+// registers and activation loads. wgmma = true selects the warpgroup-MMA variant
+// (gemm_w4a8_small_m_wgmma.cuh: 2 warpgroups x 64 channels, activations staged in shared memory,
+// one m64nNk32 per 32 of K instead of N/8 mma.sync per warp); it takes row_tiles_per_warp 1 and
+// k_blocks_in_flight 8.
+struct W4A8SmallMConfig {
+  int row_tiles_per_warp = 1;
+  int k_blocks_in_flight = 8;
+  int splits = 1;
+  bool wgmma = false;
+};
+// True when `c` is a configuration the kernel has (see above) for m tokens (1..64) and this k:
+// splits <= k / 64, and for the mma.sync kernel the CTA's activation slice (staged once in
+// shared memory with cp.async) fits 160 KB.
+bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k);
+// The configuration the dispatch uses: the tuned table's entry for (g128, token tiles of m,
+// n, k) (gemm_w4a8_small_m_tuned.inc, written by `bench_gemm --tune-small-m`), else a
+// heuristic (mma.sync up to 32 tokens, wgmma above; splits for about one wave).
+W4A8SmallMConfig w4a8_small_m_config(bool g128, int64_t m, int64_t n, int64_t k);
+
+// True when the small-M path takes m tokens of an n x k weight with the dispatch's
+// configuration (packable, 1 <= m <= 64, a valid configuration: always, as the default falls
+// back to the wgmma kernel, whose shared memory does not depend on K).
+bool w4a8_small_m_applies(bool g128, int64_t m, int64_t n, int64_t k);
+
 // The small-M kernel. Returns false (launching nothing) when it does not apply: no q_packed,
-// shape not packable, m outside 1..kW4A8SmallMMax, aq not 16-byte aligned, or the device is
-// not compute capability 9.x (thread-block clusters).
-bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale,
-                                   const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
-                                   const uint16_t* bias, uint16_t* y, cudaStream_t stream);
+// shape not packable, m outside 1..kW4A8SmallMMax, aq not 16-byte aligned, the device is not
+// compute capability 9.x (thread-block clusters), or !w4a8_small_m_applies(). `config` forces a
+// configuration for one launch (tuning, tests; an invalid one throws); null takes
+// w4a8_small_m_config().
+bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                                   int64_t m, const W4PerChannelView& w, const uint16_t* bias,
+                                   uint16_t* y, cudaStream_t stream,
+                                   const W4A8SmallMConfig* config = nullptr);
 bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                             const W4G128View& w, const uint16_t* bias, uint16_t* y,
-                            cudaStream_t stream);
+                            cudaStream_t stream, const W4A8SmallMConfig* config = nullptr);
 
 // The large-M per-channel CUTLASS kernel (gemm_w4a8_sm90.cu). Same contract as gemm_w8a8_sm90:
 // false when not compiled / not applicable (n % 8, k % 16, 16-byte aligned aq, q, y, s1 and
 // s1_szeros, sm 9.0) or CUTLASS declines. Bias is not applied here.
 bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
-                                      const uint16_t* a_sum, int64_t m,
-                                      const W4PerChannelView& w, const uint16_t* y);
+                                      const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                      const uint16_t* y);
 // With `ws` (ops_cuda.h GemmWorkspace) CUTLASS's workspace is ws->data instead of the file's
 // grow-only block; a ws->bytes below w4a8_per_channel_sm90_workspace_bytes() throws.
 bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
@@ -82,8 +114,8 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k);
 // acc_out is null (for bench reports): "small_m_mma_packed", "sm90_wgmma_evt",
 // "expand+sm90_w8a8" (w8 from upload), "expand_per_call+sm90_w8a8", or "simple_dp4a".
 const char* gemm_w4a8_per_channel_path(const int8_t* aq, const uint16_t* a_scale,
-                                       const uint16_t* a_sum, int64_t m,
-                                       const W4PerChannelView& w, const uint16_t* y);
+                                       const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                       const uint16_t* y);
 const char* gemm_w4a8_g128_path(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                                 const W4G128View& w, const uint16_t* y);
 

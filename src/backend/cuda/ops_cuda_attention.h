@@ -117,11 +117,12 @@ void decode_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                       int64_t window, float* out, void* workspace, size_t workspace_bytes,
                       cudaStream_t stream);
 
-// Since issue 8 decode_attention dispatches to decode_attention_fast when
-// decode_attention_fast_supported() and q, k16, v16 and both pools are 16-byte aligned, and to
-// decode_attention_baseline (the first, reference kernel) otherwise. Same contract, same
-// workspace, same tolerance for both; the baseline stays callable as the oracle for tests and
-// benchmarks.
+// decode_attention dispatches (all pointers 16-byte aligned) to decode_attention_mma, then
+// decode_attention_tc, then decode_attention_fast, by their *_supported(); otherwise to
+// decode_attention_baseline (the first, reference kernel), which keeps the fp32 tolerance above
+// and stays the oracle for tests and benchmarks. Same workspace for all. NOTE: through the
+// dispatch, decode_attention therefore meets decode_attention_mma's fp16-operand bound below
+// wherever that kernel applies (KV4/KV8, head_dim 64/128, GQA group <= 8), not the fp32 one.
 void decode_attention_baseline(const float* q, const uint16_t* k16, const uint16_t* v16,
                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                                int64_t num_heads, int64_t window, float* out, void* workspace,
