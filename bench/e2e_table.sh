@@ -70,6 +70,10 @@ done
 
 if [ "$extras" = 1 ]; then
   m=synthetic:llama-3-8b
+  # Decode-heavy: 2,047 decode steps at a large batch (the issue's >= 35,000 tok/s figure needs
+  # it; about a minute on an H200).
+  run "llama-3-8b w4a8kv4 128/2048" --model $m --precision w4a8kv4 --batch 1024 \
+    --input-len 128 --output-len 2048
   run "llama-3-8b w4a8kv4 2048/128" --model $m --precision w4a8kv4 --batch max "${capped[@]}" \
     --input-len 2048 --output-len 128
   run "llama-3-8b w8a8kv8 1024/512" --model $m --precision w8a8kv8 --batch 256 \
@@ -77,9 +81,6 @@ if [ "$extras" = 1 ]; then
   # fp32 weights and activations (cuBLASLt fp32 without TF32): a small batch keeps it short.
   run "llama-3-8b w16a16kv16 1024/512" --model $m --precision w16a16kv16 --batch 16 \
     --input-len 1024 --output-len 512
-  # 2,047 decode steps: a moderate batch keeps it under a minute.
-  run "llama-3-8b w4a8kv4 128/2048" --model $m --precision w4a8kv4 --batch 128 \
-    --input-len 128 --output-len 2048
 fi
 
 echo "=== done in $(($(date +%s) - start)) s" | tee -a "$log"
