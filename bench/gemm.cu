@@ -875,6 +875,8 @@ void usage() {
       "  --flush-write  flush L2 by overwriting 256 MB (default: by reading it; see Timer)\n"
       "  --check   verify our kernels bit-exactly (CPU / cuBLASLt int8) before timing\n"
       "  --quick   M in {1, 64, 256, 4096}, 10 reps, 3 warm-ups\n"
+      "  --shapes models  the linears of QServe's model set (llama-2-7b.qkv, ..., "
+      "qwen1.5-72b.down)\n"
       "  --tune-small-m [--tune-out FILE]  time every launch configuration of the small-M W4A8\n"
       "            kernel (M = 8/16/32/64, per-channel and g128; each checked bit-exact first)\n"
       "            and write the fastest per case as "
@@ -967,8 +969,32 @@ int run(int argc, char** argv) {
               st.warmup, st.flush ? (st.flush_write ? "write" : "read") : "off",
               st.check ? "on" : "off", qserve::cuda::w8a8_sm90_compiled() ? "yes" : "no");
 
-  const std::vector<Layer> all_layers = {
+  std::vector<Layer> all_layers = {
       {"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+  // The linears of QServe's README model set (fused qkv and gate_up, head_dim 128), for tuning
+  // and reports beyond Llama-3-8B: `--shapes models` selects all of them (Mistral-7B's equal
+  // Llama-3-8B's), `--shapes llama-2-70b.down,...` single ones.
+  struct ModelDims {
+    const char* name;
+    int64_t hidden, inter, heads, kv_heads;
+  };
+  const ModelDims model_dims[] = {
+      {"llama-2-7b", 4096, 11008, 32, 32}, {"llama-2-13b", 5120, 13824, 40, 40},
+      {"llama-30b", 6656, 17920, 52, 52},  {"yi-34b", 7168, 20480, 56, 8},
+      {"llama-2-70b", 8192, 28672, 64, 8}, {"qwen1.5-72b", 8192, 24576, 64, 64}};
+  std::vector<std::string> model_layer_names;
+  for (const ModelDims& d : model_dims) {
+    const std::string p = std::string(d.name) + ".";
+    const Layer ls[] = {{p + "qkv", (d.heads + 2 * d.kv_heads) * 128, d.hidden},
+                        {p + "o", d.hidden, d.hidden},
+                        {p + "gate_up", 2 * d.inter, d.hidden},
+                        {p + "down", d.hidden, d.inter}};
+    for (const Layer& l : ls) {
+      all_layers.push_back(l);
+      model_layer_names.push_back(l.name);
+    }
+  }
+  if (st.shapes.size() == 1 && st.shapes[0] == "models") st.shapes = model_layer_names;
   if (st.tune_small_m) st.ms = {64};
   const int64_t max_m = *std::max_element(st.ms.begin(), st.ms.end());
   const int64_t alloc_m = st.check ? std::max<int64_t>(max_m, 133) : max_m;
@@ -985,7 +1011,8 @@ int run(int argc, char** argv) {
     const auto it = std::find_if(all_layers.begin(), all_layers.end(),
                                  [&](const Layer& l) { return l.name == want; });
     if (it == all_layers.end()) {
-      std::printf("skip: unknown shape '%s' (qkv, o, gate_up, down)\n", want.c_str());
+      std::printf("skip: unknown shape '%s' (qkv, o, gate_up, down, MODEL.LAYER, models)\n",
+                  want.c_str());
       continue;
     }
     const Layer& L = *it;
