@@ -1,7 +1,8 @@
 // What the two tensor-core decode kernels (attention_decode_tc.cu, attention_decode_mma.cu)
-// share: the cp.async ring primitives and shared-memory word loads of their per-warp page
-// streams, the host-side argument checks of their entry points, and the kernel that merges
-// split-KV partials. Internal to src/backend/cuda.
+// share: the q staging prologue, the cp.async ring primitives, per-warp page streams and
+// shared-memory word loads, the in-CTA merge of the warp streams with the current token, the
+// host-side argument checks of their entry points (also used by attention_decode_fast.cu), and
+// the kernel that merges split-KV partials. Internal to src/backend/cuda.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -57,6 +58,192 @@ __device__ __forceinline__ void lds_words(uint32_t (&w)[NW], const uint8_t* p) {
   }
 }
 
+inline constexpr float kLog2e = 1.4426950408889634f;
+
+// e^x, or 2^x when kLog2 (the libdevice functions, not the MUFU approximations).
+template <bool kLog2>
+__device__ __forceinline__ float exp_base(float x) {
+  if constexpr (kLog2) {
+    return exp2f(x);
+  } else {
+    return expf(x);
+  }
+}
+
+// The q prologue of a decode CTA of Threads threads: stages the fp32 q of its G query heads
+// (qg, G x D) in q_s, zero-padding heads G..7 when kPad, and returns the exponent e of the power
+// of two 2^e that maps the CTA-wide max|q| into [2^14, 2^15) (e = 0 when max|q| is 0 or not
+// finite; clamped to [-120, 120]). misc[0] is scratch for the maximum. Every thread of the CTA
+// calls it (two __syncthreads).
+template <int Threads, int D, bool kPad>
+__device__ __forceinline__ int stage_q_pow2(const float* qg, int G, float* q_s, float* misc,
+                                            int tid, int lane) {
+  float qmax = 0.0f;
+  for (int i = tid; i < (kPad ? 8 * D : G * D); i += Threads) {
+    const float v = (!kPad || i < G * D) ? qg[i] : 0.0f;
+    q_s[i] = v;
+    qmax = fmaxf(qmax, fabsf(v));
+  }
+  for (int o = 16; o > 0; o >>= 1) qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
+  if (tid == 0) misc[0] = 0.0f;
+  __syncthreads();
+  if (lane == 0) atomicMax(reinterpret_cast<int*>(misc), __float_as_int(qmax));  // >= 0 floats
+  __syncthreads();
+  qmax = misc[0];
+  int e = 0;
+  if (qmax > 0.0f && isfinite(qmax)) {
+    int ex = 0;
+    (void)frexpf(qmax, &ex);  // qmax = f 2^ex, f in [0.5, 1): 2^e q has max in [2^14, 2^15)
+    e = min(max(15 - ex, -120), 120);
+  }
+  return e;
+}
+
+// The page stream of one warp of a decode CTA of Warps warps: warp w takes the Blk-key blocks
+// b_first + w, b_first + w + Warps, ... of the cached keys [k_lo, kend) and stages block i
+// through its private cp.async ring (ring, in the CTA's dynamic shared memory smem) of
+// Geo::kStages stages of Geo::kStageBytes bytes: the K payload (Geo::kPayload bytes, Geo::RB per
+// key), the V payload, then the 64-byte runs of the block's 32 fp16 K scales, K zeros, V scales
+// and V zeros. bt is the sequence's block-table row, pb the page bytes.
+//
+// Written so that both kernels compile to the same SASS as their former inline code; ptxas'
+// register allocation proved sensitive to the form: issue reads the pool pointers from the
+// kernel arguments at each call (copies held here cost registers), the kernels call issue
+// through a local lambda and compute a stage's address (ring + (i % kStages) * kStageBytes) in
+// their loop themselves. Direct calls, or a stage() helper, each changed the code
+// (decode_mma_kernel<kv4, 128>: 117 -> 123 registers).
+template <class Geo, int Warps, int Blk>
+struct WarpKvStream {
+  static_assert(Blk == 32 && kPage % Blk == 0, "32-key blocks (64-byte fp16 runs), in one page");
+  static_assert(Geo::kPayload == Blk * Geo::RB, "payload bytes per block");
+  static_assert(Geo::kStageBytes == 2 * Geo::kPayload + 4 * 64, "stage layout");
+
+  uint8_t* ring;  // this warp's stages
+  const int32_t* bt;
+  int64_t pb;
+  int warp, lane;
+  int b_first, nblk;  // first block of the split; blocks of this warp
+  int64_t data_off, scale_off, zero_off;
+
+  __device__ __forceinline__ WarpKvStream(uint8_t* smem, const PageGeom& geom, const int32_t* bt_,
+                                          int64_t pb_, int kvh, int k_lo, int kend, int warp_,
+                                          int lane_)
+      : bt(bt_), pb(pb_), warp(warp_), lane(lane_) {
+    ring = smem + warp * Geo::kStages * Geo::kStageBytes;
+    b_first = k_lo / Blk;
+    const int b_last = kend > k_lo ? (kend - 1) / Blk : b_first - 1;
+    const int nblk_total = b_last - b_first + 1;
+    nblk = nblk_total > warp ? (nblk_total - warp + Warps - 1) / Warps : 0;
+    data_off = geom.data_offset(kvh, 0);
+    scale_off = geom.scale_offset(kvh, 0);
+    zero_off = geom.zero_offset(kvh, 0);
+  }
+
+  // First key position of this warp's block i.
+  __device__ __forceinline__ int pos0(int i) const { return (b_first + warp + i * Warps) * Blk; }
+
+  // Issues the copies of block i (none past the last block) and commits a group; a: the
+  // kernel's arguments (k_pool, v_pool).
+  template <class Args>
+  __device__ __forceinline__ void issue(const Args& a, int i) const {
+    if (i < nblk) {
+      const int b = b_first + warp + i * Warps;
+      const int pos0 = b * Blk;
+      const int64_t page = bt[pos0 / kPage];
+      const int slot0 = pos0 % kPage;
+      uint8_t* st = ring + (i % Geo::kStages) * Geo::kStageBytes;
+      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
+      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
+#pragma unroll
+      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
+        cp_async16(st + c * 16, kb + c * 16);
+        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
+      }
+      if (lane < 16) {
+        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
+        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
+        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
+        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
+      }
+    }
+    cp_async_commit();  // always, so group counting stays uniform
+  }
+};
+
+// The end of a decode CTA of Warps warps (a: the kernel's arguments; G: its query heads per KV
+// head, passed in because re-reading a.group here changed the generated code), once every warp
+// has written its stream's unnormalized output red_o[warp][h][D] and (max, sum)
+// red_ml[warp][h][2] for the heads h < 8 and no warp reads its ring any more. The CTA serves
+// split `split` ([k_lo, k_hi)) of KV head kvh of sequence seq (context ctx, q row q_row).
+//  - When the split holds the current token (position ctx), its scores: fp32 dots of the
+//    unrounded q (q_s) with k16, times the scale (and log2(e) when kLog2), one warp per head,
+//    into misc[8 + h].
+//  - Per (head, channel): the merge of the warp streams, one more online-softmax step with the
+//    current token's unquantized fp16 K/V, and the store: O / L with one split, otherwise the
+//    split's partial O and (M, L).
+// kLog2: maxima and scores in log2 units, weights 2^x (exp2f); otherwise natural-log units, e^x
+// (expf).
+template <bool kLog2, int Warps, int D, class Args>
+__device__ __forceinline__ void merge_warps_and_store(const Args& a, const float* red_o,
+                                                      const float* red_ml, const float* q_s,
+                                                      float* misc, int G, int64_t q_row, int kvh,
+                                                      int seq, int split, int ctx, int k_lo,
+                                                      int k_hi, int tid, int lane, int warp) {
+  const bool has_cur = ctx >= k_lo && ctx < k_hi;
+  const int64_t cur_row = (q_row * a.geom.kv_heads + kvh) * D;
+  if (has_cur) {
+    for (int h = warp; h < G; h += Warps) {
+      float d = 0.0f;
+      for (int c = lane; c < D; c += 32) d += q_s[h * D + c] * h2f(a.k16[cur_row + c]);
+      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      if (lane == 0) {
+        if constexpr (kLog2) {
+          misc[8 + h] = d * a.scale * kLog2e;
+        } else {
+          misc[8 + h] = __fmul_rn(d, a.scale);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < G * D; idx += Warps * 32) {
+    const int h = idx / D, c = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Warps; ++w) M = fmaxf(M, red_ml[(w * 8 + h) * 2]);
+    float L = 0.0f, O = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < Warps; ++w) {
+        const float mw = red_ml[(w * 8 + h) * 2];
+        const float wt = mw == -INFINITY ? 0.0f : exp_base<kLog2>(mw - M);
+        L += red_ml[(w * 8 + h) * 2 + 1] * wt;
+        O += red_o[(w * 8 + h) * D + c] * wt;
+      }
+    }
+    if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V
+      const float s = misc[8 + h];
+      const float m2 = fmaxf(M, s);
+      const float al = M == -INFINITY ? 0.0f : exp_base<kLog2>(M - m2);
+      const float pc = exp_base<kLog2>(s - m2);
+      O = O * al + pc * h2f(a.v16[cur_row + c]);
+      L = L * al + pc;
+      M = m2;
+    }
+    const int64_t hq = static_cast<int64_t>(kvh) * G + h;
+    if (a.splits == 1) {
+      a.out[(q_row * a.num_heads + hq) * D + c] = O / L;
+    } else {
+      const int64_t pidx = (static_cast<int64_t>(seq) * a.num_heads + hq) * a.splits + split;
+      a.part_o[pidx * D + c] = O;
+      if (c == 0) {
+        a.part_ml[pidx * 2] = M;
+        a.part_ml[pidx * 2 + 1] = L;
+      }
+    }
+  }
+}
+
 // out = sum_j o_j w_j / sum_j l_j w_j over the used splits, w_j = e^(m_j - M) (natural-log
 // maxima) or 2^(m_j - M) (kLog2: maxima in log2 units).
 template <bool kLog2>
@@ -102,20 +289,22 @@ inline int sm_count() {
   return n;
 }
 
-// The entry-point checks of a tensor-core decode kernel `op`: geometry (`supported`), sequence
-// count, and — when there is work — 16-byte alignment and the workspace size. Returns the
-// shape string for later messages; throws qserve::Error naming op and shape.
+// The entry-point checks of a decode kernel `op` (tensor-core, or attention_decode_fast.cu):
+// geometry (`supported`; `groups` names the supported Hq/Hkv in the message), sequence count,
+// and — when there is work — 16-byte alignment and the workspace size. Returns the shape
+// string for later messages; throws qserve::Error naming op and shape.
 inline std::string check_decode_call(const char* op, bool supported, const float* q,
                                      const uint16_t* k16, const uint16_t* v16,
                                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                                      int64_t num_heads, const void* workspace,
-                                     size_t workspace_bytes) {
+                                     size_t workspace_bytes, const char* groups = "1..8") {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
                             " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
                             " max_total_len=" + std::to_string(batch.max_total_len);
   const std::string name(op);
-  check(supported, name + ": needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in 1..8 (" + shape + ")");
+  check(supported,
+        name + ": needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in " + groups + " (" + shape + ")");
   check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
         name + ": 0..65535 sequences (" + shape + ")");
   if (S == 0) return shape;

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
@@ -62,8 +63,8 @@ __device__ __forceinline__ uint32_t half2_as_u32(__half2 h) {
 }
 
 struct FastArgs {
-  const float* q;         // [T, Hq, D]
-  const uint16_t* k16;    // [T, Hkv, D]
+  const float* q;       // [T, Hq, D]
+  const uint16_t* k16;  // [T, Hkv, D]
   const uint16_t* v16;
   const uint8_t* k_pool;  // [pages, page_bytes]
   const uint8_t* v_pool;
@@ -109,10 +110,10 @@ __global__ void __launch_bounds__(kFThreads) decode_fast_kernel(FastArgs a) {
   static_assert(LPT >= 1 && kFTile * CPR % kFThreads == 0, "tile mapping");
   // P.V mapping: each thread owns CPV consecutive channels of one head.
   constexpr int CPV = (D * G / kFThreads) < 2 ? 2 : (D * G / kFThreads);
-  constexpr int TPH = D / CPV;            // threads per head
-  constexpr int NHG = kFThreads / TPH;    // head groups (>= G)
+  constexpr int TPH = D / CPV;          // threads per head
+  constexpr int NHG = kFThreads / TPH;  // head groups (>= G)
   static_assert(NHG >= G && CPV <= 8, "P.V mapping");
-  constexpr int HPT = (G + 1) / 2;        // heads per thread in the score phase
+  constexpr int HPT = (G + 1) / 2;  // heads per thread in the score phase
 
   __shared__ __align__(16) FastSmem<D, G> sm;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -130,8 +131,8 @@ __global__ void __launch_bounds__(kFThreads) decode_fast_kernel(FastArgs a) {
 
   // q of the G heads (contiguous G*D floats).
   {
-    const float4* src =
-        reinterpret_cast<const float4*>(a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D);
+    const float4* src = reinterpret_cast<const float4*>(
+        a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D);
     float4* dst = reinterpret_cast<float4*>(sm.q);
     for (int i = tid; i < G * D / 4; i += kFThreads) dst[i] = src[i];
   }
@@ -226,8 +227,8 @@ __global__ void __launch_bounds__(kFThreads) decode_fast_kernel(FastArgs a) {
   };
 
   // P.V ownership.
-  const int pv_head = tid / TPH;          // < NHG; active when < G
-  const int pv_c0 = (tid % TPH) * CPV;    // first owned channel
+  const int pv_head = tid / TPH;        // < NHG; active when < G
+  const int pv_c0 = (tid % TPH) * CPV;  // first owned channel
   float acc[CPV];
 #pragma unroll
   for (int c = 0; c < CPV; ++c) acc[c] = 0.0f;
@@ -435,23 +436,19 @@ void launch_fast(const FastArgs& a, int num_seqs, int kv_heads, cudaStream_t str
 template <KvFormat F, int D>
 void launch_fast_g(const FastArgs& a, int g, int num_seqs, int kv_heads, cudaStream_t stream) {
   switch (g) {
-    case 1: launch_fast<F, D, 1>(a, num_seqs, kv_heads, stream); break;
-    case 2: launch_fast<F, D, 2>(a, num_seqs, kv_heads, stream); break;
-    case 4: launch_fast<F, D, 4>(a, num_seqs, kv_heads, stream); break;
-    default: launch_fast<F, D, 8>(a, num_seqs, kv_heads, stream); break;
+    case 1:
+      launch_fast<F, D, 1>(a, num_seqs, kv_heads, stream);
+      break;
+    case 2:
+      launch_fast<F, D, 2>(a, num_seqs, kv_heads, stream);
+      break;
+    case 4:
+      launch_fast<F, D, 4>(a, num_seqs, kv_heads, stream);
+      break;
+    default:
+      launch_fast<F, D, 8>(a, num_seqs, kv_heads, stream);
+      break;
   }
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  return n;
 }
 
 }  // namespace
@@ -467,8 +464,8 @@ bool decode_attention_fast_supported(KvFormat format, int64_t num_heads, int64_t
   return g == 1 || g == 2 || g == 4 || g == 8;
 }
 
-int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads,
-                                         int64_t max_total_len, int64_t num_sms) {
+int64_t decode_attention_fast_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                         int64_t num_sms) {
   // Enough CTAs for about two resident waves (~5 CTAs of this size fit an SM), but never
   // splits shorter than 256 keys: shorter splits only add merge traffic, and the reference's
   // workspace (256-key splits) must stay large enough.
@@ -484,23 +481,10 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
                            int64_t num_heads, int64_t window, float* out, void* workspace,
                            size_t workspace_bytes, cudaStream_t stream) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
-  const std::string shape = "S=" + std::to_string(S) + " Hq=" + std::to_string(num_heads) +
-                            " Hkv=" + std::to_string(hkv) + " D=" + std::to_string(d) +
-                            " max_total_len=" + std::to_string(batch.max_total_len);
-  check(decode_attention_fast_supported(cache.format, num_heads, hkv, d),
-        "decode_attention_fast: needs KV4/KV8, head_dim 64 or 128 and Hq/Hkv in {1,2,4,8} (" +
-            shape + ")");
-  check(S >= 0 && S <= 65535 && batch.max_total_len >= 0,
-        "decode_attention_fast: 0..65535 sequences (" + shape + ")");
+  const std::string shape = attn::check_decode_call(
+      "decode_attention_fast", decode_attention_fast_supported(cache.format, num_heads, hkv, d), q,
+      k16, v16, cache, batch, num_heads, workspace, workspace_bytes, "{1,2,4,8}");
   if (S == 0) return;
-  check(aligned16(q) && aligned16(k16) && aligned16(v16) && aligned16(cache.k_pool) &&
-            aligned16(cache.v_pool),
-        "decode_attention_fast: q, k16, v16 and the pools must be 16-byte aligned (" + shape +
-            ")");
-  const size_t need = decode_attention_workspace_bytes(S, num_heads, d, batch.max_total_len);
-  check(workspace != nullptr && workspace_bytes >= need,
-        "decode_attention_fast: workspace of " + std::to_string(workspace_bytes) +
-            " bytes, need " + std::to_string(need) + " (" + shape + ")");
 
   FastArgs a{};
   a.q = q;
@@ -516,7 +500,8 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
   a.num_heads = static_cast<int>(num_heads);
   a.window = static_cast<int>(std::max<int64_t>(0, window));
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
-  const int64_t keys = decode_attention_fast_split_keys(S, hkv, batch.max_total_len, sm_count());
+  const int64_t keys =
+      decode_attention_fast_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
   a.split_keys = static_cast<int>(keys);
   a.splits = static_cast<int>(
       std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
@@ -527,19 +512,22 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
   const int g = static_cast<int>(num_heads / hkv);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
   if (cache.format == KvFormat::kv4) {
-    if (d == 128) launch_fast_g<KvFormat::kv4, 128>(a, g, ns, nh, stream);
-    else launch_fast_g<KvFormat::kv4, 64>(a, g, ns, nh, stream);
+    if (d == 128)
+      launch_fast_g<KvFormat::kv4, 128>(a, g, ns, nh, stream);
+    else
+      launch_fast_g<KvFormat::kv4, 64>(a, g, ns, nh, stream);
   } else {
-    if (d == 128) launch_fast_g<KvFormat::kv8, 128>(a, g, ns, nh, stream);
-    else launch_fast_g<KvFormat::kv8, 64>(a, g, ns, nh, stream);
+    if (d == 128)
+      launch_fast_g<KvFormat::kv8, 128>(a, g, ns, nh, stream);
+    else
+      launch_fast_g<KvFormat::kv8, 64>(a, g, ns, nh, stream);
   }
   check_launch("decode_attention_fast split", shape);
   if (a.splits > 1) {
     const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
-    decode_fast_merge_kernel<<<grid, 128, 0, stream>>>(a.part_o, a.part_ml, batch.token_offset,
-                                                       batch.context_len, a.num_heads,
-                                                       static_cast<int>(d), a.splits,
-                                                       a.split_keys, a.window, out);
+    decode_fast_merge_kernel<<<grid, 128, 0, stream>>>(
+        a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
+        static_cast<int>(d), a.splits, a.split_keys, a.window, out);
     check_launch("decode_attention_fast merge", shape);
   }
 }

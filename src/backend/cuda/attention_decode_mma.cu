@@ -49,11 +49,10 @@ namespace qserve::cuda {
 
 namespace {
 
-using attn::cp_async16;
-using attn::cp_async_commit;
 using attn::cp_async_wait;
 using attn::first_key;
 using attn::h2u;
+using attn::kLog2e;
 using attn::kPage;
 using attn::lds_words;
 using attn::PageGeom;
@@ -62,7 +61,6 @@ constexpr int kThreads = 128;  // 4 warps, each an independent key stream
 constexpr int kWarps = kThreads / 32;
 constexpr int kBlk = 32;  // keys per warp step (half a page; never straddles a page)
 constexpr int kMinSplitKeys = 256;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // KV4 runs a 3-stage ring at 4 CTAs per SM; a 2-stage ring at 5 CTAs per SM (more warps per
 // scheduler, 102 registers) measured 25% slower on the H200 (2.35 vs 3.13 TB/s at 256 x 1536).
@@ -109,7 +107,7 @@ struct Args {
   float scale;
   float* out;
   float* part_o;   // [S, Hq, splits, D]
-  float* part_ml;  // [S, Hq, splits, 2]: (max in natural-log units, sum)
+  float* part_ml;  // [S, Hq, splits, 2]: (max in log2 units, sum)
 };
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -246,25 +244,9 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   const int64_t pb = a.geom.page_bytes;
 
   // ---- q: fp32 in shared memory (current token), a power of two keeping fp16 q normal -----
+  // Heads G..7 are staged as zeros: the B fragments below read all 8.
   const float* qg = a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D;
-  float qmax = 0.0f;
-  for (int i = tid; i < 8 * D; i += kThreads) {
-    const float v = i < G * D ? qg[i] : 0.0f;
-    q_s[i] = v;
-    qmax = fmaxf(qmax, fabsf(v));
-  }
-  for (int o = 16; o > 0; o >>= 1) qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
-  if (tid == 0) misc[0] = 0.0f;
-  __syncthreads();
-  if (lane == 0) atomicMax(reinterpret_cast<int*>(misc), __float_as_int(qmax));  // >= 0 floats
-  __syncthreads();
-  qmax = misc[0];
-  int e = 0;
-  if (qmax > 0.0f && isfinite(qmax)) {
-    int ex = 0;
-    (void)frexpf(qmax, &ex);  // qmax = f 2^ex, f in [0.5, 1): 2^e q has max in [2^14, 2^15)
-    e = min(max(15 - ex, -120), 120);
-  }
+  const int e = attn::stage_q_pow2<kThreads, D, /*kPad=*/true>(qg, G, q_s, misc, tid, lane);
   const float q_mul = scalbnf(1.0f, e);
   // score (log2 units) = c1 * (s (q^.c) - s z sum q^) with q^ = fp16(q 2^e).
   const float c1 = scalbnf(1.0f, -e) * a.scale * kLog2e;
@@ -301,38 +283,7 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
                          1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t + 1) * 4)};
 
   // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
-  uint8_t* ring = smem + warp * NS * Geo::kStageBytes;
-  const int b_first = k_lo / kBlk;
-  const int b_last = kend > k_lo ? (kend - 1) / kBlk : b_first - 1;
-  const int nblk_total = b_last - b_first + 1;
-  const int nblk = nblk_total > warp ? (nblk_total - warp + kWarps - 1) / kWarps : 0;
-  const int64_t data_off = a.geom.data_offset(kvh, 0);
-  const int64_t scale_off = a.geom.scale_offset(kvh, 0);
-  const int64_t zero_off = a.geom.zero_offset(kvh, 0);
-
-  auto issue = [&](int i) {
-    if (i < nblk) {
-      const int b = b_first + warp + i * kWarps;
-      const int pos0 = b * kBlk;
-      const int64_t page = bt[pos0 / kPage];
-      const int slot0 = pos0 % kPage;
-      uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
-      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
-      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
-#pragma unroll
-      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
-        cp_async16(st + c * 16, kb + c * 16);
-        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
-      }
-      if (lane < 16) {
-        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
-        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
-        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
-        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
-      }
-    }
-    cp_async_commit();  // always, so group counting stays uniform
-  };
+  const attn::WarpKvStream<Geo, kWarps, kBlk> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp, lane);
 
   // O^T accumulators: m-tile m, rows g (channel slot 2m) and g+8 (slot 2m+1), heads 2t, 2t+1.
   float o[Geo::kMTiles][4];
@@ -343,16 +294,17 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   float z_part[2] = {0.0f, 0.0f};           // this lane's share of sum p s z (V zero term)
   float w_part[2] = {0.0f, 0.0f};           // this lane's share of sum fp16(p s) (V offset)
 
+  auto issue = [&](int i) { ks.issue(a, i); };  // a lambda, not direct calls: see WarpKvStream
 #pragma unroll
   for (int i = 0; i < NS - 1; ++i) issue(i);
 
-  for (int i = 0; i < nblk; ++i) {
+  for (int i = 0; i < ks.nblk; ++i) {
     cp_async_wait<NS - 2>();
     __syncwarp();  // block i visible to all lanes; all lanes done with block i-1's stage
     issue(i + NS - 1);
-    const uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+    const uint8_t* st = ks.ring + (i % NS) * Geo::kStageBytes;
     const uint16_t* sz = reinterpret_cast<const uint16_t*>(st + 2 * Geo::kPayload);
-    const int pos0 = (b_first + warp + i * kWarps) * kBlk;
+    const int pos0 = ks.pos0(i);
     const bool full = pos0 >= k_lo && pos0 + kBlk <= kend;  // warp-uniform
 
     // -- S^T = K q^T over 2 sub-steps of 16 keys: rows g, g+8 = keys 16j+g, 16j+g+8 --
@@ -515,54 +467,10 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
       }
     }
   }
-  // Current token's scores (fp32 dot on the unrounded q, as the reference), one warp per head.
-  const bool has_cur = ctx >= k_lo && ctx < k_hi;
-  const int64_t cur_row = (q_row * a.geom.kv_heads + kvh) * D;
-  if (has_cur) {
-    for (int h = warp; h < G; h += kWarps) {
-      float d = 0.0f;
-      for (int c = lane; c < D; c += 32) d += q_s[h * D + c] * attn::h2f(a.k16[cur_row + c]);
-      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-      if (lane == 0) misc[8 + h] = d * a.scale * kLog2e;
-    }
-  }
-  __syncthreads();
-  for (int idx = tid; idx < G * D; idx += kThreads) {
-    const int h = idx / D, c = idx % D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red_ml[(w * 8 + h) * 2]);
-    float L = 0.0f, O = 0.0f;
-    if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float mw = red_ml[(w * 8 + h) * 2];
-        const float wt = mw == -INFINITY ? 0.0f : exp2f(mw - M);
-        L += red_ml[(w * 8 + h) * 2 + 1] * wt;
-        O += red_o[(w * 8 + h) * D + c] * wt;
-      }
-    }
-    if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V
-      const float s = misc[8 + h];
-      const float m2 = fmaxf(M, s);
-      const float al = M == -INFINITY ? 0.0f : exp2f(M - m2);
-      const float pc = exp2f(s - m2);
-      O = O * al + pc * attn::h2f(a.v16[cur_row + c]);
-      L = L * al + pc;
-      M = m2;
-    }
-    const int64_t hq = static_cast<int64_t>(kvh) * G + h;
-    if (a.splits == 1) {
-      a.out[(q_row * a.num_heads + hq) * D + c] = O / L;
-    } else {
-      const int64_t pidx = (static_cast<int64_t>(seq) * a.num_heads + hq) * a.splits + split;
-      a.part_o[pidx * D + c] = O;
-      if (c == 0) {
-        a.part_ml[pidx * 2] = M;  // log2 units
-        a.part_ml[pidx * 2 + 1] = L;
-      }
-    }
-  }
+  // Current token (scores: fp32 dot on the unrounded q, as the reference, in log2 units), the
+  // merge of the warp streams with exp2, and the store (maxima of partials in log2 units).
+  attn::merge_warps_and_store</*kLog2=*/true, kWarps, D>(
+      a, red_o, red_ml, q_s, misc, G, q_row, kvh, seq, split, ctx, k_lo, k_hi, tid, lane, warp);
 }
 
 template <KvFormat F, int D>

@@ -54,8 +54,6 @@ namespace qserve::cuda {
 
 namespace {
 
-using attn::cp_async16;
-using attn::cp_async_commit;
 using attn::cp_async_wait;
 using attn::first_key;
 using attn::h2u;
@@ -176,26 +174,10 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   const int64_t pb = a.geom.page_bytes;
 
   // ---- q: stage in shared memory, max|q|, power-of-two scale, hi/lo A fragments ----------
-  const float* qg = a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D;
-  float qmax = 0.0f;
-  for (int i = tid; i < G * D; i += kTcThreads) {
-    const float v = qg[i];
-    q_s[i] = v;
-    qmax = fmaxf(qmax, fabsf(v));
-  }
-  for (int o = 16; o > 0; o >>= 1) qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
-  if (tid == 0) misc[0] = 0.0f;
-  __syncthreads();
-  if (lane == 0) atomicMax(reinterpret_cast<int*>(misc), __float_as_int(qmax));  // >= 0 floats
-  __syncthreads();
-  qmax = misc[0];
   // 2^e maps max|q| into [2^14, 2^15): hi/lo stay normal fp16, q*K stays far below fp32 max.
-  int e = 0;
-  if (qmax > 0.0f && isfinite(qmax)) {
-    int ex = 0;
-    (void)frexpf(qmax, &ex);  // qmax = f * 2^ex, f in [0.5, 1)
-    e = min(max(15 - ex, -120), 120);
-  }
+  // Only the G heads are staged (the A fragments zero rows g >= G).
+  const float* qg = a.q + (q_row * a.num_heads + static_cast<int64_t>(kvh) * G) * D;
+  const int e = attn::stage_q_pow2<kTcThreads, D, /*kPad=*/false>(qg, G, q_s, misc, tid, lane);
   const float q_mul = scalbnf(1.0f, e);
   // score = (acc * 2^-e) * scale: the first product is exact (a power of two), the second is
   // the reference's __fmul_rn(dot, scale).
@@ -222,54 +204,25 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   }
 
   // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
-  uint8_t* ring = smem + warp * NS * Geo::kStageBytes;
-  const int b_first = k_lo / kBlk;
-  const int b_last = kend > k_lo ? (kend - 1) / kBlk : b_first - 1;
-  const int nblk_total = b_last - b_first + 1;
-  const int nblk = nblk_total > warp ? (nblk_total - warp + kTcWarps - 1) / kTcWarps : 0;
-  const int64_t data_off = a.geom.data_offset(kvh, 0);
-  const int64_t scale_off = a.geom.scale_offset(kvh, 0);
-  const int64_t zero_off = a.geom.zero_offset(kvh, 0);
-
-  auto issue = [&](int i) {
-    if (i < nblk) {
-      const int b = b_first + warp + i * kTcWarps;
-      const int pos0 = b * kBlk;
-      const int64_t page = bt[pos0 / kPage];
-      const int slot0 = pos0 % kPage;
-      uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
-      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
-      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * RB;
-#pragma unroll
-      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
-        cp_async16(st + c * 16, kb + c * 16);
-        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
-      }
-      if (lane < 16) {
-        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
-        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
-        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
-        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
-      }
-    }
-    cp_async_commit();  // always, so group counting stays uniform
-  };
+  const attn::WarpKvStream<Geo, kTcWarps, kBlk> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp,
+                                                   lane);
 
   float o[Geo::kNTiles][4];
 #pragma unroll
   for (int j = 0; j < Geo::kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
   float m_run = -INFINITY, l_part = 0.0f;  // head g; l_part is this thread's share
 
+  auto issue = [&](int i) { ks.issue(a, i); };  // a lambda, not direct calls: see WarpKvStream
 #pragma unroll
   for (int i = 0; i < NS - 1; ++i) issue(i);
 
-  for (int i = 0; i < nblk; ++i) {
+  for (int i = 0; i < ks.nblk; ++i) {
     cp_async_wait<NS - 2>();
     __syncwarp();  // block i visible to all lanes; all lanes done with block i-1's stage
     issue(i + NS - 1);
-    const uint8_t* st = ring + (i % NS) * Geo::kStageBytes;
+    const uint8_t* st = ks.ring + (i % NS) * Geo::kStageBytes;
     const uint16_t* sz = reinterpret_cast<const uint16_t*>(st + 2 * Geo::kPayload);
-    const int pos0 = (b_first + warp + i * kTcWarps) * kBlk;
+    const int pos0 = ks.pos0(i);
 
     // -- S = q K^T: 2 sub-blocks x 2 n-tiles of 8 keys --
     float sc[2][2][4];
@@ -440,54 +393,10 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
       red_ml[(warp * 8 + g) * 2 + 1] = l_part;
     }
   }
-  // Current token's scores (fp32 dot as the reference), one warp per head.
-  const bool has_cur = ctx >= k_lo && ctx < k_hi;
-  const int64_t cur_row = (q_row * a.geom.kv_heads + kvh) * D;
-  if (has_cur) {
-    for (int h = warp; h < G; h += kTcWarps) {
-      float d = 0.0f;
-      for (int c = lane; c < D; c += 32) d += q_s[h * D + c] * attn::h2f(a.k16[cur_row + c]);
-      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-      if (lane == 0) misc[8 + h] = __fmul_rn(d, a.scale);
-    }
-  }
-  __syncthreads();
-  for (int idx = tid; idx < G * D; idx += kTcThreads) {
-    const int h = idx / D, c = idx % D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red_ml[(w * 8 + h) * 2]);
-    float L = 0.0f, O = 0.0f;
-    if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kTcWarps; ++w) {
-        const float mw = red_ml[(w * 8 + h) * 2];
-        const float wt = mw == -INFINITY ? 0.0f : expf(mw - M);
-        L += red_ml[(w * 8 + h) * 2 + 1] * wt;
-        O += red_o[(w * 8 + h) * D + c] * wt;
-      }
-    }
-    if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V
-      const float s = misc[8 + h];
-      const float m2 = fmaxf(M, s);
-      const float al = M == -INFINITY ? 0.0f : expf(M - m2);
-      const float pc = expf(s - m2);
-      O = O * al + pc * attn::h2f(a.v16[cur_row + c]);
-      L = L * al + pc;
-      M = m2;
-    }
-    const int64_t hq = static_cast<int64_t>(kvh) * G + h;
-    if (a.splits == 1) {
-      a.out[(q_row * a.num_heads + hq) * D + c] = O / L;
-    } else {
-      const int64_t pidx = (static_cast<int64_t>(seq) * a.num_heads + hq) * a.splits + split;
-      a.part_o[pidx * D + c] = O;
-      if (c == 0) {
-        a.part_ml[pidx * 2] = M;
-        a.part_ml[pidx * 2 + 1] = L;
-      }
-    }
-  }
+  // Current token (scores: fp32 dot as the reference), the merge of the warp streams with
+  // exp, and the store (maxima of partials in natural-log units).
+  attn::merge_warps_and_store</*kLog2=*/false, kTcWarps, D>(
+      a, red_o, red_ml, q_s, misc, G, q_row, kvh, seq, split, ctx, k_lo, k_hi, tid, lane, warp);
 }
 
 template <KvFormat F, int D>

@@ -71,8 +71,12 @@ __device__ __forceinline__ uint8_t cvt_rni_sat_u8(float x) {
   return static_cast<uint8_t>(static_cast<int>(r));
 }
 
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(uint16_t h) { return h2f(h); }
+__device__ __forceinline__ float load_f(float v) {
+  return v;
+}
+__device__ __forceinline__ float load_f(uint16_t h) {
+  return h2f(h);
+}
 
 // Quantizes one (token, head) row x[0..D) (fp16 bits in shared memory) into a page, one warp.
 template <KvFormat F>
@@ -485,6 +489,23 @@ int sm_count() {
   return n;
 }
 
+// Calls fn.template operator()<F>() with the compile-time cache format F = fmt (fn: a template
+// lambda [&]<KvFormat F>() { ... }), so that fn names the kernel instantiation for fmt.
+template <typename Fn>
+void dispatch_kv_format(KvFormat fmt, Fn&& fn) {
+  switch (fmt) {
+    case KvFormat::kv4:
+      fn.template operator()<KvFormat::kv4>();
+      break;
+    case KvFormat::kv8:
+      fn.template operator()<KvFormat::kv8>();
+      break;
+    case KvFormat::kv16:
+      fn.template operator()<KvFormat::kv16>();
+      break;
+  }
+}
+
 template <typename In>
 void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                   int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
@@ -492,8 +513,8 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
                   cudaStream_t stream, const char* op, bool allow_vec = true) {
   const std::string shape = "S=" + std::to_string(batch.num_seqs) +
                             " max_num_tokens=" + std::to_string(batch.max_num_tokens) +
-                            " Hq=" + std::to_string(num_heads) + " Hkv=" +
-                            std::to_string(kv_heads) + " D=" + std::to_string(head_dim);
+                            " Hq=" + std::to_string(num_heads) +
+                            " Hkv=" + std::to_string(kv_heads) + " D=" + std::to_string(head_dim);
   check(num_heads > 0 && kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0 && head_dim <= 1024,
         std::string(op) + ": need positive heads and an even head_dim <= 1024 (" + shape + ")");
   check(qkv_stride >= (num_heads + 2 * kv_heads) * head_dim,
@@ -543,20 +564,10 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
     const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
                     static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(parts));
     const size_t smem = static_cast<size_t>(head_dim) * sizeof(float);
-    auto run = [&](auto kernel) {
-      kernel<<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
-    };
-    switch (fmt) {
-      case KvFormat::kv4:
-        run(rope_kv_vec_kernel<KvFormat::kv4, In>);
-        break;
-      case KvFormat::kv8:
-        run(rope_kv_vec_kernel<KvFormat::kv8, In>);
-        break;
-      case KvFormat::kv16:
-        run(rope_kv_vec_kernel<KvFormat::kv16, In>);
-        break;
-    }
+    dispatch_kv_format(fmt, [&]<KvFormat F>() {
+      rope_kv_vec_kernel<F, In>
+          <<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
+    });
     check_launch(op, shape);
     return;
   }
@@ -565,25 +576,15 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
                       static_cast<size_t>(2 * kv_heads * head_dim) * sizeof(uint16_t);
   const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
                   static_cast<unsigned>(batch.num_seqs));
-  auto run = [&](auto kernel) {
+  dispatch_kv_format(fmt, [&]<KvFormat F>() {
     if (smem > 48 * 1024) {
-      cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)),
-                 op, shape + " smem=" + std::to_string(smem));
+      cuda_check(
+          cudaFuncSetAttribute(rope_kv_kernel<F, In>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          op, shape + " smem=" + std::to_string(smem));
     }
-    kernel<<<grid, kRopeThreads, smem, stream>>>(qkv, a);
-  };
-  switch (fmt) {
-    case KvFormat::kv4:
-      run(rope_kv_kernel<KvFormat::kv4, In>);
-      break;
-    case KvFormat::kv8:
-      run(rope_kv_kernel<KvFormat::kv8, In>);
-      break;
-    case KvFormat::kv16:
-      run(rope_kv_kernel<KvFormat::kv16, In>);
-      break;
-  }
+    rope_kv_kernel<F, In><<<grid, kRopeThreads, smem, stream>>>(qkv, a);
+  });
   check_launch(op, shape);
 }
 
