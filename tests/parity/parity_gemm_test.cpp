@@ -522,10 +522,18 @@ TEST(DeviceAllocator, BucketSizes) {
   EXPECT_EQ(A::bucket_size(513), 1024u);
   EXPECT_EQ(A::bucket_size(size_t{1} << 20), size_t{1} << 20);
   EXPECT_EQ(A::bucket_size((size_t{1} << 20) + 1), (size_t{1} << 20) + (size_t{1} << 18));
+  // Over 64 MiB: whole 2 MiB units (at most 2 MiB - 1 B, i.e. < 3.2%, of padding).
+  EXPECT_EQ(A::bucket_size(size_t{64} << 20), size_t{64} << 20);
+  EXPECT_EQ(A::bucket_size((size_t{64} << 20) + 1), size_t{66} << 20);
+  EXPECT_EQ(A::bucket_size(size_t{402653184}), size_t{402653184});  // 384 MiB
+  EXPECT_EQ(A::bucket_size(size_t{470} * 1000 * 1000), size_t{225} * (size_t{2} << 20));
   for (size_t b = 1; b < (size_t{1} << 34); b = b * 3 + 7) {
     const size_t s = A::bucket_size(b);
     EXPECT_GE(s, b);
     EXPECT_LE(static_cast<double>(s), std::max(1.25 * static_cast<double>(b), b + 512.0)) << b;
+    if (b > (size_t{64} << 20)) {
+      EXPECT_LT(s - b, size_t{2} << 20) << b;
+    }
     EXPECT_EQ(s % 256, 0u) << b;
   }
 }
