@@ -25,6 +25,7 @@
 #include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
 #include "parity/parity_main_util.h"
+#include "parity/parity_sm90.h"
 #include "quant/gemm_w8a8.h"
 #include "quant/weights.h"
 
@@ -35,20 +36,6 @@ using cuda::DeviceBuffer;
 using cuda::to_device;
 using cuda::to_host;
 using cuda::W8A8Sm90Variant;
-
-// Skips unless the sm90 kernel can run here at all (compiled, and a cc 9.0 device).
-#define QSERVE_REQUIRE_SM90_W8A8()                                                           \
-  do {                                                                                       \
-    QSERVE_PARITY_REQUIRE_GPU();                                                             \
-    if (!cuda::w8a8_sm90_compiled()) GTEST_SKIP() << "built without CUTLASS (sm90 W8A8 off)"; \
-    int dev = 0, major = 0, minor = 0;                                                       \
-    ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);                                             \
-    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),        \
-              cudaSuccess);                                                                  \
-    ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),        \
-              cudaSuccess);                                                                  \
-    if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0 (sm_90a)";   \
-  } while (0)
 
 struct Shape {
   int64_t m, n, k;
@@ -135,7 +122,8 @@ void run_case(const Shape& s, const quant::W8PerChannel& w, const cuda::W8PerCha
     for (int64_t r : rows) {
       got_rows.insert(got_rows.end(), want_all.begin() + r * s.n, want_all.begin() + (r + 1) * s.n);
     }
-    const auto res = compare_exact<uint16_t>("gemm_w8a8.simple.y_vs_cpu", base, got_rows, want_rows);
+    const auto res =
+        compare_exact<uint16_t>("gemm_w8a8.simple.y_vs_cpu", base, got_rows, want_rows);
     EXPECT_PARITY(res, "gemm_w8a8.simple.y_vs_cpu", base);
   }
 
@@ -164,14 +152,15 @@ void run_case(const Shape& s, const quant::W8PerChannel& w, const cuda::W8PerCha
     const auto all = compare_exact<uint16_t>(op + ".y_vs_simple", base, got, want_all);
     EXPECT_PARITY(all, op + ".y_vs_simple", base);
     std::vector<uint16_t> got_rows;
-    for (int64_t r : rows) got_rows.insert(got_rows.end(), got.begin() + r * s.n, got.begin() + (r + 1) * s.n);
+    for (int64_t r : rows)
+      got_rows.insert(got_rows.end(), got.begin() + r * s.n, got.begin() + (r + 1) * s.n);
     const auto cpu = compare_exact<uint16_t>(op + ".y_vs_cpu", base, got_rows, want_rows);
     EXPECT_PARITY(cpu, op + ".y_vs_cpu", base);
   }
 }
 
 TEST(ParityGemmFastW8A8, ApplicabilityRules) {
-  QSERVE_REQUIRE_SM90_W8A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   DeviceBuffer<int8_t> a(4096), wq(4096);
   DeviceBuffer<uint16_t> sc(64), dq(64), y(4096);
   const cuda::W8PerChannelView ok{64, 64, wq.data(), dq.data()};
@@ -188,12 +177,12 @@ TEST(ParityGemmFastW8A8, ApplicabilityRules) {
 }
 
 TEST(ParityGemmFastW8A8, SmallShapesBitExact) {
-  QSERVE_REQUIRE_SM90_W8A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(401);
   // N from 8 (one 16-byte output row) to non-multiples of 64/128; K multiples of 16 that are not
   // multiples of the 128-byte K tile (TMA zero-fills the tail); M = 1 up to several tiles.
-  const std::vector<Shape> shapes = {{1, 8, 16},     {3, 24, 48},    {7, 264, 272},
-                                     {65, 136, 144}, {130, 520, 400}, {200, 72, 1040},
+  const std::vector<Shape> shapes = {{1, 8, 16},      {3, 24, 48},     {7, 264, 272},
+                                     {65, 136, 144},  {130, 520, 400}, {200, 72, 1040},
                                      {257, 1032, 528}};
   for (const Shape& s : shapes) {
     const auto w = random_w8(rng, s.n, s.k);
@@ -205,7 +194,7 @@ TEST(ParityGemmFastW8A8, SmallShapesBitExact) {
 // Llama-3-8B linears: qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336, at M that
 // are not multiples of the 64/128-row tiles (plus 1 and 64 for decode).
 TEST(ParityGemmFastW8A8, Llama3_8BShapesBitExact) {
-  QSERVE_REQUIRE_SM90_W8A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(402);
   const Shape layers[] = {{0, 6144, 4096}, {0, 4096, 4096}, {0, 28672, 4096}, {0, 4096, 14336}};
   for (const Shape& l : layers) {
@@ -221,7 +210,7 @@ TEST(ParityGemmFastW8A8, Llama3_8BShapesBitExact) {
 // Every product at its extreme: |acc| up to 14336 * 128 * 128 = 2.3e8 (exact in int32), both
 // signs, with stream-K partial sums combined across CTAs.
 TEST(ParityGemmFastW8A8, ExtremeMagnitudesBitExact) {
-  QSERVE_REQUIRE_SM90_W8A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   const Shape s{5, 136, 14336};
   Acts a;
   a.q.resize(static_cast<size_t>(s.m * s.k));

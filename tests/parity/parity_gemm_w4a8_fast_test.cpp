@@ -28,6 +28,7 @@
 #include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
 #include "parity/parity_main_util.h"
+#include "parity/parity_sm90.h"
 #include "quant/gemm_w4a8.h"
 #include "quant/weights.h"
 
@@ -37,19 +38,6 @@ namespace {
 using cuda::DeviceBuffer;
 using cuda::to_device;
 using cuda::to_host;
-
-#define QSERVE_REQUIRE_SM90_W4A8()                                                             \
-  do {                                                                                         \
-    QSERVE_PARITY_REQUIRE_GPU();                                                               \
-    if (!cuda::w8a8_sm90_compiled()) GTEST_SKIP() << "built without CUTLASS (sm90 GEMMs off)"; \
-    int dev = 0, major = 0, minor = 0;                                                         \
-    ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);                                               \
-    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),          \
-              cudaSuccess);                                                                    \
-    ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),          \
-              cudaSuccess);                                                                    \
-    if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0 (sm_90a)";     \
-  } while (0)
 
 struct Shape {
   int64_t m, n, k;
@@ -229,7 +217,7 @@ void run_both(const Shape& s, const quant::W4PerChannel& wpc, const cuda::W4PerC
 // The packed layout exists exactly for n % 16 == 0 and k % 64 == 0, and upload() makes it (and
 // the g128 int8 weights) for such shapes.
 TEST(ParityGemmFastW4A8, UploadLayouts) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   EXPECT_TRUE(cuda::w4a8_packable(16, 64));
   EXPECT_FALSE(cuda::w4a8_packable(24, 64));
   EXPECT_FALSE(cuda::w4a8_packable(16, 96));
@@ -252,7 +240,7 @@ TEST(ParityGemmFastW4A8, UploadLayouts) {
 // Small shapes: N not a multiple of the 128-channel CTA, K with 1..7 64-wide blocks (split-K
 // factors where blocks do not divide evenly), M from 1 over the 8-token tiles to past 64.
 TEST(ParityGemmFastW4A8, SmallShapesBitExact) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(701);
   const std::vector<Shape> layers = {{0, 16, 128}, {0, 48, 384}, {0, 272, 896}, {0, 1040, 256}};
   for (const Shape& l : layers) {
@@ -269,7 +257,7 @@ TEST(ParityGemmFastW4A8, SmallShapesBitExact) {
 
 // Llama-3-8B linears: qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336.
 TEST(ParityGemmFastW4A8, Llama3_8BShapesBitExact) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(702);
   const Shape layers[] = {{0, 6144, 4096}, {0, 4096, 4096}, {0, 28672, 4096}, {0, 4096, 14336}};
   for (const Shape& l : layers) {
@@ -288,7 +276,7 @@ TEST(ParityGemmFastW4A8, Llama3_8BShapesBitExact) {
 // with zero 127), activations -128 / 127 over K = 14336 (|acc| up to 14336 * 128 * 128 for
 // g128), fp16 scales and sums at the edges of what the reference sees (overflow to inf included).
 TEST(ParityGemmFastW4A8, ExtremesBitExact) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   const int64_t n = 144, k = 14336;
   quant::W4PerChannel wpc;
   wpc.n = n;
@@ -352,7 +340,7 @@ TEST(ParityGemmFastW4A8, ExtremesBitExact) {
 // 2-tile warp has its second tile past N), K blocks not divisible by the split, M in every token
 // bucket including partial tiles. Invalid configurations are refused with an error.
 TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(704);
   const int64_t n = 272, k = 448;  // 17 row tiles; 7 K blocks
   const auto wpc = random_w4pc(rng, n, k);
@@ -429,7 +417,7 @@ TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
 // K = 28672 (Llama-2-70B's down projection) at 33..64 tokens: the mma.sync kernel's activation
 // slice does not fit shared memory in one split, so the dispatch must take the wgmma kernel.
 TEST(ParityGemmFastW4A8, SmallMLongK) {
-  QSERVE_REQUIRE_SM90_W4A8();
+  QSERVE_PARITY_REQUIRE_SM90();
   ParityRng rng(705);
   const int64_t n = 144, k = 28672;
   EXPECT_TRUE(cuda::w4a8_small_m_applies(false, 64, n, k));

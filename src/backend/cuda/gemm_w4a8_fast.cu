@@ -337,6 +337,8 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
         for (int r = 0; r < RT; ++r) wv[r] = lds128(wslot(u, r));
         // Convert both row tiles first, then one activation fragment at a time (each used by
         // RT tiles): live registers stay at RT * 8 codes + one fragment beside the ring.
+        // (Kept inline, not shared with the wgmma kernel's copy below: moving it into a helper
+        // changed the RT = 2 kernels' generated code, which the tuned table was measured on.)
         uint32_t a[RT][8];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
@@ -424,18 +426,16 @@ constexpr TunedEntry kTuned[] = {
     {false, 0, 0, 0, 0, 0, 0, false},  // sentinel (mt 0 never matches): the table may be empty
 };
 
-template <int MT, int RT, int U, bool kG128, typename Epilogue>
-void launch_small_m_cfg(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
-  const auto kernel = w4a8_small_m_kernel<MT, RT, U, kG128, Epilogue>;
-  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel.
-  static const cudaError_t attr_status = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
-  cuda_check(attr_status, "gemm_w4a8 small-M smem attribute", shape(p.m, p.n, p.k));
+// One launch of a small-M kernel: grid (splits, 128-channel row blocks), each column of
+// `splits` CTAs one thread-block cluster (the split-K reduction runs over its shared memories).
+template <typename Kernel, typename Epilogue>
+void launch_clusters(Kernel kernel, const SmallMParams& p, const Epilogue& epi, int threads,
+                     int64_t smem_bytes, cudaStream_t stream, const char* what) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(p.splits),
                      static_cast<unsigned>((p.n + kSmRows - 1) / kSmRows), 1);
-  cfg.blockDim = dim3(256 / RT, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<size_t>(small_m_smem_bytes(8 * MT, p.k, p.splits, U));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads), 1, 1);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -444,8 +444,18 @@ void launch_small_m_cfg(const SmallMParams& p, const Epilogue& epi, cudaStream_t
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), "gemm_w4a8 small-M launch",
-             shape(p.m, p.n, p.k));
+  cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), what, shape(p.m, p.n, p.k));
+}
+
+template <int MT, int RT, int U, bool kG128, typename Epilogue>
+void launch_small_m_cfg(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
+  const auto kernel = w4a8_small_m_kernel<MT, RT, U, kG128, Epilogue>;
+  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel.
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
+  cuda_check(attr_status, "gemm_w4a8 small-M smem attribute", shape(p.m, p.n, p.k));
+  launch_clusters(kernel, p, epi, 256 / RT, small_m_smem_bytes(8 * MT, p.k, p.splits, U), stream,
+                  "gemm_w4a8 small-M launch");
 }
 
 template <int MT, bool kG128, typename Epilogue>
@@ -457,21 +467,7 @@ void launch_small_m_wgmma(const SmallMParams& p, const Epilogue& epi, cudaStream
   static const cudaError_t attr_status = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
   cuda_check(attr_status, "gemm_w4a8 small-M wgmma smem attribute", shape(p.m, p.n, p.k));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(p.splits),
-                     static_cast<unsigned>((p.n + kSmRows - 1) / kSmRows), 1);
-  cfg.blockDim = dim3(256, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(p.splits);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), "gemm_w4a8 small-M wgmma launch",
-             shape(p.m, p.n, p.k));
+  launch_clusters(kernel, p, epi, 256, smem_bytes, stream, "gemm_w4a8 small-M wgmma launch");
 }
 
 template <int MT, bool kG128, typename Epilogue>
