@@ -8,7 +8,6 @@
 
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/gemm_w4a8_fast.h"
 #include "core/error.h"
 #include "quant/weights.h"
 
@@ -261,10 +260,7 @@ W4PerChannelOnDevice w4_per_channel(Gen& g, uint64_t tensor, int64_t n, int64_t 
   w4_per_channel_kernel<<<static_cast<unsigned>(n), kThreads, 0, g.stream>>>(
       g.key(tensor), k, sd, d.q.data(), d.s1_scales.data(), d.s1_szeros.data());
   check_launch("synthesize_llama w4 per-channel", shape(n, k));
-  if (w4a8_packable(n, k)) {  // the small-M kernel's layout, as upload() makes it
-    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(n * k / 2));
-    w4a8_pack_codes(d.q.data(), n, k, d.q_packed.data(), g.stream);
-  }
+  make_fast_layouts(d, g.stream);  // as upload() makes them
   return d;
 }
 
@@ -280,13 +276,7 @@ W4G128OnDevice w4_g128(Gen& g, uint64_t tensor, int64_t n, int64_t k, float sd) 
   w4_g128_kernel<<<static_cast<unsigned>(n), kThreads, 0, g.stream>>>(
       g.key(tensor), k, sd, d.q.data(), d.s1_scales.data(), d.s2_scales.data(), d.s2_zeros.data());
   check_launch("synthesize_llama w4 g128", shape(n, k));
-  if (w4a8_packable(n, k)) {
-    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(n * k / 2));
-    w4a8_pack_codes(d.q.data(), n, k, d.q_packed.data(), g.stream);
-  }
-  // The large-M path's int8 weights, expanded once as upload() does (k % 128 == 0 here).
-  d.w8 = DeviceBuffer<int8_t>(static_cast<size_t>(n * k));
-  w4a8_g128_expand(d.view(), d.w8.data(), g.stream);
+  make_fast_layouts(d, g.stream);  // as upload() makes them
   return d;
 }
 

@@ -14,17 +14,13 @@ namespace qserve {
 
 namespace {
 
-constexpr uint32_t kLocalSig = 0x04034b50;
-constexpr uint32_t kCentralSig = 0x02014b50;
-constexpr uint32_t kEocdSig = 0x06054b50;
-constexpr uint32_t kZip64EocdSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
+using namespace zip_format;  // NOLINT(google-build-using-namespace): the record ids
+
 constexpr size_t kLocalSize = 30;
 constexpr size_t kCentralSize = 46;
 constexpr size_t kEocdSize = 22;
 constexpr size_t kZip64EocdSize = 56;
 constexpr size_t kZip64LocatorSize = 20;
-constexpr uint16_t kZip64ExtraId = 0x0001;
 constexpr uint16_t kFlagEncrypted = 0x0001;
 
 uint16_t le16(const uint8_t* p) {

@@ -16,6 +16,17 @@
 
 namespace qserve {
 
+// Record signatures and the ZIP64 extra-field id (APPNOTE.TXT), shared by this reader and the
+// writer (torch_zip_writer.h).
+namespace zip_format {
+inline constexpr uint32_t kLocalSig = 0x04034b50;
+inline constexpr uint32_t kCentralSig = 0x02014b50;
+inline constexpr uint32_t kEocdSig = 0x06054b50;
+inline constexpr uint32_t kZip64EocdSig = 0x06064b50;
+inline constexpr uint32_t kZip64LocatorSig = 0x07064b50;
+inline constexpr uint16_t kZip64ExtraId = 0x0001;
+}  // namespace zip_format
+
 struct ZipEntry {
   std::string name;
   uint16_t method = 0;       // 0 = stored; anything else is refused when the data is read

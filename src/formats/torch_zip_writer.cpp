@@ -10,14 +10,10 @@ namespace qserve {
 
 namespace {
 
-constexpr uint32_t kLocalSig = 0x04034b50;
-constexpr uint32_t kCentralSig = 0x02014b50;
-constexpr uint32_t kEocdSig = 0x06054b50;
-constexpr uint32_t kZip64EocdSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
+using namespace zip_format;  // NOLINT(google-build-using-namespace): the record ids
+
 constexpr uint64_t kMax32 = 0xffffffffu;
 constexpr uint64_t kMax16 = 0xffffu;
-constexpr uint16_t kZip64ExtraId = 0x0001;
 constexpr uint16_t kPadExtraId = 0x4246;  // "FB": torch's alignment padding
 constexpr uint64_t kAlignment = 64;       // torch aligns every record's data to 64 bytes
 constexpr uint16_t kVersion = 20, kVersionZip64 = 45;

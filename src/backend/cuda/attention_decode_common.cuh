@@ -1,22 +1,50 @@
 // What the two tensor-core decode kernels (attention_decode_tc.cu, attention_decode_mma.cu)
 // share: the q staging prologue, the cp.async ring primitives, per-warp page streams and
 // shared-memory word loads, the in-CTA merge of the warp streams with the current token, the
-// host-side argument checks of their entry points (also used by attention_decode_fast.cu), and
-// the kernel that merges split-KV partials. Internal to src/backend/cuda.
+// host-side argument checks, launch arguments and geometry dispatch of their entry points (also
+// used by attention_decode_fast.cu), and the kernel that merges split-KV partials. Internal to
+// src/backend/cuda.
 #pragma once
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
 
 #include "backend/cuda/attention_kv_device.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
 
 namespace qserve::cuda::attn {
+
+// The launch arguments of the split-KV decode kernels (the tc and mma kernels take exactly
+// this; the fast kernel's FastArgs is the same without `group`).
+struct DecodeArgs {
+  const float* q;
+  const uint16_t* k16;
+  const uint16_t* v16;
+  const uint8_t* k_pool;
+  const uint8_t* v_pool;
+  PageGeom geom;
+  const int32_t* token_offset;
+  const int32_t* context_len;
+  const int32_t* block_table;
+  int32_t block_stride;
+  int num_heads;
+  int group;
+  int window;
+  int split_keys;
+  int splits;
+  float scale;
+  float* out;
+  float* part_o;   // [S, Hq, splits, D]
+  float* part_ml;  // [S, Hq, splits, 2]: (running max in the kernel's exp units, sum)
+};
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) {
   uint32_t u;
@@ -316,6 +344,67 @@ inline std::string check_decode_call(const char* op, bool supported, const float
         name + ": workspace of " + std::to_string(workspace_bytes) + " bytes, need " +
             std::to_string(need) + " (" + shape + ")");
   return shape;
+}
+
+// The arguments of a decode call for a kernel whose splits hold `split_keys` keys each
+// (ArgsT: DecodeArgs, or a struct with the same fields and without `group`).
+template <class ArgsT>
+ArgsT make_decode_args(const float* q, const uint16_t* k16, const uint16_t* v16,
+                       const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                       int64_t num_heads, int64_t window, float* out, void* workspace,
+                       int64_t split_keys) {
+  const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
+  ArgsT a{};
+  a.q = q;
+  a.k16 = k16;
+  a.v16 = v16;
+  a.k_pool = cache.k_pool;
+  a.v_pool = cache.v_pool;
+  a.geom = make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
+  a.token_offset = batch.token_offset;
+  a.context_len = batch.context_len;
+  a.block_table = batch.block_table;
+  a.block_stride = batch.block_stride;
+  a.num_heads = static_cast<int>(num_heads);
+  if constexpr (requires { a.group; }) a.group = static_cast<int>(num_heads / hkv);
+  a.window = static_cast<int>(std::max<int64_t>(0, window));
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
+  a.split_keys = static_cast<int>(split_keys);
+  a.splits = static_cast<int>(std::max<int64_t>(
+      1, (std::max<int64_t>(1, batch.max_total_len) + split_keys - 1) / split_keys));
+  a.out = out;
+  a.part_o = static_cast<float*>(workspace);
+  a.part_ml = a.part_o + S * num_heads * a.splits * d;
+  return a;
+}
+
+// Calls launch.template operator()<F, D>() for the cache's format (KV4 / KV8) and head_dim
+// (128 / 64): the geometries every decode kernel is instantiated for.
+template <class Launch>
+void dispatch_decode_geometry(KvFormat format, int64_t head_dim, Launch&& launch) {
+  if (format == KvFormat::kv4) {
+    if (head_dim == 128)
+      launch.template operator()<KvFormat::kv4, 128>();
+    else
+      launch.template operator()<KvFormat::kv4, 64>();
+  } else {
+    if (head_dim == 128)
+      launch.template operator()<KvFormat::kv8, 128>();
+    else
+      launch.template operator()<KvFormat::kv8, 64>();
+  }
+}
+
+// The split merge after a tensor-core decode kernel (nothing to merge with one split).
+template <bool kLog2>
+void launch_split_merge(const DecodeArgs& a, const VarlenBatchDevice& batch, int64_t head_dim,
+                        cudaStream_t stream, const char* what, const std::string& shape) {
+  if (a.splits <= 1) return;
+  const dim3 grid(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(batch.num_seqs));
+  decode_split_merge_kernel<kLog2><<<grid, 128, 0, stream>>>(
+      a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
+      static_cast<int>(head_dim), a.splits, a.split_keys, a.window, a.out);
+  check_launch(what, shape);
 }
 
 }  // namespace qserve::cuda::attn

@@ -486,42 +486,14 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
       k16, v16, cache, batch, num_heads, workspace, workspace_bytes, "{1,2,4,8}");
   if (S == 0) return;
 
-  FastArgs a{};
-  a.q = q;
-  a.k16 = k16;
-  a.v16 = v16;
-  a.k_pool = cache.k_pool;
-  a.v_pool = cache.v_pool;
-  a.geom = attn::make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
-  a.token_offset = batch.token_offset;
-  a.context_len = batch.context_len;
-  a.block_table = batch.block_table;
-  a.block_stride = batch.block_stride;
-  a.num_heads = static_cast<int>(num_heads);
-  a.window = static_cast<int>(std::max<int64_t>(0, window));
-  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
   const int64_t keys =
       decode_attention_fast_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
-  a.split_keys = static_cast<int>(keys);
-  a.splits = static_cast<int>(
-      std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
-  a.out = out;
-  a.part_o = static_cast<float*>(workspace);
-  a.part_ml = a.part_o + S * num_heads * a.splits * d;
-
+  const FastArgs a = attn::make_decode_args<FastArgs>(q, k16, v16, cache, batch, num_heads, window,
+                                                      out, workspace, keys);
   const int g = static_cast<int>(num_heads / hkv);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
-  if (cache.format == KvFormat::kv4) {
-    if (d == 128)
-      launch_fast_g<KvFormat::kv4, 128>(a, g, ns, nh, stream);
-    else
-      launch_fast_g<KvFormat::kv4, 64>(a, g, ns, nh, stream);
-  } else {
-    if (d == 128)
-      launch_fast_g<KvFormat::kv8, 128>(a, g, ns, nh, stream);
-    else
-      launch_fast_g<KvFormat::kv8, 64>(a, g, ns, nh, stream);
-  }
+  attn::dispatch_decode_geometry(
+      cache.format, d, [&]<KvFormat F, int D>() { launch_fast_g<F, D>(a, g, ns, nh, stream); });
   check_launch("decode_attention_fast split", shape);
   if (a.splits > 1) {
     const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));

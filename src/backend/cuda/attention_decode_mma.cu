@@ -88,27 +88,7 @@ struct Geom {
   static_assert(kKWords * (kKv4 ? 4 : 2) == 2 * kChunks, "K pairs per key and lane = 2 per chunk");
 };
 
-struct Args {
-  const float* q;
-  const uint16_t* k16;
-  const uint16_t* v16;
-  const uint8_t* k_pool;
-  const uint8_t* v_pool;
-  PageGeom geom;
-  const int32_t* token_offset;
-  const int32_t* context_len;
-  const int32_t* block_table;
-  int32_t block_stride;
-  int num_heads;
-  int group;
-  int window;
-  int split_keys;
-  int splits;
-  float scale;
-  float* out;
-  float* part_o;   // [S, Hq, splits, D]
-  float* part_ml;  // [S, Hq, splits, 2]: (max in log2 units, sum)
-};
+using Args = attn::DecodeArgs;
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -557,54 +537,18 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
       k16, v16, cache, batch, num_heads, workspace, workspace_bytes);
   if (S == 0) return;
 
-  Args a{};
-  a.q = q;
-  a.k16 = k16;
-  a.v16 = v16;
-  a.k_pool = cache.k_pool;
-  a.v_pool = cache.v_pool;
-  a.geom = attn::make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
-  a.token_offset = batch.token_offset;
-  a.context_len = batch.context_len;
-  a.block_table = batch.block_table;
-  a.block_stride = batch.block_stride;
-  a.num_heads = static_cast<int>(num_heads);
-  a.group = static_cast<int>(num_heads / hkv);
-  a.window = static_cast<int>(std::max<int64_t>(0, window));
-  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  const int per_sm =
-      cache.format == KvFormat::kv4
-          ? (d == 128 ? ctas_per_sm<KvFormat::kv4, 128>() : ctas_per_sm<KvFormat::kv4, 64>())
-          : (d == 128 ? ctas_per_sm<KvFormat::kv8, 128>() : ctas_per_sm<KvFormat::kv8, 64>());
+  int per_sm = 0;
+  attn::dispatch_decode_geometry(cache.format, d,
+                                 [&]<KvFormat F, int D>() { per_sm = ctas_per_sm<F, D>(); });
   const int64_t keys =
       decode_attention_mma_split_keys(S, hkv, batch.max_total_len, attn::sm_count(), per_sm);
-  a.split_keys = static_cast<int>(keys);
-  a.splits = static_cast<int>(
-      std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
-  a.out = out;
-  a.part_o = static_cast<float*>(workspace);
-  a.part_ml = a.part_o + S * num_heads * a.splits * d;
-
+  const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
+                                              workspace, keys);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
-  if (cache.format == KvFormat::kv4) {
-    if (d == 128)
-      launch<KvFormat::kv4, 128>(a, ns, nh, stream);
-    else
-      launch<KvFormat::kv4, 64>(a, ns, nh, stream);
-  } else {
-    if (d == 128)
-      launch<KvFormat::kv8, 128>(a, ns, nh, stream);
-    else
-      launch<KvFormat::kv8, 64>(a, ns, nh, stream);
-  }
+  attn::dispatch_decode_geometry(cache.format, d,
+                                 [&]<KvFormat F, int D>() { launch<F, D>(a, ns, nh, stream); });
   check_launch("decode_attention_mma split", shape);
-  if (a.splits > 1) {
-    const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
-    attn::decode_split_merge_kernel<true><<<grid, 128, 0, stream>>>(
-        a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
-        static_cast<int>(d), a.splits, a.split_keys, a.window, out);
-    check_launch("decode_attention_mma merge", shape);
-  }
+  attn::launch_split_merge<true>(a, batch, d, stream, "decode_attention_mma merge", shape);
 }
 
 }  // namespace qserve::cuda

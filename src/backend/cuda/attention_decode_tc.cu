@@ -86,27 +86,7 @@ struct TcGeom {
   static_assert(kKWords >= 2 && kVWords >= 1, "tile mapping");
 };
 
-struct TcArgs {
-  const float* q;
-  const uint16_t* k16;
-  const uint16_t* v16;
-  const uint8_t* k_pool;
-  const uint8_t* v_pool;
-  PageGeom geom;
-  const int32_t* token_offset;
-  const int32_t* context_len;
-  const int32_t* block_table;
-  int32_t block_stride;
-  int num_heads;
-  int group;
-  int window;
-  int split_keys;
-  int splits;
-  float scale;
-  float* out;
-  float* part_o;   // [S, Hq, splits, D]
-  float* part_ml;  // [S, Hq, splits, 2]
-};
+using TcArgs = attn::DecodeArgs;
 
 __device__ __forceinline__ __half2 u2h(uint32_t u) {
   __half2 h;
@@ -446,50 +426,15 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
       v16, cache, batch, num_heads, workspace, workspace_bytes);
   if (S == 0) return;
 
-  TcArgs a{};
-  a.q = q;
-  a.k16 = k16;
-  a.v16 = v16;
-  a.k_pool = cache.k_pool;
-  a.v_pool = cache.v_pool;
-  a.geom = attn::make_geom(cache.format, static_cast<int>(hkv), static_cast<int>(d));
-  a.token_offset = batch.token_offset;
-  a.context_len = batch.context_len;
-  a.block_table = batch.block_table;
-  a.block_stride = batch.block_stride;
-  a.num_heads = static_cast<int>(num_heads);
-  a.group = static_cast<int>(num_heads / hkv);
-  a.window = static_cast<int>(std::max<int64_t>(0, window));
-  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
   const int64_t keys =
       decode_attention_tc_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
-  a.split_keys = static_cast<int>(keys);
-  a.splits = static_cast<int>(
-      std::max<int64_t>(1, (std::max<int64_t>(1, batch.max_total_len) + keys - 1) / keys));
-  a.out = out;
-  a.part_o = static_cast<float*>(workspace);
-  a.part_ml = a.part_o + S * num_heads * a.splits * d;
-
+  const TcArgs a = attn::make_decode_args<TcArgs>(q, k16, v16, cache, batch, num_heads, window, out,
+                                                  workspace, keys);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
-  if (cache.format == KvFormat::kv4) {
-    if (d == 128)
-      launch_tc<KvFormat::kv4, 128>(a, ns, nh, stream);
-    else
-      launch_tc<KvFormat::kv4, 64>(a, ns, nh, stream);
-  } else {
-    if (d == 128)
-      launch_tc<KvFormat::kv8, 128>(a, ns, nh, stream);
-    else
-      launch_tc<KvFormat::kv8, 64>(a, ns, nh, stream);
-  }
+  attn::dispatch_decode_geometry(cache.format, d,
+                                 [&]<KvFormat F, int D>() { launch_tc<F, D>(a, ns, nh, stream); });
   check_launch("decode_attention_tc split", shape);
-  if (a.splits > 1) {
-    const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(S));
-    attn::decode_split_merge_kernel<false><<<grid, 128, 0, stream>>>(
-        a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
-        static_cast<int>(d), a.splits, a.split_keys, a.window, out);
-    check_launch("decode_attention_tc merge", shape);
-  }
+  attn::launch_split_merge<false>(a, batch, d, stream, "decode_attention_tc merge", shape);
 }
 
 }  // namespace qserve::cuda

@@ -184,6 +184,24 @@ W4G128View W4G128OnDevice::view() const {
       w8.data()};
 }
 
+void make_fast_layouts(W4PerChannelOnDevice& d, cudaStream_t stream) {
+  if (w4a8_packable(d.n, d.k)) {  // the small-M kernels' layout
+    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(d.n * d.k / 2));
+    w4a8_pack_codes(d.q.data(), d.n, d.k, d.q_packed.data(), stream);
+  }
+}
+
+void make_fast_layouts(W4G128OnDevice& d, cudaStream_t stream) {
+  if (w4a8_packable(d.n, d.k)) {
+    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(d.n * d.k / 2));
+    w4a8_pack_codes(d.q.data(), d.n, d.k, d.q_packed.data(), stream);
+  }
+  if (d.k % quant::kGroupSize == 0) {  // the large-M path's int8 weights, expanded once
+    d.w8 = DeviceBuffer<int8_t>(static_cast<size_t>(d.n * d.k));
+    w4a8_g128_expand(d.view(), d.w8.data(), stream);
+  }
+}
+
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {
   W4PerChannelOnDevice d;
   d.n = w.n;
@@ -191,10 +209,7 @@ W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {
   d.q = to_device(w.q, stream);
   d.s1_scales = to_device(w.s1_scales, stream);
   d.s1_szeros = to_device(w.s1_szeros, stream);
-  if (w4a8_packable(w.n, w.k)) {  // the small-M kernel's layout
-    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(w.n * w.k / 2));
-    w4a8_pack_codes(d.q.data(), w.n, w.k, d.q_packed.data(), stream);
-  }
+  make_fast_layouts(d, stream);
   cuda_check(cudaStreamSynchronize(stream), "upload(W4PerChannel)");
   return d;
 }
@@ -207,14 +222,7 @@ W4G128OnDevice upload(const quant::W4G128& w, cudaStream_t stream) {
   d.s1_scales = to_device(w.s1_scales, stream);
   d.s2_scales = to_device(w.s2_scales, stream);
   d.s2_zeros = to_device(w.s2_zeros, stream);
-  if (w4a8_packable(w.n, w.k)) {  // the small-M kernel's layout
-    d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(w.n * w.k / 2));
-    w4a8_pack_codes(d.q.data(), w.n, w.k, d.q_packed.data(), stream);
-  }
-  if (w.k % quant::kGroupSize == 0) {  // the large-M path's int8 weights, expanded once here
-    d.w8 = DeviceBuffer<int8_t>(static_cast<size_t>(w.n * w.k));
-    w4a8_g128_expand(d.view(), d.w8.data(), stream);
-  }
+  make_fast_layouts(d, stream);
   cuda_check(cudaStreamSynchronize(stream), "upload(W4G128)");
   return d;
 }

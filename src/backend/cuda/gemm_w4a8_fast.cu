@@ -571,12 +571,35 @@ bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k) 
                      kSmallMSmemMax;
 }
 
+namespace {
+
+uint64_t tuned_key(bool g128, int64_t mt, int64_t n, int64_t k) {
+  return (static_cast<uint64_t>(g128) << 63) | (static_cast<uint64_t>(mt) << 56) |
+         (static_cast<uint64_t>(n) << 28) | static_cast<uint64_t>(k);
+}
+
+// The tuned table indexed once (the first entry of a key wins, as in the file's order): every
+// small-M GEMM call looks its shape up here.
+const std::unordered_map<uint64_t, W4A8SmallMConfig>& tuned_index() {
+  static const auto* index = [] {
+    auto* m = new std::unordered_map<uint64_t, W4A8SmallMConfig>();  // never freed (teardown)
+    for (const TunedEntry& e : kTuned) {
+      if (e.mt == 0) continue;  // the sentinel
+      m->emplace(tuned_key(e.g128, e.mt, e.n, e.k), W4A8SmallMConfig{e.rt, e.u, e.splits, e.wgmma});
+    }
+    return m;
+  }();
+  return *index;
+}
+
+}  // namespace
+
 W4A8SmallMConfig w4a8_small_m_config(bool g128, int64_t m, int64_t n, int64_t k) {
-  const int mt = static_cast<int>(token_tiles(m));
-  for (const TunedEntry& e : kTuned) {
-    if (e.g128 == g128 && e.mt == mt && e.n == n && e.k == k) {
-      const W4A8SmallMConfig c{e.rt, e.u, e.splits, e.wgmma};
-      if (w4a8_small_m_config_valid(c, m, k)) return c;
+  const int64_t mt = token_tiles(m);
+  if (n < (int64_t{1} << 28) && k < (int64_t{1} << 28)) {
+    const auto& index = tuned_index();
+    if (const auto it = index.find(tuned_key(g128, mt, n, k)); it != index.end()) {
+      if (w4a8_small_m_config_valid(it->second, m, k)) return it->second;
     }
   }
   // No entry: what the H200 tuning chose most often. Up to 32 tokens the mma.sync kernel, 8 K
@@ -597,13 +620,14 @@ W4A8SmallMConfig w4a8_small_m_config(bool g128, int64_t m, int64_t n, int64_t k)
     if (w4a8_small_m_config_valid(c, m, k)) return c;
   }
   // The mma.sync kernel's slice does not fit (a K over ~40k): the wgmma kernel streams its
-  // activations and always fits.
+  // activations and always fits (k >= 64 for any packable shape).
   return W4A8SmallMConfig{1, 8, static_cast<int>(std::min<int64_t>(kMaxSplits, k / 64)), true};
 }
 
-bool w4a8_small_m_applies(bool g128, int64_t m, int64_t n, int64_t k) {
-  if (m < 1 || m > kW4A8SmallMMax || !w4a8_packable(n, k)) return false;
-  return w4a8_small_m_config_valid(w4a8_small_m_config(g128, m, n, k), m, k);
+bool w4a8_small_m_applies(bool /*g128*/, int64_t m, int64_t n, int64_t k) {
+  // w4a8_small_m_config() always returns a valid configuration (its last resort is the wgmma
+  // kernel), so the shape alone decides.
+  return m >= 1 && m <= kW4A8SmallMMax && w4a8_packable(n, k);
 }
 
 bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
@@ -612,7 +636,6 @@ bool gemm_w4a8_per_channel_small_m(const int8_t* aq, const uint16_t* a_scale, co
                                    const W4A8SmallMConfig* config) {
   if (!small_m_ok(aq, m, w.n, w.k, w.q_packed, y) || a_scale == nullptr || a_sum == nullptr)
     return false;
-  if (config == nullptr && !w4a8_small_m_applies(false, m, w.n, w.k)) return false;
   const W4A8SmallMConfig c = resolve_config(false, m, w.n, w.k, config);
   const SmallMParams p{
       aq, reinterpret_cast<const uint4*>(w.q_packed), nullptr, nullptr, m, w.n, w.k, 1};
@@ -628,7 +651,6 @@ bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m
   if (!small_m_ok(aq, m, w.n, w.k, w.q_packed, y) || a_scale == nullptr ||
       w.k % quant::kGroupSize != 0)
     return false;
-  if (config == nullptr && !w4a8_small_m_applies(true, m, w.n, w.k)) return false;
   const W4A8SmallMConfig c = resolve_config(true, m, w.n, w.k, config);
   const SmallMParams p{
       aq, reinterpret_cast<const uint4*>(w.q_packed), w.s2_scales, w.s2_zeros, m, w.n, w.k, 1};

@@ -77,9 +77,8 @@ bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k);
 // heuristic (mma.sync up to 32 tokens, wgmma above; splits for about one wave).
 W4A8SmallMConfig w4a8_small_m_config(bool g128, int64_t m, int64_t n, int64_t k);
 
-// True when the small-M path takes m tokens of an n x k weight with the dispatch's
-// configuration (packable, 1 <= m <= 64, a valid configuration: always, as the default falls
-// back to the wgmma kernel, whose shared memory does not depend on K).
+// True when the small-M path takes m tokens of an n x k weight: packable and 1 <= m <= 64 (the
+// dispatch's configuration is always valid: its last resort, the wgmma kernel, fits any K).
 bool w4a8_small_m_applies(bool g128, int64_t m, int64_t n, int64_t k);
 
 // The small-M kernel. Returns false (launching nothing) when it does not apply: no q_packed,

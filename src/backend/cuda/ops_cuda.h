@@ -116,9 +116,9 @@ void silu_mul_f32(const float* gate_up, int64_t rows, int64_t inter, float* out,
 // Weights are in the natural layout of quant/weights.h (one 4-bit code per byte, [N, K]); the
 // W4 views may also carry the fast kernels' layouts (q_packed, w8; gemm_w4a8_fast.h), which
 // upload() makes. The W4A8 calls dispatch to the fast kernels when those are present and
-// applicable and acc_out is null; otherwise the simple dp4a kernels (the reference path) run. aq is int8 [m, k] row-major
-// with fp16 per-token scales (and sums). y: fp16 [m, n]. acc_out: optional int32 [m, n], the
-// exact integer accumulators (for tests and debugging; pass null normally).
+// applicable and acc_out is null; otherwise the simple dp4a kernels (the reference path) run. aq is
+// int8 [m, k] row-major with fp16 per-token scales (and sums). y: fp16 [m, n]. acc_out: optional
+// int32 [m, n], the exact integer accumulators (for tests and debugging; pass null normally).
 // Accumulators: bit-exact (exact int32 sums, the CPU's range check applies). y: bit-exact
 // (QServe's epilogue with correctly rounded ops in the reference order).
 
@@ -130,7 +130,7 @@ struct W4PerChannelView {
   const uint16_t* s1_szeros = nullptr;  // fp16 [n]
   // Optional fast-path layouts (gemm_w4a8_fast.h), made by upload(); null = not available, and
   // the dispatch then uses the paths that read q only.
-  const uint8_t* q_packed = nullptr;    // 2 codes per byte, mma-fragment order (small M)
+  const uint8_t* q_packed = nullptr;  // 2 codes per byte, mma-fragment order (small M)
 };
 struct W4G128View {
   int64_t n = 0, k = 0;                 // k % 128 == 0
@@ -139,9 +139,9 @@ struct W4G128View {
   const int8_t* s2_scales = nullptr;    // [n, k/128]
   const int8_t* s2_zeros = nullptr;     // [n, k/128]
   // Optional fast-path layouts (gemm_w4a8_fast.h), made by upload(); null = not available.
-  const uint8_t* q_packed = nullptr;    // 2 codes per byte, mma-fragment order (small M)
-  const int8_t* w8 = nullptr;           // [n, k] the expanded int8 weights (large M); when null
-                                        // the large-M path expands them per call
+  const uint8_t* q_packed = nullptr;  // 2 codes per byte, mma-fragment order (small M)
+  const int8_t* w8 = nullptr;         // [n, k] the expanded int8 weights (large M); when null
+                                      // the large-M path expands them per call
 };
 struct W8PerChannelView {
   int64_t n = 0, k = 0;
@@ -173,6 +173,11 @@ struct W8PerChannelOnDevice {
   W8PerChannelView view() const;
 };
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream = nullptr);
+// The fast paths' layouts derived from d.q (gemm_w4a8_fast.h): q_packed when (n, k) is packable
+// and, for g128, the expanded int8 w8 when k % 128 == 0. Asynchronous on `stream`. upload() and
+// the GPU-synthesized weights both call these, so every W4 weight carries the same buffers.
+void make_fast_layouts(W4PerChannelOnDevice& d, cudaStream_t stream);
+void make_fast_layouts(W4G128OnDevice& d, cudaStream_t stream);
 W4G128OnDevice upload(const quant::W4G128& w, cudaStream_t stream = nullptr);
 W8PerChannelOnDevice upload(const quant::W8PerChannel& w, cudaStream_t stream = nullptr);
 

@@ -79,6 +79,27 @@ __device__ __forceinline__ float load_f(uint16_t h) {
 }
 
 // Quantizes one (token, head) row x[0..D) (fp16 bits in shared memory) into a page, one warp.
+
+// A token's KV4/KV8 scale and zero from its min and max, as the CPU's quant::kv_page_write: the
+// fp16 bits of s = range / Q and z = -Q min / range (both rounded as the reference rounds them),
+// and the fp32 1/s and z the codes are computed with.
+struct KvQuantParams {
+  uint16_t s_bits, z_bits;
+  float inv, z;
+};
+template <KvFormat F>
+__device__ __forceinline__ KvQuantParams kv_quant_params(float mx, float mn) {
+  constexpr float levels = F == KvFormat::kv4 ? 15.0f : 255.0f;
+  constexpr float inv_levels = 1.0f / levels;  // fl32(1/Q), as the CPU's constant
+  const float range = __fsub_rn(mx, mn);
+  KvQuantParams p;
+  p.s_bits = f2h(__fmul_rn(range, inv_levels));
+  p.z_bits = f2h(__fmul_rn(__fmul_rn(-levels, mn), __frcp_rn(range)));
+  p.inv = __frcp_rn(h2f(p.s_bits));
+  p.z = h2f(p.z_bits);
+  return p;
+}
+
 template <KvFormat F>
 __device__ void quantize_row(const uint16_t* x, int d, uint8_t* page, const attn::PageGeom& g,
                              int head, int slot, int lane) {
@@ -92,13 +113,9 @@ __device__ void quantize_row(const uint16_t* x, int d, uint8_t* page, const attn
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
   }
-  constexpr float levels = F == KvFormat::kv4 ? 15.0f : 255.0f;
-  constexpr float inv_levels = 1.0f / levels;  // fl32(1/Q), as the CPU's constant
-  const float range = __fsub_rn(mx, mn);
-  const uint16_t s_bits = f2h(__fmul_rn(range, inv_levels));
-  const uint16_t z_bits = f2h(__fmul_rn(__fmul_rn(-levels, mn), __frcp_rn(range)));
-  const float inv = __frcp_rn(h2f(s_bits));
-  const float z = h2f(z_bits);
+  const KvQuantParams qp = kv_quant_params<F>(mx, mn);
+  const uint16_t s_bits = qp.s_bits, z_bits = qp.z_bits;
+  const float inv = qp.inv, z = qp.z;
   uint8_t* data = page + g.data_offset(head, slot);
   for (int p = lane; p < d / 2; p += 32) {
     const uint8_t q0 = cvt_rni_sat_u8(__fmaf_rn(h2f(x[2 * p]), inv, z));
@@ -288,13 +305,9 @@ __device__ __forceinline__ void quantize_group(const float (&x1)[8], const float
     mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
   }
   if (!active) return;
-  constexpr float levels = F == KvFormat::kv4 ? 15.0f : 255.0f;
-  constexpr float inv_levels = 1.0f / levels;  // fl32(1/Q), as the CPU's constant
-  const float range = __fsub_rn(mx, mn);
-  const uint16_t s_bits = f2h(__fmul_rn(range, inv_levels));
-  const uint16_t z_bits = f2h(__fmul_rn(__fmul_rn(-levels, mn), __frcp_rn(range)));
-  const float inv = __frcp_rn(h2f(s_bits));
-  const float z = h2f(z_bits);
+  const KvQuantParams qp = kv_quant_params<F>(mx, mn);
+  const uint16_t s_bits = qp.s_bits, z_bits = qp.z_bits;
+  const float inv = qp.inv, z = qp.z;
   uint32_t q1[8], q2[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
