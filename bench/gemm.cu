@@ -301,6 +301,7 @@ struct Settings {
   bool quick = false;
   std::string json_path;
   bool tune_small_m = false;
+  bool tune_large_m = false;
   std::string tune_out;  // the tuned table (.inc) to write
 };
 
@@ -846,6 +847,84 @@ std::vector<std::string> tune_layer(const Layer& L, const Operands& o, Timer& ti
 }
 
 // ---------------------------------------------------------------------------------------------
+// --tune-large-m: the large-M per-channel W4A8 CUTLASS variants, per shape and M
+// ---------------------------------------------------------------------------------------------
+
+// Times every W4A8Sm90Variant at each M of st.ms (each first checked bit-exact against the
+// simple reference kernel's output for the same operands). Appends one JSON row per (M,
+// variant) and prints the fastest per M.
+void tune_large_m_layer(const Layer& L, const Operands& o, Timer& timer, const Settings& st,
+                        cudaStream_t s, nlohmann::json& results) {
+  using qserve::cuda::W4A8Sm90Variant;
+  for (const int64_t m : st.ms) {
+    if (m < 1 || m > o.max_m) continue;
+    const size_t yn = static_cast<size_t>(m * o.n);
+    qserve::cuda::gemm_w4a8_per_channel(o.aq.data(), o.a_scale.data(), o.a_sum.data(), m, o.w4pc(),
+                                        nullptr, o.y16.data(), o.y32.data(), s);
+    QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "tune-large reference");
+    const std::vector<uint16_t> want = to_host(o.y16.data(), yn, s);
+    const W4A8Sm90Variant dflt = qserve::cuda::w4a8_sm90_choose(m, o.n, o.k);
+    double best_us = 1e30;
+    W4A8Sm90Variant best = W4A8Sm90Variant::kAuto;
+    for (const W4A8Sm90Variant v : {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop128,
+                                    W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK}) {
+      const auto launch = [&] {
+        if (!qserve::cuda::gemm_w4a8_per_channel_sm90(o.aq.data(), o.a_scale.data(), o.a_sum.data(),
+                                                      m, o.w4pc(), o.y16.data(), s, nullptr, v))
+          throw qserve::Error("the sm90 variant declined the operands");
+      };
+      std::string status = "ok";
+      double us = 0;
+      try {
+        QSERVE_CUDA_CHECK(cudaMemsetAsync(o.y16.data(), 0xFF, yn * 2, s), "tune poison");
+        launch();
+        QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "tune check run");
+        if (to_host(o.y16.data(), yn, s) != want) status = "check_failed";
+        if (status == "ok") {
+          const std::string e = timer.time(
+              [&] {
+                launch();
+                return std::string();
+              },
+              st.warmup, st.reps, &us);
+          if (!e.empty()) status = "error";
+        }
+      } catch (const std::exception& e) {
+        std::printf("TUNE ERROR %s M=%lld %s: %s\n", L.name.c_str(), static_cast<long long>(m),
+                    qserve::cuda::w4a8_sm90_variant_name(v), e.what());
+        status = "error";
+      }
+      const double tops = status == "ok" ? 2.0 * m * L.n * L.k / (us * 1e-6) / 1e12 : 0.0;
+      nlohmann::json r = {{"kernel", "w4a8_per_channel_sm90"},
+                          {"shape", L.name},
+                          {"M", m},
+                          {"N", L.n},
+                          {"K", L.k},
+                          {"precision", "w4a8"},
+                          {"system", "qserve.cpp"},
+                          {"variant", qserve::cuda::w4a8_sm90_variant_name(v)},
+                          {"current_default", v == dflt},
+                          {"status", status}};
+      r["us"] = status == "ok" ? nlohmann::json(us) : nlohmann::json(nullptr);
+      r["tops"] = status == "ok" ? nlohmann::json(tops) : nlohmann::json(nullptr);
+      results.push_back(r);
+      std::printf("tune-large %-20s M=%-5lld %-34s %-12s %9.2f us %7.0f TOP/s%s\n", L.name.c_str(),
+                  static_cast<long long>(m), qserve::cuda::w4a8_sm90_variant_name(v),
+                  status.c_str(), us, tops, v == dflt ? " (current)" : "");
+      if (status == "ok" && us < best_us) {
+        best_us = us;
+        best = v;
+      }
+    }
+    if (best_us < 1e29) {
+      std::printf("BEST-LARGE %s M=%lld %s %.2f us\n", L.name.c_str(), static_cast<long long>(m),
+                  qserve::cuda::w4a8_sm90_variant_name(best), best_us);
+    }
+    std::fflush(stdout);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------------
 
@@ -933,6 +1012,8 @@ int run(int argc, char** argv) {
       warm_set = true;
     } else if (a == "--tune-small-m")
       st.tune_small_m = true;
+    else if (a == "--tune-large-m")
+      st.tune_large_m = true;
     else if (a == "--tune-out")
       st.tune_out = next();
     else if (a == "--help" || a == "-h") {
@@ -996,6 +1077,7 @@ int run(int argc, char** argv) {
   }
   if (st.shapes.size() == 1 && st.shapes[0] == "models") st.shapes = model_layer_names;
   if (st.tune_small_m) st.ms = {64};
+  if (st.tune_large_m && !ms_set) st.ms = {65, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096};
   const int64_t max_m = *std::max_element(st.ms.begin(), st.ms.end());
   const int64_t alloc_m = st.check ? std::max<int64_t>(max_m, 133) : max_m;
 
@@ -1029,6 +1111,18 @@ int run(int argc, char** argv) {
       continue;
     }
     const Operands& o = *ops;
+    if (st.tune_large_m) {
+      try {
+        tune_large_m_layer(L, o, timer, st, stream, results);
+      } catch (const std::exception& e) {
+        std::printf("ERROR %s: large-M tuning failed: %s\n", L.name.c_str(), e.what());
+        if (!context_alive()) {
+          dead = true;
+          break;
+        }
+      }
+      continue;
+    }
     if (st.tune_small_m) {
       try {
         for (std::string& l : tune_layer(L, o, timer, st, stream, results))

@@ -432,5 +432,52 @@ TEST(ParityGemmFastW4A8, SmallMLongK) {
   }
 }
 
+
+// Every CUTLASS variant of the large-M per-channel kernel (W4A8Sm90Variant; the dispatch picks
+// among them by shape) against the simple kernel, bit for bit: M with partial 64- and 128-row
+// tiles and odd tile counts, N with a partial 128-channel tile, a K/N ratio that selects the
+// swapped stream-K kernel (K >= 2N) and one that does not.
+TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
+  QSERVE_PARITY_REQUIRE_SM90();
+  ParityRng rng(706);
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{272, 512}, {136, 1024}}) {
+    const auto wpc = random_w4pc(rng, n, k);
+    const auto dpc = cuda::upload(wpc);
+    for (const int64_t m : {65, 127, 192, 200, 384, 520}) {
+      const Acts a = random_acts(rng, m, k);
+      const auto da = to_device(a.q);
+      const auto dscale = to_device(a.scale);
+      const auto dsum = to_device(a.sum);
+      const size_t yn = static_cast<size_t>(m * n);
+      DeviceBuffer<uint16_t> y_ref(yn), y(yn);
+      DeviceBuffer<int32_t> acc(yn);
+      cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), m, dpc.view(), nullptr,
+                                  y_ref.data(), acc.data(), nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> want = to_host(y_ref);
+      for (const auto v : {cuda::W4A8Sm90Variant::kAuto, cuda::W4A8Sm90Variant::kLargeM,
+                           cuda::W4A8Sm90Variant::kCoop128, cuda::W4A8Sm90Variant::kPingpong64,
+                           cuda::W4A8Sm90Variant::kSwapStreamK}) {
+        const std::string base = mnk({m, n, k}) + ",variant=" + cuda::w4a8_sm90_variant_name(v);
+        poison(y.data(), y.bytes());
+        ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(da.data(), dscale.data(), dsum.data(), m,
+                                                     dpc.view(), y.data(), nullptr, nullptr, v))
+            << base;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << base;
+        const std::string op = "gemm_w4a8_per_channel_sm90";
+        EXPECT_PARITY(compare_exact<uint16_t>(op, base, to_host(y), want), op, base);
+      }
+    }
+  }
+  // The choice: swapped stream-K for a long K below 512 tokens, 64-row ping-pong for an even
+  // count of 64-row tiles, the 128x128 kernel from 512 tokens on.
+  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 14336), cuda::W4A8Sm90Variant::kSwapStreamK);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(192, 4096, 4096), cuda::W4A8Sm90Variant::kSwapStreamK);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 14336), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(4096, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
+}
+
 }  // namespace
 }  // namespace qserve::parity

@@ -100,14 +100,28 @@ bool gemm_w4a8_g128_small_m(const int8_t* aq, const uint16_t* a_scale, int64_t m
 bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
                                       const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
                                       const uint16_t* y);
+// Its CUTLASS configurations (one instantiation each; the int32 accumulators are exact and the
+// epilogue is the same tree, so every variant gives the same bits). kAuto picks by shape
+// (w4a8_sm90_choose), from bench_gemm --tune-large-m measurements.
+enum class W4A8Sm90Variant : uint8_t {
+  kAuto,
+  kLargeM,       // 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
+  kCoop128,      // 128x128x128, 2x1, cooperative (both consumer warp groups on one tile)
+  kPingpong64,   // 64x128x128, 2x1, ping-pong: twice the tiles for mid-sized M
+  kSwapStreamK,  // y^T = W aq^T, 128 (channels) x 64 (tokens) x 128, cooperative, stream-K
+};
+const char* w4a8_sm90_variant_name(W4A8Sm90Variant v);
+W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k);
 // With `ws` (ops_cuda.h GemmWorkspace) CUTLASS's workspace is ws->data instead of the file's
 // grow-only block; a ws->bytes below w4a8_per_channel_sm90_workspace_bytes() throws.
 bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
                                 int64_t m, const W4PerChannelView& w, uint16_t* y,
-                                cudaStream_t stream, const GemmWorkspace* ws = nullptr);
+                                cudaStream_t stream, const GemmWorkspace* ws = nullptr,
+                                W4A8Sm90Variant variant = W4A8Sm90Variant::kAuto);
 // Its workspace bytes for an m x n x k problem on the current device (0 when not compiled or
-// not sm_90; the persistent scheduler usually needs none).
-size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k);
+// not sm_90; the persistent scheduler needs none, stream-K its partial-sum buffers).
+size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
+                                             W4A8Sm90Variant variant = W4A8Sm90Variant::kAuto);
 
 // The name of the path gemm_w4a8_per_channel / gemm_w4a8_g128 take for these operands when
 // acc_out is null (for bench reports): "small_m_mma_packed", "sm90_wgmma_evt",

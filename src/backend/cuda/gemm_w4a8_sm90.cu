@@ -1,7 +1,10 @@
-// The large-M per-channel W4A8 GEMM on Hopper (gemm_w4a8_fast.h): the CUTLASS 3 wgmma kernel of
-// gemm_w8a8_sm90.cu's kLargeM configuration (128x128x128 tiles, 2x1 cluster, ping-pong,
-// persistent) run on the 1-byte codes Q (0..15 are valid int8 values, so the natural q array is
-// directly the B operand), with QServe's per-channel epilogue as an epilogue visitor tree:
+// The large-M per-channel W4A8 GEMM on Hopper (gemm_w4a8_fast.h): CUTLASS 3 wgmma kernels
+// (kLargeM: gemm_w8a8_sm90.cu's 128x128x128 tiles, 2x1 cluster, ping-pong, persistent; for
+// M of a few hundred tokens, where 128x128 tiles leave ping-pong's second consumer warp group
+// without a tile or the last wave part-empty, a cooperative, a 64-row ping-pong and a swapped
+// stream-K variant: W4A8Sm90Variant) run on the 1-byte codes Q (0..15 are valid int8 values,
+// so the natural q array is directly the weight operand), with QServe's per-channel epilogue as an
+// epilogue visitor tree:
 //
 //   scaled_acc = float_RN(acc) * float(s1[n])                  (fp32 RN)
 //   zero_term  = float(s1_szeros[n]) * float(a_sum[m])         (fp32 RN)
@@ -14,6 +17,7 @@
 
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
@@ -109,59 +113,86 @@ struct FmaNegC<cutlass::Array<float, N>> {
   }
 };
 
-// GEMM M = tokens, N = channels: channel vectors are row broadcasts, token vectors column
-// broadcasts.
-template <typename TileShape>
+// The epilogue tree. Without kSwap the GEMM is y = aq * W^T (M = tokens, N = channels): channel
+// vectors are row broadcasts, token vectors column broadcasts. With kSwap it is y^T = W * aq^T
+// (M = channels, N = tokens) and the roles swap. Token vectors are read element-wise (alignment
+// 1: M need not be a multiple of 8); channel vectors as 8-wide rows when they are row
+// broadcasts (N % 8 == 0 is required anyway).
+template <typename TileShape, bool kSwap>
 struct PerChannelEvt {
-  using RowVec = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, ElementScale,
-                                                             ElementCompute>;
-  // Alignment 1: element-wise predicated loads (M need not be a multiple of 8).
-  using ColVec = cutlass::epilogue::fusion::Sm90ColBroadcast<
-      0, TileShape, ElementScale, ElementCompute, Stride<_1, _0, _0>, 1>;
+  using RowB =
+      cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, ElementScale, ElementCompute,
+                                                  Stride<_0, _1, _0>, kSwap ? 1 : 8>;
+  using ColB = cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, ElementScale,
+                                                           ElementCompute, Stride<_1, _0, _0>, 1>;
+  using ChanVec = std::conditional_t<kSwap, ColB, RowB>;
+  using TokVec = std::conditional_t<kSwap, RowB, ColB>;
   using Mul = cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, ElementCompute,
                                                      ElementCompute, kRound>;
   using ScaledAcc =
-      cutlass::epilogue::fusion::Sm90EVT<Mul, cutlass::epilogue::fusion::Sm90AccFetch, RowVec>;
-  using ZeroTerm = cutlass::epilogue::fusion::Sm90EVT<Mul, RowVec, ColVec>;
+      cutlass::epilogue::fusion::Sm90EVT<Mul, cutlass::epilogue::fusion::Sm90AccFetch, ChanVec>;
+  using ZeroTerm = cutlass::epilogue::fusion::Sm90EVT<Mul, ChanVec, TokVec>;
   using Out = cutlass::epilogue::fusion::Sm90Compute<FmaNegC, ElementOut, ElementCompute, kRound>;
-  using Tree = cutlass::epilogue::fusion::Sm90EVT<Out, ColVec, ScaledAcc, ZeroTerm>;
+  using Tree = cutlass::epilogue::fusion::Sm90EVT<Out, TokVec, ScaledAcc, ZeroTerm>;
 
   static typename Tree::Arguments args(const uint16_t* a_scale, const uint16_t* a_sum,
                                        const uint16_t* s1, const uint16_t* s1_szeros) {
     auto h = [](const uint16_t* p) { return reinterpret_cast<const ElementScale*>(p); };
-    return typename Tree::Arguments{
-        {h(a_scale), ElementScale(0), {}},  // ColVec a_scale
-        {                                    // ScaledAcc
-         {},                                 //   AccFetch
-         {h(s1), ElementScale(0), {}},       //   RowVec s1
-         {}},                                //   Mul
-        {                                    // ZeroTerm
-         {h(s1_szeros), ElementScale(0), {}},  // RowVec s1_szeros
-         {h(a_sum), ElementScale(0), {}},      // ColVec a_sum
-         {}},                                  // Mul
-        {}};                                   // Out
+    return typename Tree::Arguments{{h(a_scale), ElementScale(0), {}},     // TokVec a_scale
+                                    {                                      // ScaledAcc
+                                     {},                                   //   AccFetch
+                                     {h(s1), ElementScale(0), {}},         //   ChanVec s1
+                                     {}},                                  //   Mul
+                                    {                                      // ZeroTerm
+                                     {h(s1_szeros), ElementScale(0), {}},  // ChanVec s1_szeros
+                                     {h(a_sum), ElementScale(0), {}},      // TokVec a_sum
+                                     {}},                                  // Mul
+                                    {}};                                   // Out
   }
 };
 
-using TileShape = Shape<_128, _128, _128>;
-using ClusterShape = Shape<_2, _1, _1>;
-using Evt = PerChannelEvt<TileShape>;
-using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementCompute, void,
-    cutlass::layout::RowMajor, kAlignOut, ElementOut, cutlass::layout::RowMajor, kAlignOut,
-    cutlass::epilogue::TmaWarpSpecialized, typename Evt::Tree>::CollectiveOp;
-using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, cutlass::layout::RowMajor,
-    kAlignAB, ElementAB, cutlass::layout::ColumnMajor, kAlignAB, ElementAcc, TileShape,
-    ClusterShape,
-    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-        sizeof(typename CollectiveEpilogue::SharedStorage))>,
-    cutlass::gemm::KernelTmaWarpSpecializedPingpong>::CollectiveOp;
-using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
-                                                    CollectiveEpilogue,
-                                                    cutlass::gemm::PersistentScheduler>;
-using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+// One CUTLASS instantiation. kSwap: A = W, B = aq, D = y^T (column-major channels x tokens,
+// which is y row-major).
+template <typename TileShape, typename ClusterShape, typename KernelSchedule,
+          typename EpilogueSchedule, typename TileScheduler, bool kSwap_>
+struct Config {
+  static constexpr bool kSwap = kSwap_;
+  using Evt = PerChannelEvt<TileShape, kSwap>;
+  using LayoutD =
+      std::conditional_t<kSwap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementCompute, void, LayoutD,
+      kAlignOut, ElementOut, LayoutD, kAlignOut, EpilogueSchedule,
+      typename Evt::Tree>::CollectiveOp;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, cutlass::layout::RowMajor,
+      kAlignAB, ElementAB, cutlass::layout::ColumnMajor, kAlignAB, ElementAcc, TileShape,
+      ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue, TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+// The variants (gemm_w4a8_fast.h, W4A8Sm90Variant).
+using LargeM =
+    Config<Shape<_128, _128, _128>, Shape<_2, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized,
+           cutlass::gemm::PersistentScheduler, false>;
+using Coop128 = Config<
+    Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
+using Pingpong64 =
+    Config<Shape<_64, _128, _128>, Shape<_2, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized,
+           cutlass::gemm::PersistentScheduler, false>;
+using SwapStreamK =
+    Config<Shape<_128, _64, _128>, Shape<_1, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+           cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler, true>;
 
 template <typename Stride>
 Stride packed_stride(int rows, int cols) {
@@ -196,8 +227,8 @@ void* workspace(size_t bytes, int device) {
 #endif  // QSERVE_HAVE_CUTLASS
 
 bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
-                                      const uint16_t* a_sum, int64_t m,
-                                      const W4PerChannelView& w, const uint16_t* y) {
+                                      const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                      const uint16_t* y) {
 #if !defined(QSERVE_HAVE_CUTLASS)
   (void)aq, (void)a_scale, (void)a_sum, (void)m, (void)w, (void)y;
   return false;
@@ -227,72 +258,60 @@ bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
 namespace {
 
 // The CUTLASS arguments, shared by the launch and the workspace query so both size alike.
-typename Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale,
-                                   const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
-                                   uint16_t* y, int device) {
+template <typename Cfg>
+typename Cfg::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale,
+                                        const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
+                                        uint16_t* y, int device) {
+  using Kernel = typename Cfg::Kernel;
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
   using StrideC = typename Kernel::StrideC;
   using StrideD = typename Kernel::StrideD;
-  const int gm = static_cast<int>(m), gn = static_cast<int>(w.n), gk = static_cast<int>(w.k);
+  // kSwap: GEMM M = channels (A = W), N = tokens (B = aq).
+  const int tok = static_cast<int>(m), ch = static_cast<int>(w.n), gk = static_cast<int>(w.k);
+  const int gm = Cfg::kSwap ? ch : tok, gn = Cfg::kSwap ? tok : ch;
+  const auto* wq = reinterpret_cast<const int8_t*>(w.q);
   cutlass::KernelHardwareInfo hw;
   hw.device_id = device;
   hw.sm_count = device_info(device).sm_count;
-  return typename Gemm::Arguments{
+  return typename Cfg::Gemm::Arguments{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {gm, gn, gk, 1},
-      {aq, packed_stride<StrideA>(gm, gk), reinterpret_cast<const int8_t*>(w.q),
+      {Cfg::kSwap ? wq : aq, packed_stride<StrideA>(gm, gk), Cfg::kSwap ? aq : wq,
        packed_stride<StrideB>(gn, gk)},
-      {Evt::args(a_scale, a_sum, w.s1_scales, w.s1_szeros), nullptr,
+      {Cfg::Evt::args(a_scale, a_sum, w.s1_scales, w.s1_szeros), nullptr,
        packed_stride<StrideC>(gm, gn), reinterpret_cast<ElementOut*>(y),
        packed_stride<StrideD>(gm, gn)},
       hw};
 }
 
-}  // namespace
-#endif  // QSERVE_HAVE_CUTLASS
-
-size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k) {
-#if !defined(QSERVE_HAVE_CUTLASS)
-  (void)m, (void)n, (void)k;
-  return 0;
-#else
-  int device = 0;
-  if (m < 1 || n < 1 || k < 1 || cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  if (!device_info(device).sm90) return 0;
+template <typename Cfg>
+size_t config_workspace_bytes(int64_t m, int64_t n, int64_t k, int device) {
   const W4PerChannelView w{n, k, nullptr, nullptr, nullptr, nullptr};
-  return Gemm::get_workspace_size(make_args(nullptr, nullptr, nullptr, m, w, nullptr, device));
-#endif
+  return Cfg::Gemm::get_workspace_size(
+      make_args<Cfg>(nullptr, nullptr, nullptr, m, w, nullptr, device));
 }
 
-bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
-                                int64_t m, const W4PerChannelView& w, uint16_t* y,
-                                cudaStream_t stream, const GemmWorkspace* user_ws) {
-  if (!w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y)) return false;
-#if !defined(QSERVE_HAVE_CUTLASS)
-  (void)stream;
-  (void)user_ws;
-  return false;
-#else
-  int device = 0;
-  cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
-  const typename Gemm::Arguments args = make_args(aq, a_scale, a_sum, m, w, y, device);
+// Runs one configuration; `user_ws` (may be null) replaces the grow-only workspace.
+template <typename Cfg>
+bool run_config(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum, int64_t m,
+                const W4PerChannelView& w, uint16_t* y, cudaStream_t stream, int device,
+                const GemmWorkspace* user_ws, W4A8Sm90Variant v) {
+  using Gemm = typename Cfg::Gemm;
+  const typename Gemm::Arguments args = make_args<Cfg>(aq, a_scale, a_sum, m, w, y, device);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
   const size_t ws_bytes = Gemm::get_workspace_size(args);
+  const std::string detail = shape(m, w.n, w.k) + " variant=" + w4a8_sm90_variant_name(v);
   void* ws = nullptr;
   if (user_ws != nullptr) {
     check(ws_bytes == 0 || (user_ws->data != nullptr && user_ws->bytes >= ws_bytes),
           "gemm_w4a8_per_channel_sm90: caller workspace of " + std::to_string(user_ws->bytes) +
-              " bytes, need " + std::to_string(ws_bytes) + " (" + shape(m, w.n, w.k) + ")");
+              " bytes, need " + std::to_string(ws_bytes) + " (" + detail + ")");
     ws = ws_bytes == 0 ? nullptr : user_ws->data;
   } else {
     ws = workspace(ws_bytes, device);
   }
-  const std::string detail = shape(m, w.n, w.k);
   const cutlass::Status init = gemm.initialize(args, ws, stream);
   check(init == cutlass::Status::kSuccess, "gemm_w4a8_per_channel_sm90: initialize failed (" +
                                                detail + "): " + cutlassGetStatusString(init));
@@ -301,6 +320,98 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
                                               "): " + cutlassGetStatusString(run));
   check_launch("gemm_w4a8_per_channel_sm90", detail);
   return true;
+}
+
+}  // namespace
+#endif  // QSERVE_HAVE_CUTLASS
+
+const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
+  switch (v) {
+    case W4A8Sm90Variant::kAuto:
+      return "auto";
+    case W4A8Sm90Variant::kLargeM:
+      return "sm90_128x128x128_pingpong_2x1";
+    case W4A8Sm90Variant::kCoop128:
+      return "sm90_128x128x128_coop_2x1";
+    case W4A8Sm90Variant::kPingpong64:
+      return "sm90_64x128x128_pingpong_2x1";
+    case W4A8Sm90Variant::kSwapStreamK:
+      return "sm90_swapab_128x64x128_streamk";
+  }
+  return "?";
+}
+
+// From bench_gemm --tune-large-m on the H200 (bench/results/2026-11-30-gemm-large-m-tune-h200.json,
+// Llama-3-8B shapes, M = 65..4096):
+//  - The 2x1 clusters pair M tiles: an odd count of them (M = 384 with 128-row tiles, M = 192
+//    with 64-row ones) leaves half a cluster idle and costs up to 1.4x; avoid odd counts.
+//  - M >= 512: the 128x128 ping-pong kernel wins on every shape (64-row tiles lose 10-30% once
+//    every SM has two tiles).
+//  - M < 512, K >= 2N (down): the swapped stream-K kernel (the long K split over the SMs) wins
+//    up to 1.5x (M = 256: 28.0 vs 40.4 us).
+//  - M < 512 otherwise: 64-row ping-pong tiles (twice the tiles, both consumer warp groups busy):
+//    o M = 256 12.5 vs 17.2 us, gate_up M = 128 37.0 vs 63.9 us; within 5% of the best at
+//    M = 256 on qkv and gate_up; with an odd count of 64-row tiles the swapped kernel.
+W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
+  const auto even_tiles = [m](int64_t rows) { return ((m + rows - 1) / rows) % 2 == 0; };
+  if (m >= 512) {
+    if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
+    return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;
+  }
+  if (k >= 2 * n) return W4A8Sm90Variant::kSwapStreamK;
+  if (m <= 128 || even_tiles(64)) return W4A8Sm90Variant::kPingpong64;
+  return W4A8Sm90Variant::kSwapStreamK;
+}
+
+size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
+                                             W4A8Sm90Variant variant) {
+#if !defined(QSERVE_HAVE_CUTLASS)
+  (void)m, (void)n, (void)k, (void)variant;
+  return 0;
+#else
+  int device = 0;
+  if (m < 1 || n < 1 || k < 1 || cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  if (!device_info(device).sm90) return 0;
+  if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, n, k);
+  switch (variant) {
+    case W4A8Sm90Variant::kCoop128:
+      return config_workspace_bytes<Coop128>(m, n, k, device);
+    case W4A8Sm90Variant::kPingpong64:
+      return config_workspace_bytes<Pingpong64>(m, n, k, device);
+    case W4A8Sm90Variant::kSwapStreamK:
+      return config_workspace_bytes<SwapStreamK>(m, n, k, device);
+    default:
+      return config_workspace_bytes<LargeM>(m, n, k, device);
+  }
+#endif
+}
+
+bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
+                                int64_t m, const W4PerChannelView& w, uint16_t* y,
+                                cudaStream_t stream, const GemmWorkspace* user_ws,
+                                W4A8Sm90Variant variant) {
+  if (!w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y)) return false;
+#if !defined(QSERVE_HAVE_CUTLASS)
+  (void)stream, (void)user_ws, (void)variant;
+  return false;
+#else
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
+  if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, w.n, w.k);
+  switch (variant) {
+    case W4A8Sm90Variant::kCoop128:
+      return run_config<Coop128>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
+    case W4A8Sm90Variant::kPingpong64:
+      return run_config<Pingpong64>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
+    case W4A8Sm90Variant::kSwapStreamK:
+      return run_config<SwapStreamK>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
+    default:
+      return run_config<LargeM>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws,
+                                W4A8Sm90Variant::kLargeM);
+  }
 #endif
 }
 
