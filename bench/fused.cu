@@ -13,14 +13,22 @@
 //
 // Effective bandwidth = bytes each kernel must read and write (listed per kernel below) over
 // the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. Each fused
-// kernel is timed twice in the same run: the current kernel (the ops_cuda.h entry point) and
-// the previous one (backend/cuda/fused_baseline.h, reported as "<kernel>_baseline").
-// --check first compares each kernel with its CPU reference (src/quant) on a small case, and the
-// current kernel with the baseline bit for bit on larger ones (SiLU: every fp16 gate value); a
-// kernel that fails is not timed. Every failure prints one "FAIL ..." line and the run
-// continues. --no-sampling skips the sampling benchmark. The timed launches are queued behind a
-// spin kernel so they run back to back (GPU time, not the host's launch pace; --host-gaps times
-// them as issued, which is what the 2026-11-29/30 figures in bench/results/fused.md did).
+// kernel is timed in several versions in the same run, on the same inputs: the current dispatch
+// (the ops_cuda.h entry point, row "<kernel>"), the kernel before the small-batch variants
+// ("<kernel>_prev", cuda::prev), the first kernel ("<kernel>_baseline", cuda::baseline), and for
+// the norm and SiLU each small-batch variant forced at every size ("<kernel>_split2" /
+// "_split4", cuda::forced: where the dispatch thresholds belong); all in
+// backend/cuda/fused_baseline.h. After them, a device-to-device copy of the same bytes (a
+// cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row "memcpy_d2d_same_bytes",
+// system "cuda-memcpy", shape "<kernel>:<shape>"), timed the same way: what a copy reaches at
+// that size, beside the 1 GiB copy ("memcpy_d2d"). The data is not flushed from L2 between runs.
+// --check first compares each kernel with its CPU reference (src/quant) on a small case, and
+// every version (current, prev, forced variants) with the baseline bit for bit on larger ones
+// (SiLU: every fp16 gate value and every fp16 up value); a kernel that fails is not timed.
+// Every failure prints one "FAIL ..." line and the run continues. --no-sampling skips the
+// sampling benchmark. The timed launches are queued behind a spin kernel so they run back to
+// back (GPU time, not the host's launch pace; --host-gaps times them as issued, which is what
+// the 2026-11-29/30 figures in bench/results/fused.md did).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -62,6 +70,7 @@ using qserve::bench::result;
 
 int g_iters = 30;
 int g_failures = 0;
+double g_copy_tbps = 0.0;  // the 1 GiB copy of this run
 
 void fail(const std::string& what) {
   ++g_failures;
@@ -153,6 +162,7 @@ json copy_peer() {
       3, g_iters);
   const double tbps = 2.0 * static_cast<double>(bytes) / (us * 1e-6) / 1e12;
   std::printf("%-34s %-28s %10.1f us %8.3f TB/s\n", "memcpy_d2d", "1GiB (read+write)", us, tbps);
+  g_copy_tbps = tbps;
   return result("memcpy_d2d", "1GiB", 1, 0, "bytes", us, "tbps", tbps, "cuda-memcpy");
 }
 
@@ -181,51 +191,75 @@ bool report_exact(const std::string& name, const std::vector<T>& got, const std:
   return ok;
 }
 
-// The current add_residual_norm_quant_f16delta vs the baseline kernel, bit for bit: 256 rows of
-// 4096 with large residual magnitudes, both norm kinds, every output (q, scale, sum, normed and
-// the written-back residual).
+// Every add_residual_norm_quant_f16delta kernel vs the baseline kernel, bit for bit: the current
+// dispatch, the previous kernel, and both split variants forced, on 256 rows (the split-4 size)
+// and 1031 (odd, the split-2 size) of 4096 with large residual magnitudes, both norm kinds, every
+// output (q, scale, sum, normed and the written-back residual).
 bool check_norm_vs_baseline() {
-  const int64_t rows = 256, cols = kHidden;
-  std::mt19937_64 rng(21);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> res(static_cast<size_t>(rows * cols)), gamma(static_cast<size_t>(cols));
-  for (size_t i = 0; i < res.size(); ++i) res[i] = nd(rng) * (i % 4096 == 7 ? 3000.0f : 4.0f);
-  for (auto& x : gamma) x = 0.05f + 2.0f * std::fabs(nd(rng));
-  const std::vector<uint16_t> delta = host_f16(rng, res.size(), -2.0f, 2.0f);
-  DeviceBuffer<float> d_g = qserve::cuda::to_device(gamma);
-  DeviceBuffer<uint16_t> d_delta = qserve::cuda::to_device(delta);
+  const int64_t cols = kHidden;
   bool ok = true;
-  for (const auto kind :
-       {qserve::quant::NormKind::kRmsNorm, qserve::quant::NormKind::kQServeLayerNorm}) {
-    struct Outs {
-      std::vector<int8_t> q;
-      std::vector<uint16_t> scale, sum, normed;
-      std::vector<float> res;
-    } outs[2];
-    for (int base = 0; base < 2; ++base) {
-      DeviceBuffer<float> d_res = qserve::cuda::to_device(res);
-      DeviceBuffer<int8_t> d_q(res.size());
-      DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
-          d_n(res.size());
-      d_q.fill_bytes(0xFF, nullptr);
-      d_s.fill_bytes(0xFF, nullptr);
-      d_sum.fill_bytes(0xFF, nullptr);
-      d_n.fill_bytes(0xFF, nullptr);
-      const qserve::cuda::NormQuantOut out{d_q.data(), d_s.data(), d_sum.data(), d_n.data()};
-      (base ? qserve::cuda::baseline::add_residual_norm_quant_f16delta
-            : qserve::cuda::add_residual_norm_quant_f16delta)(
-          d_res.data(), d_delta.data(), d_g.data(), 1e-5f, rows, cols, kind, out, nullptr);
-      outs[base] = {qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
-                    qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_n),
-                    qserve::cuda::to_host(d_res)};
+  for (const int64_t rows : {int64_t{256}, int64_t{1031}}) {
+    std::mt19937_64 rng(21 + static_cast<uint64_t>(rows));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> res(static_cast<size_t>(rows * cols)), gamma(static_cast<size_t>(cols));
+    for (size_t i = 0; i < res.size(); ++i) res[i] = nd(rng) * (i % 4096 == 7 ? 3000.0f : 4.0f);
+    for (auto& x : gamma) x = 0.05f + 2.0f * std::fabs(nd(rng));
+    const std::vector<uint16_t> delta = host_f16(rng, res.size(), -2.0f, 2.0f);
+    DeviceBuffer<float> d_g = qserve::cuda::to_device(gamma);
+    DeviceBuffer<uint16_t> d_delta = qserve::cuda::to_device(delta);
+    using Fn =
+        std::function<void(float*, const qserve::cuda::NormQuantOut&, qserve::quant::NormKind)>;
+    auto plain = [&](auto f) -> Fn {
+      return [&, f](float* r, const qserve::cuda::NormQuantOut& o, qserve::quant::NormKind kind) {
+        f(r, d_delta.data(), d_g.data(), 1e-5f, rows, cols, kind, o, nullptr);
+      };
+    };
+    auto forced = [&](int split) -> Fn {
+      return
+          [&, split](float* r, const qserve::cuda::NormQuantOut& o, qserve::quant::NormKind kind) {
+            qserve::cuda::forced::add_residual_norm_quant_f16delta(
+                r, d_delta.data(), d_g.data(), 1e-5f, rows, cols, kind, o, nullptr, split);
+          };
+    };
+    const std::vector<std::pair<std::string, Fn>> kernels = {
+        {"baseline", plain(&qserve::cuda::baseline::add_residual_norm_quant_f16delta)},
+        {"current", plain(&qserve::cuda::add_residual_norm_quant_f16delta)},
+        {"prev", plain(&qserve::cuda::prev::add_residual_norm_quant_f16delta)},
+        {"split2", forced(2)},
+        {"split4", forced(4)}};
+    for (const auto kind :
+         {qserve::quant::NormKind::kRmsNorm, qserve::quant::NormKind::kQServeLayerNorm}) {
+      struct Outs {
+        std::vector<int8_t> q;
+        std::vector<uint16_t> scale, sum, normed;
+        std::vector<float> res;
+      };
+      std::vector<Outs> outs;
+      for (const auto& [kname, run] : kernels) {
+        DeviceBuffer<float> d_res = qserve::cuda::to_device(res);
+        DeviceBuffer<int8_t> d_q(res.size());
+        DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
+            d_n(res.size());
+        d_q.fill_bytes(0xFF, nullptr);
+        d_s.fill_bytes(0xFF, nullptr);
+        d_sum.fill_bytes(0xFF, nullptr);
+        d_n.fill_bytes(0xFF, nullptr);
+        run(d_res.data(), {d_q.data(), d_s.data(), d_sum.data(), d_n.data()}, kind);
+        outs.push_back({qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
+                        qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_n),
+                        qserve::cuda::to_host(d_res)});
+      }
+      for (size_t i = 1; i < kernels.size(); ++i) {
+        const std::string n = "norm_quant/" + kernels[i].first + "/" +
+                              (kind == qserve::quant::NormKind::kRmsNorm ? "rms" : "qserve_ln") +
+                              " T=" + std::to_string(rows);
+        ok &= report_exact(n + " q", outs[i].q, outs[0].q, "baseline");
+        ok &= report_exact(n + " scale", outs[i].scale, outs[0].scale, "baseline");
+        ok &= report_exact(n + " sum", outs[i].sum, outs[0].sum, "baseline");
+        ok &= report_exact(n + " normed", outs[i].normed, outs[0].normed, "baseline");
+        ok &= report_exact(n + " residual", outs[i].res, outs[0].res, "baseline");
+      }
     }
-    const std::string n = std::string("norm_quant/") +
-                          (kind == qserve::quant::NormKind::kRmsNorm ? "rms" : "qserve_ln");
-    ok &= report_exact(n + " q", outs[0].q, outs[1].q, "baseline");
-    ok &= report_exact(n + " scale", outs[0].scale, outs[1].scale, "baseline");
-    ok &= report_exact(n + " sum", outs[0].sum, outs[1].sum, "baseline");
-    ok &= report_exact(n + " normed", outs[0].normed, outs[1].normed, "baseline");
-    ok &= report_exact(n + " residual", outs[0].res, outs[1].res, "baseline");
   }
   return ok;
 }
@@ -282,9 +316,13 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
   struct Outs {
     std::vector<int8_t> q;
     std::vector<uint16_t> scale, sum, out;
-  } outs[2];
+  };
+  // 0: the baseline; then the current dispatch, the previous kernel, v2 forced to 2 and 4 threads
+  // per column group (with a sum the forced runs take v2's one-thread layout).
+  const char* names[] = {"baseline", "current", "prev", "split2", "split4"};
+  std::vector<Outs> outs;
   const size_t n = static_cast<size_t>(rows * inter);
-  for (int base = 0; base < 2; ++base) {
+  for (int v = 0; v < 5; ++v) {
     DeviceBuffer<int8_t> d_q(n);
     DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
         d_out(n);
@@ -293,20 +331,40 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
     d_sum.fill_bytes(0xFF, nullptr);
     d_out.fill_bytes(0xFF, nullptr);
     uint16_t* sum = with_sum ? d_sum.data() : nullptr;
+    const T* g = d_gu.data();
+    int8_t* q = d_q.data();
+    uint16_t* sc = d_s.data();
+    uint16_t* o = d_out.data();
     if constexpr (std::is_same_v<T, float>) {
-      (base ? qserve::cuda::baseline::silu_mul_quant_f32 : qserve::cuda::silu_mul_quant_f32)(
-          d_gu.data(), rows, inter, d_q.data(), d_s.data(), sum, d_out.data(), nullptr);
+      if (v == 0)
+        qserve::cuda::baseline::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v == 1) qserve::cuda::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v == 2) qserve::cuda::prev::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v >= 3) {
+        qserve::cuda::forced::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr,
+                                                 v == 3 ? 2 : 4);
+      }
     } else {
-      (base ? qserve::cuda::baseline::silu_mul_quant_f16 : qserve::cuda::silu_mul_quant_f16)(
-          d_gu.data(), rows, inter, d_q.data(), d_s.data(), sum, d_out.data(), nullptr);
+      if (v == 0)
+        qserve::cuda::baseline::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v == 1) qserve::cuda::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v == 2) qserve::cuda::prev::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
+      if (v >= 3) {
+        qserve::cuda::forced::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr,
+                                                 v == 3 ? 2 : 4);
+      }
     }
-    outs[base] = {qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
-                  qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_out)};
+    outs.push_back({qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
+                    qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_out)});
   }
-  bool ok = report_exact(name + " out", outs[0].out, outs[1].out, "baseline");
-  ok &= report_exact(name + " q", outs[0].q, outs[1].q, "baseline");
-  ok &= report_exact(name + " scale", outs[0].scale, outs[1].scale, "baseline");
-  if (with_sum) ok &= report_exact(name + " sum", outs[0].sum, outs[1].sum, "baseline");
+  bool ok = true;
+  for (int v = 1; v < 5; ++v) {
+    const std::string nm = name + " " + names[v];
+    ok &= report_exact(nm + " out", outs[v].out, outs[0].out, "baseline");
+    ok &= report_exact(nm + " q", outs[v].q, outs[0].q, "baseline");
+    ok &= report_exact(nm + " scale", outs[v].scale, outs[0].scale, "baseline");
+    if (with_sum) ok &= report_exact(nm + " sum", outs[v].sum, outs[0].sum, "baseline");
+  }
   return ok;
 }
 // With the sum (one thread per column group) and without it (two): both kernel variants.
@@ -338,6 +396,34 @@ bool check_silu_vs_baseline() {
     qserve::cuda::baseline::silu_mul_f16(d_gu.data(), rows, inter, b.data(), nullptr);
     ok &= report_exact("silu_mul_f16 all-fp16-gates", qserve::cuda::to_host(a),
                        qserve::cuda::to_host(b), "baseline");
+    // Every fp16 bit pattern as an up value (NaN payloads, infinities, subnormals, zeros; products
+    // that overflow), gates U(-8, 8): the fp16 product of the current kernel against the fp32
+    // route, and rows with a NaN or an infinity (the conversion-instruction codes).
+    std::mt19937_64 rng(24);
+    std::uniform_real_distribution<float> ug(-8.0f, 8.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < inter; ++i) {
+        gu[static_cast<size_t>(r * 2 * inter + i)] = qserve::float_to_fp16(ug(rng));
+        gu[static_cast<size_t>(r * 2 * inter + inter + i)] = static_cast<uint16_t>(r * inter + i);
+      }
+    }
+    ok &= compare_silu_quant("silu_mul_quant all-fp16-ups", gu, rows, inter);
+  }
+  {
+    // Small odd batches (the split-4 size of the dispatch), one row with a single infinite up.
+    const int64_t rows = 3, inter = kInter;
+    std::mt19937_64 rng(25);
+    std::uniform_real_distribution<float> ug(-8.0f, 8.0f);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<uint16_t> gu(static_cast<size_t>(rows * 2 * inter));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < inter; ++i) {
+        gu[static_cast<size_t>(r * 2 * inter + i)] = qserve::float_to_fp16(ug(rng));
+        gu[static_cast<size_t>(r * 2 * inter + inter + i)] = qserve::float_to_fp16(nd(rng));
+      }
+    }
+    gu[static_cast<size_t>(1 * 2 * inter + inter + 777)] = 0x7c00;  // up = +inf
+    ok &= compare_silu_quant("silu_mul_quant 3 rows", gu, rows, inter);
   }
   {
     // More rows than the persistent kernel has blocks (2 per SM): blocks loop over rows.
@@ -471,10 +557,12 @@ struct RopeBatch {
     batch.max_num_tokens = static_cast<int32_t>(n);
     batch.max_total_len = static_cast<int32_t>(ctx + n);
   }
-  void run(bool baseline) {
-    (baseline ? qserve::cuda::baseline::rope_kv_append_f16 : qserve::cuda::rope_kv_append_f16)(
-        qkv.data(), kStride, batch, kHq, kHkv, kD, inv.data(), cache, qo.data(), k16.data(),
-        v16.data(), nullptr);
+  enum Kernel { kCurrent, kBaseline };
+  void run(Kernel k) {
+    (k == kBaseline ? qserve::cuda::baseline::rope_kv_append_f16
+                    : qserve::cuda::rope_kv_append_f16)(qkv.data(), kStride, batch, kHq, kHkv, kD,
+                                                        inv.data(), cache, qo.data(), k16.data(),
+                                                        v16.data(), nullptr);
   }
 };
 
@@ -486,7 +574,9 @@ bool check_rope_vs_baseline() {
   for (const KvFormat fmt : {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16}) {
     const char* fname = fmt == KvFormat::kv4 ? "kv4" : fmt == KvFormat::kv8 ? "kv8" : "kv16";
     for (const auto& [S, n, ctx] : {std::tuple<int64_t, int64_t, int64_t>{2, 70, 0},
-                                    std::tuple<int64_t, int64_t, int64_t>{4, 300, 37}}) {
+                                    std::tuple<int64_t, int64_t, int64_t>{4, 300, 37},
+                                    std::tuple<int64_t, int64_t, int64_t>{1, 257, 3},
+                                    std::tuple<int64_t, int64_t, int64_t>{16, 256, 0}}) {
       RopeBatch b(S, n, ctx, fmt, 31);
       const std::vector<uint8_t> kp0 = qserve::cuda::to_host(b.kp),
                                  vp0 = qserve::cuda::to_host(b.vp);
@@ -495,24 +585,27 @@ bool check_rope_vs_baseline() {
         std::vector<uint16_t> k, v;
         std::vector<uint8_t> kp, vp;
       } outs[2];
-      for (int base = 0; base < 2; ++base) {
+      const RopeBatch::Kernel kernels[2] = {RopeBatch::kBaseline, RopeBatch::kCurrent};
+      for (int i = 0; i < 2; ++i) {
         b.kp.copy_from_host(kp0, nullptr);
         b.vp.copy_from_host(vp0, nullptr);
         b.qo.fill_bytes(0xFF, nullptr);
         b.k16.fill_bytes(0xFF, nullptr);
         b.v16.fill_bytes(0xFF, nullptr);
-        b.run(base != 0);
-        outs[base] = {qserve::cuda::to_host(b.qo), qserve::cuda::to_host(b.k16),
-                      qserve::cuda::to_host(b.v16), qserve::cuda::to_host(b.kp),
-                      qserve::cuda::to_host(b.vp)};
+        b.run(kernels[i]);
+        outs[i] = {qserve::cuda::to_host(b.qo), qserve::cuda::to_host(b.k16),
+                   qserve::cuda::to_host(b.v16), qserve::cuda::to_host(b.kp),
+                   qserve::cuda::to_host(b.vp)};
       }
-      const std::string name =
-          std::string("rope_kv_append ") + fname + " T=" + std::to_string(S * n);
-      ok &= report_exact(name + " q", outs[0].q, outs[1].q, "baseline");
-      ok &= report_exact(name + " k16", outs[0].k, outs[1].k, "baseline");
-      ok &= report_exact(name + " v16", outs[0].v, outs[1].v, "baseline");
-      ok &= report_exact(name + " K pages", outs[0].kp, outs[1].kp, "baseline");
-      ok &= report_exact(name + " V pages", outs[0].vp, outs[1].vp, "baseline");
+      for (int i = 1; i < 2; ++i) {
+        const std::string name =
+            std::string("rope_kv_append current ") + fname + " T=" + std::to_string(S * n);
+        ok &= report_exact(name + " q", outs[i].q, outs[0].q, "baseline");
+        ok &= report_exact(name + " k16", outs[i].k, outs[0].k, "baseline");
+        ok &= report_exact(name + " v16", outs[i].v, outs[0].v, "baseline");
+        ok &= report_exact(name + " K pages", outs[i].kp, outs[0].kp, "baseline");
+        ok &= report_exact(name + " V pages", outs[i].vp, outs[0].vp, "baseline");
+      }
     }
   }
   return ok;
@@ -593,15 +686,54 @@ void emit(json& results, const std::string& kernel, const std::string& shape, in
   results.push_back(result(kernel, shape, tokens, 0, precision, us, "tbps", tbps, "qserve.cpp"));
 }
 
-// Times the current kernel and the baseline (same inputs, same byte count) and reports both.
-void emit_pair(json& results, const char* kernel, const std::string& shape, int64_t tokens,
-               const char* precision, double bytes, const std::function<void(bool)>& run) {
-  const double us = time_us([&] { run(false); }, 3, g_iters);
-  const double us_base = time_us([&] { run(true); }, 3, g_iters);
-  emit(results, kernel, shape, tokens, precision, us, bytes);
-  emit(results, std::string(kernel) + "_baseline", shape, tokens, precision, us_base, bytes);
-  std::printf("%-34s tokens=%-5lld speedup %.2fx over the baseline\n", kernel,
-              static_cast<long long>(tokens), us_base / us);
+// A device-to-device copy moving the same bytes as a kernel (cudaMemcpyAsync of bytes / 2: read +
+// write = bytes), timed like the kernels: what a copy reaches at this size, with the same launch
+// and ramp costs, beside the 1 GiB copy's bandwidth. Returns the copy's TB/s.
+double emit_copy_peer(json& results, const std::string& kernel, const std::string& shape,
+                      int64_t tokens, double bytes) {
+  const size_t n = static_cast<size_t>(bytes / 2.0) / 16 * 16;
+  DeviceBuffer<uint8_t> src(n), dst(n);
+  fill_bytes_kernel<<<kFillGrid, kFillBlock>>>(src.data(), n, 9);
+  qserve::cuda::check_launch("bench fill copy peer");
+  const double us = time_us(
+      [&] {
+        QSERVE_CUDA_CHECK(
+            cudaMemcpyAsync(dst.data(), src.data(), n, cudaMemcpyDeviceToDevice, nullptr),
+            "bench memcpy same bytes");
+      },
+      3, g_iters);
+  const double tbps = 2.0 * static_cast<double>(n) / (us * 1e-6) / 1e12;
+  std::printf("%-34s tokens=%-5lld %10.1f us %8.3f TB/s  (copy of %s's bytes)\n",
+              "memcpy_d2d_same_bytes", static_cast<long long>(tokens), us, tbps, kernel.c_str());
+  results.push_back(result("memcpy_d2d_same_bytes", kernel + ":" + shape, tokens, 0,
+                           "bytes=" + std::to_string(2 * n), us, "tbps", tbps, "cuda-memcpy"));
+  return tbps;
+}
+
+// Times every variant of a kernel on the same inputs (same byte count) and reports each, then a
+// copy of the same bytes. variants[0] is the current dispatch (row `kernel`), the others are
+// reported as kernel + suffix ("_prev": the kernel before the small-batch variants, "_baseline":
+// the first kernel, "_split2"/"_split4": a small-batch variant forced at every size).
+struct Variant {
+  const char* suffix;
+  std::function<void()> run;
+};
+void emit_variants(json& results, const char* kernel, const std::string& shape, int64_t tokens,
+                   const char* precision, double bytes, const std::vector<Variant>& variants) {
+  std::vector<double> us(variants.size());
+  for (size_t i = 0; i < variants.size(); ++i) us[i] = time_us(variants[i].run, 3, g_iters);
+  for (size_t i = 0; i < variants.size(); ++i) {
+    emit(results, std::string(kernel) + variants[i].suffix, shape, tokens, precision, us[i], bytes);
+  }
+  for (size_t i = 1; i < variants.size(); ++i) {
+    std::printf("%-34s tokens=%-5lld speedup %.2fx over %s%s\n", kernel,
+                static_cast<long long>(tokens), us[i] / us[0], kernel, variants[i].suffix);
+  }
+  const double copy = emit_copy_peer(results, kernel, shape, tokens, bytes);
+  const double tbps = bytes / (us[0] * 1e-6) / 1e12;
+  std::printf("%-34s tokens=%-5lld %.2fx the same-size copy, %.2fx the 1 GiB copy\n", kernel,
+              static_cast<long long>(tokens), tbps / copy,
+              g_copy_tbps > 0 ? tbps / g_copy_tbps : 0.0);
 }
 
 // Bytes: residual fp32 read + write (8), delta fp16 read (2), q int8 written (1) per element;
@@ -620,13 +752,32 @@ void bench_norm(int64_t T, json& results) {
   out.scale = s.data();
   // The residual grows by at most 1e-3 per run: values stay in range over all runs.
   const double bytes = static_cast<double>(T) * cols * (8 + 2 + 1) + cols * 4.0 + T * 2.0;
-  emit_pair(results, "add_residual_rmsnorm_quant", "hidden=4096", T, "fp32-res,fp16-delta,int8-out",
-            bytes, [&](bool base) {
-              (base ? qserve::cuda::baseline::add_residual_norm_quant_f16delta
-                    : qserve::cuda::add_residual_norm_quant_f16delta)(
-                  res.data(), delta.data(), g.data(), 1e-5f, T, cols,
-                  qserve::quant::NormKind::kRmsNorm, out, nullptr);
-            });
+  const auto kind = qserve::quant::NormKind::kRmsNorm;
+  auto forced = [&](int split) {
+    return [&, split] {
+      qserve::cuda::forced::add_residual_norm_quant_f16delta(
+          res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out, nullptr, split);
+    };
+  };
+  emit_variants(results, "add_residual_rmsnorm_quant", "hidden=4096", T,
+                "fp32-res,fp16-delta,int8-out", bytes,
+                {{"",
+                  [&] {
+                    qserve::cuda::add_residual_norm_quant_f16delta(
+                        res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out, nullptr);
+                  }},
+                 {"_prev",
+                  [&] {
+                    qserve::cuda::prev::add_residual_norm_quant_f16delta(
+                        res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out, nullptr);
+                  }},
+                 {"_baseline",
+                  [&] {
+                    qserve::cuda::baseline::add_residual_norm_quant_f16delta(
+                        res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out, nullptr);
+                  }},
+                 {"_split2", forced(2)},
+                 {"_split4", forced(4)}});
 }
 
 // Bytes: gate|up fp16 read (4 per output element), q int8 written (1); fp16 scale per row.
@@ -636,21 +787,56 @@ void bench_silu(int64_t T, json& results) {
   fill_f16_kernel<<<kFillGrid, kFillBlock>>>(gu.data(), gu.size(), 51, -4.0f, 4.0f);
   qserve::cuda::check_launch("bench fill silu inputs");
   const double bytes = static_cast<double>(T) * kInter * (4 + 1) + T * 2.0;
-  emit_pair(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", bytes, [&](bool base) {
-    (base ? qserve::cuda::baseline::silu_mul_quant_f16 : qserve::cuda::silu_mul_quant_f16)(
-        gu.data(), T, kInter, q.data(), s.data(), nullptr, nullptr, nullptr);
-  });
+  auto forced = [&](int split) {
+    return [&, split] {
+      qserve::cuda::forced::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), nullptr,
+                                               nullptr, nullptr, split);
+    };
+  };
+  emit_variants(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", bytes,
+                {{"",
+                  [&] {
+                    qserve::cuda::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
+                                                     nullptr, nullptr, nullptr);
+                  }},
+                 {"_prev",
+                  [&] {
+                    qserve::cuda::prev::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
+                                                           nullptr, nullptr, nullptr);
+                  }},
+                 {"_baseline",
+                  [&] {
+                    qserve::cuda::baseline::silu_mul_quant_f16(gu.data(), T, kInter, q.data(),
+                                                               s.data(), nullptr, nullptr, nullptr);
+                  }},
+                 {"_split2", forced(2)},
+                 {"_split4", forced(4)}});
+  // With the per-token sums (the per-channel W4A8 down projection needs them: the engine's
+  // case for w4a8 per-channel; one thread per column group).
+  DeviceBuffer<uint16_t> sum(static_cast<size_t>(T));
+  emit_variants(results, "silu_mul_quant_sum", "inter=14336", T, "fp16-in,int8-out,sum",
+                bytes + T * 2.0,
+                {{"",
+                  [&] {
+                    qserve::cuda::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
+                                                     sum.data(), nullptr, nullptr);
+                  }},
+                 {"_prev", [&] {
+                    qserve::cuda::prev::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
+                                                           sum.data(), nullptr, nullptr);
+                  }}});
 }
 
 // Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)
 // and the KV4 page bytes (T * 8 * (64 + 4) * 2) written.
 void bench_rope(int64_t T, json& results) {
-  const int64_t n = 256, S = std::max<int64_t>(1, T / n), stride = RopeBatch::kStride;
+  const int64_t n = 256, S = std::max<int64_t>(1, T / n);
   RopeBatch b(S, n, 0, KvFormat::kv4, 61);
-  const double bytes = static_cast<double>(T) * (stride * 2.0 + kHq * kD * 4.0 +
+  const double bytes = static_cast<double>(T) * (RopeBatch::kStride * 2.0 + kHq * kD * 4.0 +
                                                  kHkv * kD * 2.0 * 2.0 + kHkv * (64.0 + 4.0) * 2.0);
-  emit_pair(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", bytes,
-            [&](bool base) { b.run(base); });
+  emit_variants(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", bytes,
+                {{"", [&] { b.run(RopeBatch::kCurrent); }},
+                 {"_baseline", [&] { b.run(RopeBatch::kBaseline); }}});
 }
 
 // GPU sampling of one decode step: logits [batch, 128256] fp32 (fill_logits_kernel), per-row

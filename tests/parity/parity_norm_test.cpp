@@ -274,6 +274,107 @@ TEST(ParityNormQuant, AddResidualMatchesBaselineBitExact) {
   }
 }
 
+// Every small-batch kernel against the baseline, bit for bit, on every output: the dispatch (the
+// split-4 kernel up to 4 rows per SM, split-2 up to 12, then the vec kernel) at 256, 1024 and
+// 4096 rows and at odd counts, the previous kernel (cuda::prev), and both split variants forced
+// (cuda::forced) at shapes with one or two chunks per thread, partial last chunks (1032, 5120),
+// both norm kinds, with and without the sum / normed outputs; fp32 and fp16 inputs (norm_quant_*)
+// as well as the residual form.
+TEST(ParityNormQuant, SmallBatchKernelsMatchBaselineBitExact) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  ParityRng rng(111);
+  const std::vector<RowShape> shapes = {{256, 4096},  {1024, 4096}, {4096, 4096}, {255, 4096},
+                                        {1031, 4096}, {3, 4096},    {5, 2048},    {3, 1032},
+                                        {7, 5120},    {2, 8192},    {9, 3072},    {4, 1024}};
+  for (const quant::NormKind kind :
+       {quant::NormKind::kRmsNorm, quant::NormKind::kQServeLayerNorm}) {
+    for (const RowShape& s : shapes) {
+      const std::vector<float> residual = activation_rows(rng, s, 3000.0f);
+      const std::vector<uint16_t> delta16 =
+          to_fp16(rng.normal(static_cast<size_t>(s.rows * s.cols), 0.0f, 4.0f));
+      const std::vector<float> gamma = rng.uniform(static_cast<size_t>(s.cols), 0.05f, 2.0f);
+      auto dd16 = to_device(delta16);
+      auto dg = to_device(gamma);
+      const bool extras = s.rows % 2 == 1;  // sum and normed on odd row counts only
+      auto dres_base = to_device(residual);
+      NormQuantDev base(s);
+      cuda::baseline::add_residual_norm_quant_f16delta(dres_base.data(), dd16.data(), dg.data(),
+                                                       1e-5f, s.rows, s.cols, kind,
+                                                       base.out(extras, extras), nullptr);
+      NormQuantHost want;
+      want.q = to_host(base.q);
+      want.scale = to_host(base.scale);
+      want.sum = to_host(base.sum);
+      want.normed = to_host(base.normed);
+      const std::vector<float> want_res = to_host(dres_base);
+      for (int v = 0; v < 4; ++v) {
+        auto dres = to_device(residual);
+        NormQuantDev d(s);
+        const cuda::NormQuantOut o = d.out(extras, extras);
+        if (v == 0) {
+          cuda::add_residual_norm_quant_f16delta(dres.data(), dd16.data(), dg.data(), 1e-5f, s.rows,
+                                                 s.cols, kind, o, nullptr);
+        } else if (v == 1) {
+          cuda::prev::add_residual_norm_quant_f16delta(dres.data(), dd16.data(), dg.data(), 1e-5f,
+                                                       s.rows, s.cols, kind, o, nullptr);
+        } else {
+          cuda::forced::add_residual_norm_quant_f16delta(dres.data(), dd16.data(), dg.data(), 1e-5f,
+                                                         s.rows, s.cols, kind, o, nullptr,
+                                                         v == 2 ? 2 : 4);
+        }
+        const char* vname[] = {"current", "prev", "split2", "split4"};
+        const std::string op = std::string("add_residual_norm_quant_f16delta/") + vname[v] +
+                               "_vs_baseline/" + kind_name(kind);
+        expect_norm_quant_equal(op, rc(s), d, want, extras, extras);
+        const auto rr = compare_close(op + ".residual", rc(s), to_host(dres), want_res, 0.0, 0.0);
+        EXPECT_PARITY(rr, op + ".residual", rc(s));
+      }
+    }
+  }
+  // Plain inputs (no residual), fp32 and fp16, the forced split variants against the CPU
+  // reference (bit-exact by contract), gamma null on the 1032-column rows.
+  for (const RowShape& s : {RowShape{256, 4096}, RowShape{3, 1032}, RowShape{5, 8192}}) {
+    const std::vector<float> x = activation_rows(rng, s, 100.0f);
+    const std::vector<uint16_t> x16 = to_fp16(x);
+    const std::vector<float> gamma = rng.uniform(static_cast<size_t>(s.cols), 0.05f, 2.0f);
+    const std::vector<uint16_t> gamma16 = to_fp16(gamma);
+    const bool with_gamma = s.cols != 1032;
+    for (const quant::NormKind kind :
+         {quant::NormKind::kRmsNorm, quant::NormKind::kQServeLayerNorm}) {
+      for (const bool f16 : {false, true}) {
+        NormQuantHost want = alloc_host(s);
+        const quant::NormQuantOutputs wo{want.q.data(), want.scale.data(), want.sum.data(),
+                                         want.normed.data()};
+        if (f16) {
+          quant::norm_quantize_per_token(x16.data(), with_gamma ? gamma16.data() : nullptr, 1e-5f,
+                                         s.rows, s.cols, kind, wo);
+        } else {
+          quant::norm_quantize_per_token(x.data(), with_gamma ? gamma.data() : nullptr, 1e-5f,
+                                         s.rows, s.cols, kind, wo);
+        }
+        auto dx = to_device(x);
+        auto dx16 = to_device(x16);
+        auto dg = to_device(gamma);
+        auto dg16 = to_device(gamma16);
+        for (const int split : {2, 4}) {
+          NormQuantDev d(s);
+          if (f16) {
+            cuda::forced::norm_quant_f16(dx16.data(), with_gamma ? dg16.data() : nullptr, 1e-5f,
+                                         s.rows, s.cols, kind, d.out(true, true), nullptr, split);
+          } else {
+            cuda::forced::norm_quant_f32(dx.data(), with_gamma ? dg.data() : nullptr, 1e-5f, s.rows,
+                                         s.cols, kind, d.out(true, true), nullptr, split);
+          }
+          const std::string op = std::string(f16 ? "norm_quant_f16" : "norm_quant_f32") + "/split" +
+                                 std::to_string(split) + "/" + kind_name(kind) +
+                                 (with_gamma ? "" : "/no_gamma");
+          expect_norm_quant_equal(op, rc(s), d, want, true, true);
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // fp32 RMSNorm (W16A16 path)
 // ---------------------------------------------------------------------------------------------
@@ -593,6 +694,122 @@ TEST(ParitySiluMulQuant, MatchesBaselineBitExact) {
     }
     run_both("f32", s, gu);
     run_both("f16", s, to_fp16(gu));
+  }
+}
+
+// The v2 SiLU·mul + quant kernel (pair certificate, fp16 product by __hmul2_rn, codes by the
+// magic-number conversion) in every form against the baseline, bit for bit on every output: the
+// dispatch at 256 / 1024 / 4096 rows and odd counts on both sides of its split-4 / split-2
+// threshold, the previous kernel (cuda::prev), and the v2 kernel forced to 2 and 4 threads per
+// column group (cuda::forced), with and without the sum and `out`, fp16 and fp32 inputs. Rows
+// mix in every fp16 bit pattern as an up value (NaN payloads, infinities: the conversion-
+// instruction codes and the fp32 route for non-finite products), zero gates (amax = 0), gates up
+// to |g| = 80, and products that overflow fp16.
+TEST(ParitySiluMulQuant, V2KernelsMatchBaselineBitExact) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  auto run_all = [](const std::string& tag, const RowShape& s, const auto& gu_host) {
+    using T = typename std::decay_t<decltype(gu_host)>::value_type;
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    auto dgu = to_device(gu_host);
+    for (const bool with_sum : {true, false}) {
+      const bool with_out = s.rows % 2 == 1 || with_sum;
+      QuantDev base(s);
+      DeviceBuffer<uint16_t> bout(n);
+      poison(bout.data(), bout.bytes());
+      uint16_t* bo = with_out ? bout.data() : nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        cuda::baseline::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, base.q.data(),
+                                           base.scale.data(), with_sum ? base.sum.data() : nullptr,
+                                           bo, nullptr);
+      } else {
+        cuda::baseline::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, base.q.data(),
+                                           base.scale.data(), with_sum ? base.sum.data() : nullptr,
+                                           bo, nullptr);
+      }
+      const std::vector<int8_t> want_q = to_host(base.q);
+      const std::vector<uint16_t> want_scale = to_host(base.scale), want_sum = to_host(base.sum),
+                                  want_out = to_host(bout);
+      const char* vname[] = {"current", "prev", "split2", "split4"};
+      for (int v = 0; v < 4; ++v) {
+        QuantDev d(s);
+        DeviceBuffer<uint16_t> dout(n);
+        poison(dout.data(), dout.bytes());
+        uint16_t* ds = with_sum ? d.sum.data() : nullptr;
+        uint16_t* dov = with_out ? dout.data() : nullptr;
+        if constexpr (std::is_same_v<T, float>) {
+          if (v == 0) {
+            cuda::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(), ds,
+                                     dov, nullptr);
+          } else if (v == 1) {
+            cuda::prev::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                           ds, dov, nullptr);
+          } else {
+            cuda::forced::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                             ds, dov, nullptr, v == 2 ? 2 : 4);
+          }
+        } else {
+          if (v == 0) {
+            cuda::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(), ds,
+                                     dov, nullptr);
+          } else if (v == 1) {
+            cuda::prev::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                           ds, dov, nullptr);
+          } else {
+            cuda::forced::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                             ds, dov, nullptr, v == 2 ? 2 : 4);
+          }
+        }
+        const std::string op = "silu_mul_quant/" + std::string(vname[v]) + "_vs_baseline/" + tag +
+                               (with_sum ? "" : "/no_sum");
+        if (with_out) {
+          const auto r0 = compare_exact<uint16_t>(op + ".out", rc(s), to_host(dout), want_out);
+          EXPECT_PARITY(r0, op + ".out", rc(s));
+        }
+        expect_quant_equal(op, rc(s), d, want_q, want_scale, with_sum ? &want_sum : nullptr);
+      }
+    }
+  };
+  ParityRng rng(112);
+  const std::vector<RowShape> shapes = {{256, 14336}, {255, 14336}, {265, 14336}, {1024, 2048},
+                                        {4096, 1032}, {1, 14336},   {3, 16384},   {5, 11008},
+                                        {7, 1024},    {2, 1500}};
+  for (const RowShape& s : shapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    std::vector<float> gu = rng.uniform(2 * n, -8.0f, 8.0f);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        float& g = gu[static_cast<size_t>(r * 2 * s.cols + i)];
+        float& u = gu[static_cast<size_t>(r * 2 * s.cols + s.cols + i)];
+        if (r % 11 == 1) g *= 10.0f;  // |g| up to 80
+        if (r % 11 == 2) g = 0.0f;
+        if (r % 11 == 3) u *= 20000.0f;  // products beyond fp16's range
+      }
+    }
+    std::vector<uint16_t> gu16 = to_fp16(gu);
+    // Row 4 (if any): every fp16 bit pattern as an up value, cyclically.
+    if (s.rows > 4) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        gu16[static_cast<size_t>(4 * 2 * s.cols + s.cols + i)] =
+            static_cast<uint16_t>((i * 37) & 0xffff);
+      }
+    }
+    run_all("f16", s, gu16);
+    if (s.rows <= 256) run_all("f32", s, gu);
+  }
+  {
+    // Every fp16 bit pattern as an up value, 4 rows of 16384, gates U(-8, 8).
+    const RowShape s{4, 16384};
+    std::vector<uint16_t> gu(static_cast<size_t>(2 * s.rows * s.cols));
+    const std::vector<float> g = rng.uniform(static_cast<size_t>(s.rows * s.cols), -8.0f, 8.0f);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        gu[static_cast<size_t>(r * 2 * s.cols + i)] =
+            float_to_fp16(g[static_cast<size_t>(r * s.cols + i)]);
+        gu[static_cast<size_t>(r * 2 * s.cols + s.cols + i)] =
+            static_cast<uint16_t>(r * s.cols + i);
+      }
+    }
+    run_all("all_fp16_ups", s, gu);
   }
 }
 

@@ -40,3 +40,43 @@ void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevic
                     cudaStream_t stream);
 
 }  // namespace qserve::cuda::baseline
+
+// The kernels that were current before the small-batch variants (2026-11-30): the one-pass
+// vectorized norm + quant with one 128-thread block per row and the SiLU·mul + quant vec kernel.
+// bench_fused times them as "<kernel>_prev" beside
+// the current dispatch; the parity tests compare both with the baselines.
+namespace qserve::cuda::prev {
+
+void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, const float* gamma,
+                                      float eps, int64_t rows, int64_t cols, quant::NormKind kind,
+                                      const NormQuantOut& out, cudaStream_t stream);
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream);
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream);
+}  // namespace qserve::cuda::prev
+
+// The small-batch variants forced at any batch size, for bench_fused (which times each at every
+// size, so one run shows where the dispatch thresholds belong) and the parity tests (which check
+// each bit for bit at shapes the dispatch would not give it). Same contracts as ops_cuda.h; a
+// shape the variant does not take runs the dispatch's choice among the older kernels.
+namespace qserve::cuda::forced {
+
+// split: threads per column group of norm_quant_split_kernel, 2 or 4.
+void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, const float* gamma,
+                                      float eps, int64_t rows, int64_t cols, quant::NormKind kind,
+                                      const NormQuantOut& out, cudaStream_t stream, int split);
+void norm_quant_f32(const float* x, const float* gamma, float eps, int64_t rows, int64_t cols,
+                    quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split);
+void norm_quant_f16(const uint16_t* x, const uint16_t* gamma, float eps, int64_t rows, int64_t cols,
+                    quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split);
+// split: threads per column group of silu_mul_quant_v2_kernel without a sum, 2 or 4 (with a sum
+// it is always 1).
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        int split);
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        int split);
+
+}  // namespace qserve::cuda::forced

@@ -2,7 +2,16 @@
 // quant::norm_quantize_per_token (quant/norm_quant.h), and the plain fp32 RMSNorm of the W16A16
 // path (cpu::rms_norm, within rounding).
 //
-// Two kernels compute the same bits:
+// Three kernels compute the same bits:
+//  - norm_quant_split_kernel (the vec kernel's shapes with >= 2 chunks, small batches: up to
+//    kNormSplit2RowsPerSm rows per SM, 2 threads per column group; 4 for rows of > 4 chunks):
+//    kS threads share a column group, each holding kM <= 2 of its chunks, so a 4096-wide row has
+//    512 threads with 8 columns each. Every global load (residual, delta, gamma) is issued before
+//    any arithmetic; the reference's sequential per-logical-thread partials are formed in chunk
+//    order by every lane of the group from its neighbours' values (shuffles), then reduced with
+//    the same trees. Why: at 256 tokens the vec kernel is latency-bound (0.32 waves of 4-warp
+//    blocks, ~0.2 eligible warps per scheduler, gamma read after two block reductions); this
+//    gives 4x the warps per row, a 4x shorter chain per thread and one memory round trip less.
 //  - norm_quant_vec_kernel (1024 <= cols <= 8192, cols % 8 == 0, 16-byte aligned rows: every
 //    Llama hidden size): one 128-thread block per row in one pass over memory. Physical thread
 //    p plays the reference's logical threads 8p .. 8p+7 (quant_device.cuh, "Vectorized rows"),
@@ -10,6 +19,8 @@
 //    keeps the row in registers, and holds the 8 logical per-thread partials in registers; the
 //    block reductions are the reference's butterfly trees (logical_warp_sum8) with one shared
 //    memory exchange and one barrier each (mean, sum of squares, then amax + sum together).
+//    Used beyond the split kernel's batch sizes (more rows per SM in flight) and for 1024
+//    columns; cuda::prev:: runs it at every size (bench_fused's "_prev" row).
 //  - norm_quant_kernel (any shape, the baseline): one block of B = norm_quant_block_dim(cols)
 //    threads per row; thread t owns elements t, t+B, t+2B, ... exactly like the CPU emulation,
 //    and every pass re-reads x. Kept for the other shapes and as baseline:: for bench_fused.
@@ -285,6 +296,204 @@ __global__ void __launch_bounds__(detail::kVecRowThreads)
   }
 }
 
+// ---- The split kernel (small batches) ---------------------------------------------------------
+//
+// The same arithmetic again, with kS threads per column group: thread t plays column group
+// p = t / kS of norm_quant_vec_kernel and holds its chunks j = t % kS + kS * m (m < kM), so a row
+// has 128 * kS threads, each with kM <= 2 chunks (one for Llama's 4096 at kS = 4). What this buys
+// at small batches: kS times the warps per row, a kS times shorter serial chain per thread, and
+// every global load (residual, delta and gamma) issued before any arithmetic; the vec kernel
+// loads gamma only after two reductions, one more memory round trip per row.
+//
+// The reference's per-logical-thread partials are sequential over the chunks, which now lie in kS
+// lanes of one warp (t % kS is the low lane bits): every lane of the group walks the chunks in
+// order, taking each chunk's values from its owner by shuffles (the adds are the reference's
+// adds in the reference's order; the kS lanes compute the same partials). The logical warp of 4
+// column groups spans 4 kS lanes (logical_warp_sum8<kS>), the rest is the vec kernel's.
+template <typename TX, typename TG, Residual kRes, int kS, int kM>
+__global__ void __launch_bounds__(detail::kVecRowThreads* kS)
+    norm_quant_split_kernel(const TX* __restrict__ x, float* __restrict__ residual,
+                            const void* __restrict__ delta, const TG* __restrict__ gamma, float eps,
+                            int cols, bool subtract_mean, float amax_floor, NormQuantOut out) {
+  static_assert(kS == 2 || kS == 4 || kS == 8, "kS lanes per column group, 4 groups per warp");
+  constexpr int kV = detail::kVecPerThread;
+  constexpr int kC = detail::kVecChunk;
+  constexpr int kWarps = detail::kVecRowWarps * kS;
+  __shared__ float ex_mean[detail::kWarp], ex_var[detail::kWarp], ex_sum[detail::kWarp];
+  __shared__ float ex_max[kWarps];
+  const int t = threadIdx.x, phase = t % kS, p = t / kS;
+  const int lane = t % detail::kWarp, lane0 = lane - phase;  // the group's first lane
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols + p * kV;
+  const float n = static_cast<float>(cols);
+  // Chunk j of this column group exists iff its first column is inside the row (cols % 8 == 0);
+  // the same for every lane of the group.
+  auto exists = [&](int j) { return j * kC + p * kV < cols; };
+  auto mine = [&](int m) { return exists(phase + kS * m); };
+  auto off = [&](int m) { return (phase + kS * m) * kC; };
+
+  // Every load first: x (or residual and delta) and gamma, up to kM x 80 bytes per thread.
+  float xv[kM][kV] = {}, gv[kM][kV] = {};
+  if constexpr (kRes == Residual::kNone) {
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (mine(m)) detail::load8(x + base + off(m), xv[m]);
+    }
+  } else {
+    float dv[kM][kV];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (mine(m)) {
+        detail::load8(residual + base + off(m), xv[m]);
+        if constexpr (kRes == Residual::kF32Delta) {
+          detail::load8(static_cast<const float*>(delta) + base + off(m), dv[m]);
+        } else {
+          detail::load8(static_cast<const uint16_t*>(delta) + base + off(m), dv[m]);
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (gamma != nullptr && mine(m)) detail::load8(gamma + p * kV + off(m), gv[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (mine(m)) {
+#pragma unroll
+        for (int k = 0; k < kV; ++k) xv[m][k] = __fadd_rn(xv[m][k], dv[m][k]);
+        detail::store8(residual + base + off(m), xv[m]);
+      }
+    }
+  }
+  if constexpr (kRes == Residual::kNone) {
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (gamma != nullptr && mine(m)) detail::load8(gamma + p * kV + off(m), gv[m]);
+    }
+  }
+  if (gamma == nullptr) {
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+#pragma unroll
+      for (int k = 0; k < kV; ++k) gv[m][k] = 1.0f;
+    }
+  }
+
+  // Chunk j = q + kS * m of the group, element k, as seen by every lane of the group.
+  auto from = [&](float v, int q) { return __shfl_sync(detail::kFullMask, v, lane0 + q); };
+
+  float mu = 0.0f;
+  if (subtract_mean) {
+    float acc[kV] = {};
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+#pragma unroll
+      for (int q = 0; q < kS; ++q) {
+        const bool e = exists(q + kS * m);
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          const float v = from(xv[m][k], q);
+          if (e) acc[k] = __fadd_rn(acc[k], v);
+        }
+      }
+    }
+    const float total = detail::logical_warp_sum8<kS>(acc);
+    if (phase == 0 && p % 4 == 0) ex_mean[p / 4] = total;
+    __syncthreads();
+    mu = __fdiv_rn(detail::logical_block_total(ex_mean), n);
+  }
+  {
+    float acc[kV] = {};
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+#pragma unroll
+      for (int q = 0; q < kS; ++q) {
+        const bool e = exists(q + kS * m);
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          const float d = __fsub_rn(from(xv[m][k], q), mu);
+          if (e) acc[k] = __fmaf_rn(d, d, acc[k]);
+        }
+      }
+    }
+    const float total = detail::logical_warp_sum8<kS>(acc);
+    if (phase == 0 && p % 4 == 0) ex_var[p / 4] = total;
+  }
+  __syncthreads();
+  const float s2 = detail::logical_block_total(ex_var);
+  const float rho = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(s2, n), eps)));
+
+  // u (fp32, kept for the codes), v = fp16(u) packed, amax over |v|.
+  float amax = amax_floor;
+  uint32_t vh[kM][kV / 2];
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      xv[m][k] = __fmul_rn(__fmul_rn(__fsub_rn(xv[m][k], mu), rho), gv[m][k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kV / 2; ++k) vh[m][k] = detail::f2h2(xv[m][2 * k], xv[m][2 * k + 1]);
+    if (mine(m)) {
+#pragma unroll
+      for (int k = 0; k < kV / 2; ++k) {
+        amax = fmaxf(amax, fmaxf(fabsf(detail::h2f_lo(vh[m][k])), fabsf(detail::h2f_hi(vh[m][k]))));
+      }
+      if (out.normed != nullptr) {
+        *reinterpret_cast<uint4*>(out.normed + base + off(m)) =
+            make_uint4(vh[m][0], vh[m][1], vh[m][2], vh[m][3]);
+      }
+    }
+  }
+  {
+    const float mx = detail::warp_max(amax);
+    if (lane == 0) ex_max[t / detail::kWarp] = mx;
+    if (out.sum != nullptr) {
+      // The fp16 running sums of v per logical thread (QServe's fuse_sum), in chunk order, two
+      // logical threads per __hadd2_rn.
+      __half2 hs[kV / 2];
+#pragma unroll
+      for (int k = 0; k < kV / 2; ++k) hs[k] = __half2half2(__ushort_as_half(0));
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+#pragma unroll
+        for (int q = 0; q < kS; ++q) {
+          const bool e = exists(q + kS * m);
+#pragma unroll
+          for (int k = 0; k < kV / 2; ++k) {
+            const uint32_t w = __shfl_sync(detail::kFullMask, vh[m][k], lane0 + q);
+            if (e) hs[k] = __hadd2_rn(hs[k], *reinterpret_cast<const __half2*>(&w));
+          }
+        }
+      }
+      float ps[kV];
+#pragma unroll
+      for (int k = 0; k < kV / 2; ++k) {
+        ps[2 * k] = __low2float(hs[k]);
+        ps[2 * k + 1] = __high2float(hs[k]);
+      }
+      const float total = detail::logical_warp_sum8<kS>(ps);
+      if (phase == 0 && p % 4 == 0) ex_sum[p / 4] = total;
+    }
+  }
+  __syncthreads();
+  amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    if (mine(m)) detail::store_codes8(out.q + base + off(m), xv[m], r);
+  }
+  if (t < detail::kWarp) {
+    constexpr float kInv127 = 1.0f / 127.0f;
+    const float total = out.sum != nullptr ? detail::logical_block_total(ex_sum) : 0.0f;
+    if (t == 0) {
+      out.scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+      if (out.sum != nullptr) out.sum[blockIdx.x] = f2h(total);
+    }
+  }
+}
+
 template <typename TX, typename TG, Residual kRes, int kChunks>
 void launch_vec(const TX* x, float* residual, const void* delta, const TG* gamma, float eps,
                 int64_t rows, int64_t cols, bool subtract_mean, float amax_floor,
@@ -305,16 +514,69 @@ bool vec_applies(const void* x, const void* delta, const void* gamma, int64_t co
          aligned_to(gamma, 16) && aligned_to(out.q, 8) && aligned_to(out.normed, 16);
 }
 
+template <typename TX, typename TG, Residual kRes, int kS, int kM>
+void launch_split(const TX* x, float* residual, const void* delta, const TG* gamma, float eps,
+                  int64_t rows, int64_t cols, bool subtract_mean, float amax_floor,
+                  const NormQuantOut& out, cudaStream_t stream) {
+  norm_quant_split_kernel<TX, TG, kRes, kS, kM>
+      <<<static_cast<unsigned>(rows), detail::kVecRowThreads * kS, 0, stream>>>(
+          x, residual, delta, gamma, eps, static_cast<int>(cols), subtract_mean, amax_floor, out);
+}
+
+// Which kernel runs: the dispatch (kAuto), or one forced (bench_fused and the parity tests; a
+// forced kernel that does not apply to the shape falls back to the dispatch's choice among the
+// older ones, so the bits are the same either way).
+enum class NormPath { kAuto, kPrev, kBaseline, kSplit2, kSplit4 };
+
+// Split kernels by rows per SM: up to 12 rows per SM 2 threads per column group (256-thread
+// blocks), beyond that the vec kernel, whose 128-thread rows pack more rows per SM. Measured on
+// the H200 (bench_fused, 2026-11-30, hidden 4096): 256 tokens 7.2 us (split 2) / 8.4 (split 4) /
+// 8.4 (vec); 1024: 15.4 / 20.8 / 17.5; 4096: 57.8 / 71.7 / 54.8. Four threads per group never
+// won, so the dispatch takes it only where a row has more than 4 chunks (two per thread).
+inline constexpr int64_t kNormSplit2RowsPerSm = 12;
+
 template <typename TX, typename TG, Residual kRes>
 void launch_norm_quant(const char* op, const TX* x, float* residual, const void* delta,
                        const TG* gamma, float eps, int64_t rows, int64_t cols, quant::NormKind kind,
-                       const NormQuantOut& out, cudaStream_t stream, bool allow_vec = true) {
+                       const NormQuantOut& out, cudaStream_t stream,
+                       NormPath path = NormPath::kAuto) {
   check_args(op, rows, cols, out);
   if (rows == 0) return;
   const float amax_floor = fp16_to_float(float_to_fp16(1e-6f));
   const bool subtract_mean = kind == quant::NormKind::kQServeLayerNorm;
   const void* in = kRes == Residual::kNone ? static_cast<const void*>(x) : residual;
-  if (allow_vec && vec_applies(in, delta, gamma, cols, out)) {
+  const bool vec = path != NormPath::kBaseline && vec_applies(in, delta, gamma, cols, out);
+  const int64_t chunks = (cols + detail::kVecChunk - 1) / detail::kVecChunk;
+  int split = 1;
+  if (vec && chunks >= 2) {
+    if (path == NormPath::kAuto) {
+      const int64_t sms = detail::device_sm_count();
+      split = rows <= kNormSplit2RowsPerSm * sms ? 2 : 1;
+    } else if (path == NormPath::kSplit2) {
+      split = 2;
+    } else if (path == NormPath::kSplit4) {
+      split = 4;
+    }
+  }
+  // The split kernels hold at most 2 chunks per thread.
+  if (split == 2 && chunks > 4) split = 4;
+  if (split == 4) {
+    if (chunks <= 4) {
+      launch_split<TX, TG, kRes, 4, 1>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                       amax_floor, out, stream);
+    } else {
+      launch_split<TX, TG, kRes, 4, 2>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                       amax_floor, out, stream);
+    }
+  } else if (split == 2) {
+    if (chunks <= 2) {
+      launch_split<TX, TG, kRes, 2, 1>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                       amax_floor, out, stream);
+    } else {
+      launch_split<TX, TG, kRes, 2, 2>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
+                                       amax_floor, out, stream);
+    }
+  } else if (vec) {
     if (cols <= 4 * detail::kVecChunk) {
       launch_vec<TX, TG, kRes, 4>(x, residual, delta, gamma, eps, rows, cols, subtract_mean,
                                   amax_floor, out, stream);
@@ -413,10 +675,55 @@ void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, co
                                       const NormQuantOut& out, cudaStream_t stream) {
   launch_norm_quant<float, float, Residual::kF16Delta>(
       "baseline::add_residual_norm_quant_f16delta", nullptr, residual, delta, gamma, eps, rows,
-      cols, kind, out, stream, /*allow_vec=*/false);
+      cols, kind, out, stream, NormPath::kBaseline);
 }
 
 }  // namespace baseline
+
+namespace prev {
+
+void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, const float* gamma,
+                                      float eps, int64_t rows, int64_t cols, quant::NormKind kind,
+                                      const NormQuantOut& out, cudaStream_t stream) {
+  launch_norm_quant<float, float, Residual::kF16Delta>("prev::add_residual_norm_quant_f16delta",
+                                                       nullptr, residual, delta, gamma, eps, rows,
+                                                       cols, kind, out, stream, NormPath::kPrev);
+}
+
+}  // namespace prev
+
+namespace forced {
+
+void add_residual_norm_quant_f16delta(float* residual, const uint16_t* delta, const float* gamma,
+                                      float eps, int64_t rows, int64_t cols, quant::NormKind kind,
+                                      const NormQuantOut& out, cudaStream_t stream, int split) {
+  check(split == 2 || split == 4,
+        "forced::add_residual_norm_quant_f16delta: split must be 2 or 4, got " +
+            std::to_string(split));
+  launch_norm_quant<float, float, Residual::kF16Delta>(
+      "forced::add_residual_norm_quant_f16delta", nullptr, residual, delta, gamma, eps, rows, cols,
+      kind, out, stream, split == 2 ? NormPath::kSplit2 : NormPath::kSplit4);
+}
+
+void norm_quant_f32(const float* x, const float* gamma, float eps, int64_t rows, int64_t cols,
+                    quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split) {
+  check(split == 2 || split == 4,
+        "forced::norm_quant_f32: split must be 2 or 4, got " + std::to_string(split));
+  launch_norm_quant<float, float, Residual::kNone>(
+      "forced::norm_quant_f32", x, nullptr, nullptr, gamma, eps, rows, cols, kind, out, stream,
+      split == 2 ? NormPath::kSplit2 : NormPath::kSplit4);
+}
+
+void norm_quant_f16(const uint16_t* x, const uint16_t* gamma, float eps, int64_t rows, int64_t cols,
+                    quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split) {
+  check(split == 2 || split == 4,
+        "forced::norm_quant_f16: split must be 2 or 4, got " + std::to_string(split));
+  launch_norm_quant<uint16_t, uint16_t, Residual::kNone>(
+      "forced::norm_quant_f16", x, nullptr, nullptr, gamma, eps, rows, cols, kind, out, stream,
+      split == 2 ? NormPath::kSplit2 : NormPath::kSplit4);
+}
+
+}  // namespace forced
 
 void rms_norm_f32(const float* x, const float* w, float eps, int64_t rows, int64_t dim, float* out,
                   cudaStream_t stream) {

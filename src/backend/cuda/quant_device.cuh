@@ -88,6 +88,25 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return scratch[kWarp];
 }
 
+// The device's SM count (cached per device; 132 if it cannot be read): the fused kernels pick
+// their small-batch variants by rows per SM.
+inline int device_sm_count() {
+  thread_local int cached_dev = -1, cached_n = 0;
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  if (dev == cached_dev) return cached_n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  cached_dev = dev;
+  cached_n = n;
+  return n;
+}
+
 // Threads to launch for a logical block of `stride` threads: a whole number of warps.
 inline int threads_for(int64_t stride) {
   return static_cast<int>((stride + kWarp - 1) / kWarp * kWarp);
@@ -112,15 +131,22 @@ inline constexpr int kVecRowWarps = kVecRowThreads / kWarp;
 // shuffle), masks 4, 2, 1 flip k inside the thread. The adds are the reference's adds (fp32
 // addition is commutative, so only the tree matters). Returns the logical warp's total, equal
 // in its 4 lanes; the logical warp index is threadIdx.x / 4. All lanes of the warp must call.
+//
+// kLaneStride: the physical lane distance between consecutive column groups (1 here; the split
+// kernels of norm_quant.cu put kS lanes on one column group, so there masks 16 and 8 flip
+// physical lane bits log2(kS) + 1 and log2(kS)). The logical warp index is then
+// threadIdx.x / (4 * kLaneStride).
+template <int kLaneStride = 1>
 __device__ __forceinline__ float logical_warp_sum8(const float (&p)[kVecPerThread]) {
+  static_assert(kLaneStride >= 1 && 4 * kLaneStride <= kWarp, "a logical warp spans one warp");
   float v[kVecPerThread];
 #pragma unroll
   for (int k = 0; k < kVecPerThread; ++k) {
-    v[k] = __fadd_rn(p[k], __shfl_xor_sync(kFullMask, p[k], 2));
+    v[k] = __fadd_rn(p[k], __shfl_xor_sync(kFullMask, p[k], 2 * kLaneStride));
   }
 #pragma unroll
   for (int k = 0; k < kVecPerThread; ++k) {
-    v[k] = __fadd_rn(v[k], __shfl_xor_sync(kFullMask, v[k], 1));
+    v[k] = __fadd_rn(v[k], __shfl_xor_sync(kFullMask, v[k], kLaneStride));
   }
 #pragma unroll
   for (int mask = 4; mask >= 1; mask /= 2) {

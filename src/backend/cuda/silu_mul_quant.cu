@@ -20,7 +20,12 @@
 // quantizer's logical threads 8p .. 8p+7, quant_device.cuh), the fp16 results staged in shared
 // memory (28 KB for 14336), the rare uncertain elements recomputed afterwards by the whole warp
 // at once (one double-exp pass per warp instead of one per uncertain element), then one
-// exchange for amax and 8-byte code stores.
+// exchange for amax and 8-byte code stores. It is cuda::prev:: now (bench_fused's "_prev" row):
+// the dispatch runs silu_mul_quant_v2_kernel on the same shapes, the same structure with about
+// two thirds of the instructions per element and a third fewer on the 16-per-SM conversion/MUFU
+// pipe (see its comment: a per-pair certificate, the fp16 product by __hmul2_rn for fp16
+// inputs, the codes without a conversion instruction), and without the sum 512 threads per row
+// (4 per column group) while the rows fit one wave of two blocks per SM, 256 beyond.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -392,6 +397,240 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
   }
 }
 
+// ---- The leaner fused kernel (silu_mul_quant_v2_kernel) ------------------------------------
+//
+// The vec kernel's structure (16-byte loads, values staged in shared memory, uncertain elements
+// repaired by warp rounds, one exchange) with fewer instructions per element, most of them on
+// the 16-lane-per-SM conversion/MUFU pipe that bounded it:
+//  - the certificate per pair of elements: lo = fma_rd(|s|, -c, s) and hi = fma_ru(|s|, c, s)
+//    (c = (16 + 2|g|) 2^-23: the same bound as silu_f16_fast, without the rounding of the
+//    product |s| c), the two lows and the two highs rounded to fp16 by one conversion each, and
+//    one XOR: the pair is certified iff the packed words agree (lo's bits are then the
+//    definition's), instead of one conversion, a byte permute and a compare per element;
+//  - fp16 inputs: out = fp16_RN(float(silu) * up) is fp16_RN of an exact product (11-bit times
+//    11-bit significands fit fp32's 24, and the exponents stay within fp32's normal range), i.e.
+//    the correctly rounded fp16 product, which __hmul2_rn computes for two elements in one
+//    instruction (the fp32 route: two widenings, two multiplies, one conversion). Only a NaN's
+//    bit pattern could differ (fp16 and fp32 arithmetic need not return the same NaN), so a pair
+//    whose product is not finite is repaired like an uncertain one: through the fp32 route;
+//  - the codes cvt_rni_sat_s8(v * r) as bits of fl32(v * r + 1.5 * 2^23) (exact for |v r| <= 2^22,
+//    round to nearest even like cvt.rni; the low byte is the two's-complement code), no
+//    conversion instruction. Saturation never acts when amax is finite and nonzero (|v| <= amax,
+//    so |fl(v r)| < 127.5); rows with a NaN, an infinity or amax = 0 (then r = inf and a code may
+//    come from a NaN product) take the conversion instruction instead (block-uniform branch);
+//  - fp32 inputs keep the vec kernel's per-element arithmetic (the certificate aside).
+// The repair rounds work per pair (bit 4m + i of `pend`: pair i of chunk slot m). kSplit x 128
+// threads per row as in the vec kernel; kSplit = 4 (512 threads, at most 4 chunks per thread)
+// for small batches.
+__device__ __forceinline__ float fmaf_rd(float a, float b, float c) {
+  return __fmaf_rd(a, b, c);
+}
+__device__ __forceinline__ float fmaf_ru(float a, float b, float c) {
+  return __fmaf_ru(a, b, c);
+}
+// The fp32 SiLU of two gates and its certificate: returns the packed fp16 lows (low half = g0's);
+// `unc` is 0 iff both are the definition's bits (the bound of silu_f16_fast, same special cases:
+// zeros, g < -87.3 and g = +inf never certify; NaN certifies as the conversion's NaN, which is
+// what the definition's conversion returns).
+__device__ __forceinline__ uint32_t silu2_f16_cert(float g0, float g1, uint32_t& unc) {
+  constexpr float kMinusLog2e = -1.4426950408889634f;
+  const float s0 =
+      __fmul_rn(g0, rcp_approx(__fadd_rn(1.0f, ex2_approx(__fmul_rn(g0, kMinusLog2e)))));
+  const float s1 =
+      __fmul_rn(g1, rcp_approx(__fadd_rn(1.0f, ex2_approx(__fmul_rn(g1, kMinusLog2e)))));
+  const float c0 = __fmaf_rn(fabsf(g0), 0x1p-22f, 0x1p-19f);
+  const float c1 = __fmaf_rn(fabsf(g1), 0x1p-22f, 0x1p-19f);
+  const uint32_t lo = detail::f2h2(fmaf_rd(fabsf(s0), -c0, s0), fmaf_rd(fabsf(s1), -c1, s1));
+  const uint32_t hi = detail::f2h2(fmaf_ru(fabsf(s0), c0, s0), fmaf_ru(fabsf(s1), c1, s1));
+  unc = lo ^ hi;
+  return lo;
+}
+
+// The magic-number conversion: bits of fl32(x + 1.5 * 2^23), whose low byte is cvt_rni_s8(x) for
+// |x| <= 128 (the caller guarantees |x| < 127.5 and x not NaN).
+__device__ __forceinline__ uint32_t rni_bits(float x) {
+  return __float_as_uint(__fadd_rn(x, 12582912.0f));
+}
+__device__ __forceinline__ uint32_t pack_low_bytes(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
+template <typename T, bool kSum, int kSplit>
+__global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / kSplit)
+    silu_mul_quant_v2_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
+                             uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
+                             uint16_t* __restrict__ out) {
+  static_assert(!kSum || kSplit == 1, "the sum's order needs one thread per column group");
+  constexpr bool kF16 = sizeof(T) == 2;
+  constexpr int kV = detail::kVecPerThread;
+  constexpr int kC = detail::kVecChunk;
+  constexpr int kGroups = detail::kVecRowThreads;  // column groups per chunk
+  constexpr int kM = kVecMaxChunks / kSplit;       // chunks per thread (at most)
+  constexpr int kWarps = detail::kVecRowWarps * kSplit;
+  // Chunks per load group: 8 x 32 bytes (fp16) or 4 x 64 bytes (fp32; 2 at kSplit = 4, whose
+  // 512 threads have 64 registers each) in flight per thread.
+  constexpr int kLoadGroup = std::min(kM, kF16 ? 8 : kSplit == 4 ? 2 : 4);
+  static_assert(4 * kM <= 64, "4 pair bits per chunk slot in a 64-bit mask");
+  extern __shared__ uint4 vals[];  // [chunk][column group]: 8 fp16 SiLU·mul values each
+  __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  const int t = threadIdx.x, p = t % kGroups, phase = t / kGroups;
+  const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + p * kV;
+  const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + p * kV;
+  const T* up = gate + inter;
+  auto chunk = [&](int m) { return phase + kSplit * m; };
+  auto valid = [&](int m) { return chunk(m) * kC + p * kV < inter; };
+
+  uint64_t pend = 0;  // bit 4m + i: pair i (elements 2i, 2i + 1) of chunk slot m to repair
+#pragma unroll
+  for (int m0 = 0; m0 < kM; m0 += kLoadGroup) {
+    Vec8<T> g[kLoadGroup], u[kLoadGroup];
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      if (valid(m0 + mm)) {
+        g[mm].load(gate + chunk(m0 + mm) * kC);
+        u[mm].load(up + chunk(m0 + mm) * kC);
+      }
+    }
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      const int m = m0 + mm;
+      if (!valid(m)) continue;
+      uint32_t o[kV / 2];
+#pragma unroll
+      for (int i = 0; i < kV / 2; ++i) {
+        uint32_t unc;
+        const uint32_t h = silu2_f16_cert(g[mm][2 * i], g[mm][2 * i + 1], unc);
+        uint32_t bad;
+        if constexpr (kF16) {
+          const uint32_t uw = i == 0   ? u[mm].raw.x
+                              : i == 1 ? u[mm].raw.y
+                              : i == 2 ? u[mm].raw.z
+                                       : u[mm].raw.w;
+          const __half2 prod = __hmul2_rn(*reinterpret_cast<const __half2*>(&h),
+                                          *reinterpret_cast<const __half2*>(&uw));
+          // fma(prod, 0, +0): +0 for a finite half, NaN for an infinite or NaN one.
+          const __half2 z =
+              __hfma2(prod, __half2half2(__ushort_as_half(0)), __half2half2(__ushort_as_half(0)));
+          o[i] = *reinterpret_cast<const uint32_t*>(&prod);
+          bad = unc | *reinterpret_cast<const uint32_t*>(&z);
+        } else {
+          o[i] = detail::f2h2(__fmul_rn(detail::h2f_lo(h), u[mm][2 * i]),
+                              __fmul_rn(detail::h2f_hi(h), u[mm][2 * i + 1]));
+          bad = unc;
+        }
+        if (bad != 0) pend |= uint64_t{1} << (4 * m + i);
+      }
+      vals[chunk(m) * kGroups + p] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+  }
+
+  // Repair: each round, every lane with a pair left recomputes its lowest one by the definition
+  // (the fp32 route for the product).
+  bool mine = pend != 0;
+  while (__any_sync(detail::kFullMask, mine)) {
+    if (mine) {
+      const int idx = __ffsll(static_cast<long long>(pend)) - 1;
+      pend &= pend - 1;
+      const int j = chunk(idx / 4), k = 2 * (idx % 4);
+      const int off = j * kC + k;
+      const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off]))), load_f(up[off])));
+      const uint16_t o1 =
+          f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off + 1]))), load_f(up[off + 1])));
+      reinterpret_cast<uint32_t*>(vals)[(j * kGroups + p) * (kV / 2) + k / 2] =
+          static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
+      mine = pend != 0;
+    }
+  }
+
+  // amax = max |v| with NaN propagated (__hmax2_nan): a NaN row is then recognisable, and the
+  // special-row path below recomputes the reference's NaN-ignoring max.
+  {
+    __half2 m2 = __half2half2(__ushort_as_half(0));
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (!valid(m)) continue;
+      const uint4 o = vals[chunk(m) * kGroups + p];
+      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        m2 = __hmax2_nan(m2, __habs2(*reinterpret_cast<const __half2*>(&w[i])));
+      }
+    }
+    const float lo = __low2float(m2), hi = __high2float(m2);
+    // A NaN becomes +inf, which no finite amax exceeds (fmaxf would drop the NaN).
+    const float mx = detail::warp_max(isnan(lo) || isnan(hi) ? INFINITY : fmaxf(lo, hi));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+  }
+  __syncthreads();
+  float amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  const bool plain = amax > 0.0f && amax < INFINITY;  // block-uniform
+  if (!plain) {
+    // A NaN, an infinity or all zeros: the reference's max (NaN ignored) again, for the scale
+    // and r; the codes below then use the conversion instruction.
+    __syncthreads();  // every warp has read ex_max
+    __half2 m2 = __half2half2(__ushort_as_half(0));
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      if (!valid(m)) continue;
+      const uint4 o = vals[chunk(m) * kGroups + p];
+      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        m2 = __hmax2(m2, __habs2(*reinterpret_cast<const __half2*>(&w[i])));
+      }
+    }
+    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+    __syncthreads();
+    amax = ex_max[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  }
+  // As quantize_row_block: 127 * rcp(amax) rounded to fp32; amax = 0 gives NaN -> code 0.
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+
+  float ps[kV] = {};
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    if (!valid(m)) continue;
+    const int j = chunk(m);
+    const uint4 o = vals[j * kGroups + p];
+    if (out != nullptr) *reinterpret_cast<uint4*>(out + row_off + j * kC) = o;
+    const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+    float v[kV];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = detail::h2f_lo(w[i]);
+      v[2 * i + 1] = detail::h2f_hi(w[i]);
+    }
+    if (plain) {
+      uint32_t b[kV];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) b[k] = rni_bits(__fmul_rn(v[k], r));
+      *reinterpret_cast<uint2*>(q + row_off + j * kC) = make_uint2(
+          pack_low_bytes(b[0], b[1], b[2], b[3]), pack_low_bytes(b[4], b[5], b[6], b[7]));
+    } else {
+      detail::store_codes8(q + row_off + j * kC, v, r);
+    }
+    if constexpr (kSum) {
+#pragma unroll
+      for (int k = 0; k < kV; ++k) ps[k] = __fadd_rn(ps[k], v[k]);
+    }
+  }
+  constexpr float kInv127 = 1.0f / 127.0f;
+  if (t == 0) scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+  if constexpr (kSum) {
+    detail::publish_logical_warp_sum(detail::logical_warp_sum8(ps), ex_sum);
+    __syncthreads();
+    if (t < detail::kWarp) {
+      const float total = detail::logical_block_total(ex_sum);
+      if (t == 0) sum[blockIdx.x] = f2h(total);
+    }
+  }
+}
+
 std::string shape(int64_t rows, int64_t inter) {
   return "rows=" + std::to_string(rows) + " inter=" + std::to_string(inter);
 }
@@ -423,27 +662,51 @@ void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t i
   });
 }
 
+// Which kernel runs: the dispatch (kAuto), the previous dispatch (kPrev: the vec kernel), the
+// first kernels (kBaseline), or the v2 kernel with a forced split (without a sum; with a sum it
+// always has one thread per column group).
+enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split2, kV2Split4 };
+
+// v2 without a sum: 4 threads per column group (512 per row). Measured on the H200 (bench_fused,
+// 2026-11-30, inter 14336; split 4 / split 2): 256 tokens 10.3 / 10.9 us, 1024 29.6 / 32.8,
+// 4096 94.6 / 105.1, 8192 179.8 / 199.0.
+
 template <typename T>
 void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, int8_t* q,
                          uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
-                         bool allow_vec = true) {
+                         SiluPath path = SiluPath::kAuto) {
   check_shape(op, rows, inter);
   check(rows <= 0x7fffffff, std::string(op) + ": too many rows");
   check(q != nullptr && scale != nullptr, std::string(op) + ": q and scale are required");
   if (rows == 0) return;
   using detail::aligned_to;
+  const bool allow_vec = path != SiluPath::kBaseline;
   if (allow_vec && inter >= detail::kVecChunk && inter % detail::kVecPerThread == 0 &&
       inter <= kVecMaxChunks * detail::kVecChunk && aligned_to(gate_up, 16) && aligned_to(q, 8) &&
       aligned_to(out, 16)) {
     const int64_t chunks = (inter + detail::kVecChunk - 1) / detail::kVecChunk;
     const size_t smem = static_cast<size_t>(chunks) * detail::kVecRowThreads * sizeof(uint4);
     const auto grid = static_cast<unsigned>(rows);
-    if (sum != nullptr) {
-      silu_mul_quant_vec_kernel<T, true, 1><<<grid, detail::kVecRowThreads, smem, stream>>>(
-          gate_up, static_cast<int>(inter), q, scale, sum, out);
+    const auto in = static_cast<int>(inter);
+    if (path == SiluPath::kPrev) {
+      if (sum != nullptr) {
+        silu_mul_quant_vec_kernel<T, true, 1>
+            <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      } else {
+        silu_mul_quant_vec_kernel<T, false, 2>
+            <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      }
+    } else if (sum != nullptr) {
+      silu_mul_quant_v2_kernel<T, true, 1>
+          <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
     } else {
-      silu_mul_quant_vec_kernel<T, false, 2><<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(
-          gate_up, static_cast<int>(inter), q, scale, sum, out);
+      if (path != SiluPath::kV2Split2) {
+        silu_mul_quant_v2_kernel<T, false, 4>
+            <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      } else {
+        silu_mul_quant_v2_kernel<T, false, 2>
+            <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      }
     }
     check_launch(op, shape(rows, inter));
     return;
@@ -490,13 +753,13 @@ namespace baseline {
 void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
   silu_mul_quant_impl("baseline::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out,
-                      stream, /*allow_vec=*/false);
+                      stream, SiluPath::kBaseline);
 }
 
 void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
   silu_mul_quant_impl("baseline::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out,
-                      stream, /*allow_vec=*/false);
+                      stream, SiluPath::kBaseline);
 }
 
 void silu_mul_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, uint16_t* out,
@@ -505,6 +768,44 @@ void silu_mul_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, uint16_t
 }
 
 }  // namespace baseline
+
+namespace prev {
+
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
+  silu_mul_quant_impl("prev::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out, stream,
+                      SiluPath::kPrev);
+}
+
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream) {
+  silu_mul_quant_impl("prev::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out, stream,
+                      SiluPath::kPrev);
+}
+
+}  // namespace prev
+
+namespace forced {
+
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        int split) {
+  check(split == 2 || split == 4,
+        "forced::silu_mul_quant_f16: split must be 2 or 4, got " + std::to_string(split));
+  silu_mul_quant_impl("forced::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out,
+                      stream, split == 2 ? SiluPath::kV2Split2 : SiluPath::kV2Split4);
+}
+
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        int split) {
+  check(split == 2 || split == 4,
+        "forced::silu_mul_quant_f32: split must be 2 or 4, got " + std::to_string(split));
+  silu_mul_quant_impl("forced::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out,
+                      stream, split == 2 ? SiluPath::kV2Split2 : SiluPath::kV2Split4);
+}
+
+}  // namespace forced
 
 void silu_mul_f32(const float* gate_up, int64_t rows, int64_t inter, float* out,
                   cudaStream_t stream) {
