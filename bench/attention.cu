@@ -1,6 +1,7 @@
 // Attention benchmark: decode over the paged KV4/KV8 cache (the tensor-core kernel, the fast
 // CUDA-core kernel and the baseline reference kernel) and causal prefill (the tensor-core
-// kernel with 4-warp CTAs, the default, and with 8-warp CTAs, "_w8", and the fp32 baseline) at
+// kernel with 4-warp CTAs, the default, and with 8-warp CTAs, "_w8", the Hopper wgmma kernel
+// "prefill_attention_wgmma" and its variants, and the fp32 baseline) at
 // Llama-3-8B geometry (32 query heads, 8 KV heads, head_dim 128), beside the device-to-device
 // copy bandwidth.
 //
@@ -14,7 +15,8 @@
 // --check first compares the tensor-core and the fast decode kernels with the baseline kernel
 // on small cases (several splits, one split, a sliding window, head_dim 64, odd groups for the
 // tensor-core kernel), and the tensor-core prefill kernel with the baseline fed fp16-rounded q
-// (2 x 1024 tokens); a kernel that fails is not timed,
+// (2 x 1024 tokens; the Hopper wgmma prefill kernel's variants also on a ragged 1000/517/77
+// batch and a windowed one, and they run last); a kernel that fails is not timed,
 // so a wrong kernel cannot be reported as fast. Every failure prints one "FAIL ..." line and
 // the benchmark continues with the next case.
 #include <cuda_fp16.h>
@@ -323,6 +325,35 @@ void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, const std::string& kerne
   qserve::cuda::DeviceAllocator::global().trim();
 }
 
+// --split-sweep: decode_attention_mma at forced keys per split (DecodeFn has no context
+// argument, hence the file-scope value).
+int64_t g_split_keys = 0;
+void decode_mma_forced_split(const float* q, const uint16_t* k16, const uint16_t* v16,
+                             const qserve::cuda::PagedKvDevice& cache,
+                             const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads,
+                             int64_t window, float* out, void* ws, size_t ws_bytes,
+                             cudaStream_t stream) {
+  qserve::cuda::decode_attention_mma_split(q, k16, v16, cache, batch, num_heads, window, out, ws,
+                                           ws_bytes, stream, g_split_keys);
+}
+
+void split_sweep(json& results) {
+  for (KvFormat fmt : {KvFormat::kv4, KvFormat::kv8}) {
+    for (const auto& [S, ctx] : {std::pair<int64_t, int64_t>{256, 1536}, {32, 8192}}) {
+      const int64_t auto_keys = qserve::cuda::decode_attention_mma_split_keys(S, 8, ctx + 1, 132);
+      std::printf("split sweep %s %lldx%lld: picker's keys per split %lld\n", fmt_name(fmt),
+                  static_cast<long long>(S), static_cast<long long>(ctx),
+                  static_cast<long long>(auto_keys));
+      for (const int64_t keys : {256, 384, 512, 768, 1024, 1536, 2048, 4096}) {
+        if (keys > ctx + 64) continue;
+        g_split_keys = keys;
+        bench_decode(fmt, S, ctx, "decode_attention_mma_split" + std::to_string(keys),
+                     &decode_mma_forced_split, results);
+      }
+    }
+  }
+}
+
 // ---- prefill ------------------------------------------------------------------------------
 // Fresh prompts (no cached context): every key comes from the step's fp16 k16/v16, so the
 // cache format does not matter (KV16 pages, never read); q is fp32 and K/V fp16 (the engine's
@@ -341,6 +372,29 @@ void prefill_tc_w8(const float* q, const uint16_t* k16, const uint16_t* v16,
   qserve::cuda::prefill_attention_tc_warps(q, k16, v16, c, b, hq, window, out, 8, stream);
 }
 
+// The Hopper wgmma kernel's variants besides its default (block_n 128, 3 stages, no ping-pong).
+void prefill_wgmma_bn128s2(const float* q, const uint16_t* k16, const uint16_t* v16,
+                           const qserve::cuda::PagedKvDevice& c,
+                           const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
+                           float* out, cudaStream_t stream) {
+  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 128, 2, false,
+                                                stream);
+}
+void prefill_wgmma_bn128s3pp(const float* q, const uint16_t* k16, const uint16_t* v16,
+                             const qserve::cuda::PagedKvDevice& c,
+                             const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
+                             float* out, cudaStream_t stream) {
+  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 128, 3, true,
+                                                stream);
+}
+void prefill_wgmma_bn64s4(const float* q, const uint16_t* k16, const uint16_t* v16,
+                          const qserve::cuda::PagedKvDevice& c,
+                          const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
+                          float* out, cudaStream_t stream) {
+  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 64, 4, false,
+                                                stream);
+}
+
 // q rounded to fp16 and back (RN11 for |q| >= 2^-14; q is in [-1, 1] here): the q the
 // tensor-core kernel computes with, so the baseline fed this q is its tight reference.
 __global__ void round_f16_kernel(const float* in, float* out, size_t n) {
@@ -357,8 +411,15 @@ struct PrefillProblem {
   DeviceBuffer<uint8_t> kp, vp;
   DeviceBuffer<int32_t> d_off, d_nt, d_cl, d_bt;
   int64_t pps;
+  std::vector<int64_t> lens;  // tokens per sequence (n = the longest)
 
-  PrefillProblem(int64_t S_, int64_t n_) : S(S_), n(n_), T(S_ * n_) {
+  PrefillProblem(int64_t S_, int64_t n_)
+      : PrefillProblem(std::vector<int64_t>(static_cast<size_t>(S_), n_)) {}
+  explicit PrefillProblem(std::vector<int64_t> lens_)
+      : S(static_cast<int64_t>(lens_.size())),
+        n(*std::max_element(lens_.begin(), lens_.end())),
+        T(std::accumulate(lens_.begin(), lens_.end(), int64_t{0})),
+        lens(std::move(lens_)) {
     q = DeviceBuffer<float>(static_cast<size_t>(T * hq * d));
     out = DeviceBuffer<float>(static_cast<size_t>(T * hq * d));
     k16 = DeviceBuffer<uint16_t>(static_cast<size_t>(T * hkv * d));
@@ -370,9 +431,13 @@ struct PrefillProblem {
     const int64_t pb = qserve::cuda::kv_page_bytes(KvFormat::kv16, hkv, d);
     kp = DeviceBuffer<uint8_t>(static_cast<size_t>(pb));
     vp = DeviceBuffer<uint8_t>(static_cast<size_t>(pb));
-    std::vector<int32_t> off(static_cast<size_t>(S)),
-        nt(static_cast<size_t>(S), static_cast<int32_t>(n)), cl(static_cast<size_t>(S), 0);
-    for (int64_t s = 0; s < S; ++s) off[static_cast<size_t>(s)] = static_cast<int32_t>(s * n);
+    std::vector<int32_t> off(static_cast<size_t>(S)), nt(static_cast<size_t>(S)),
+        cl(static_cast<size_t>(S), 0);
+    for (int64_t s = 0, o = 0; s < S; ++s) {
+      off[static_cast<size_t>(s)] = static_cast<int32_t>(o);
+      nt[static_cast<size_t>(s)] = static_cast<int32_t>(lens[static_cast<size_t>(s)]);
+      o += lens[static_cast<size_t>(s)];
+    }
     pps = (n + 63) / 64;
     std::vector<int32_t> table(static_cast<size_t>(S * pps), 0);
     d_off = qserve::cuda::to_device(off);
@@ -402,11 +467,13 @@ struct PrefillProblem {
     b.max_total_len = static_cast<int32_t>(n);
     return b;
   }
-  void run(PrefillFn fn, const float* qq, float* o) {
-    fn(qq, k16.data(), v16.data(), cache(), batch(), hq, 0, o, nullptr);
+  void run(PrefillFn fn, const float* qq, float* o, int64_t window = 0) {
+    fn(qq, k16.data(), v16.data(), cache(), batch(), hq, window, o, nullptr);
   }
   double flops() const {
-    const double pairs = static_cast<double>(S) * hq * (static_cast<double>(n) * (n + 1) / 2.0);
+    double pairs = 0.0;
+    for (int64_t m : lens)
+      pairs += static_cast<double>(hq) * (static_cast<double>(m) * (m + 1) / 2.0);
     return pairs * 4.0 * static_cast<double>(d);
   }
 };
@@ -414,16 +481,29 @@ struct PrefillProblem {
 // The tensor-core kernel against the baseline fed fp16-rounded q (2 x 1024 tokens): each is
 // within max|V| (2^-11 + 3e-5 + 2^-21 B) resp. max|V| (3e-5 + 2^-21 B) of the CPU reference on
 // that q (ops_cuda_attention.h), so they agree within the sum; |q|, |K|, |V| <= 1 here.
-bool check_prefill(const std::string& kernel, PrefillFn fn) {
+// lens: tokens per sequence (ragged batches allowed); window as prefill_attention's.
+bool check_prefill(const std::string& kernel, PrefillFn fn,
+                   std::vector<int64_t> lens = {1024, 1024}, int64_t window = 0) {
+  std::string name;
+  for (int64_t m : lens) name += (name.empty() ? "" : "/") + std::to_string(m);
+  if (window > 0) name += ",window" + std::to_string(window);
   try {
-    PrefillProblem p(2, 1024);
+    PrefillProblem p(std::move(lens));
     DeviceBuffer<float> q16(p.q.size()), want(p.out.size());
     round_f16_kernel<<<kFillGrid, kFillBlock>>>(p.q.data(), q16.data(), p.q.size());
     qserve::cuda::check_launch("bench round q");
     p.out.fill_bytes(0xFF, nullptr);  // NaN: an unwritten element fails
     want.fill_bytes(0xFF, nullptr);
-    p.run(fn, p.q.data(), p.out.data());
-    p.run(&qserve::cuda::prefill_attention_baseline, q16.data(), want.data());
+    p.run(fn, p.q.data(), p.out.data(), window);
+    // A fault inside the kernel is reported here, as this check's FAIL.
+    const cudaError_t ke = cudaDeviceSynchronize();
+    if (ke != cudaSuccess) {
+      (void)cudaGetLastError();
+      fail("check " + kernel + " " + name + ": kernel error " + cudaGetErrorName(ke) + " (" +
+           cudaGetErrorString(ke) + ")");
+      return false;
+    }
+    p.run(&qserve::cuda::prefill_attention_baseline, q16.data(), want.data(), window);
     const std::vector<float> g = qserve::cuda::to_host(p.out), w = qserve::cuda::to_host(want);
     const double B = 1.0 / std::sqrt(static_cast<double>(p.d)) * static_cast<double>(p.d);
     const double tol = std::ldexp(1.0, -11) + 2.0 * (3e-5 + std::ldexp(1.0, -21) * B);
@@ -437,16 +517,16 @@ bool check_prefill(const std::string& kernel, PrefillFn fn) {
       if (std::isfinite(e)) max_err = std::max(max_err, e);
     }
     const bool ok = bad == 0;
-    std::printf("CHECK %s 2x1024 vs baseline(fp16 q): max_abs_err=%.3g tol=%.3g %s\n",
-                kernel.c_str(), max_err, tol, ok ? "PASS" : "FAIL");
+    std::printf("CHECK %s %s vs baseline(fp16 q): max_abs_err=%.3g tol=%.3g %s\n", kernel.c_str(),
+                name.c_str(), max_err, tol, ok ? "PASS" : "FAIL");
     if (!ok) {
-      fail("check " + kernel + ": " + std::to_string(bad) + " bad elements, first " +
+      fail("check " + kernel + " " + name + ": " + std::to_string(bad) + " bad elements, first " +
            std::to_string(first) + " got " + std::to_string(g[first]) + " want " +
            std::to_string(w[first]));
     }
     return ok;
   } catch (const std::exception& e) {
-    fail("check " + kernel + ": " + e.what());
+    fail("check " + kernel + " " + name + ": " + e.what());
     return false;
   }
 }
@@ -487,6 +567,32 @@ void bench_prefill_all(bool check, json& results) {
     bench_prefill(S, n, "prefill_attention_baseline", &qserve::cuda::prefill_attention_baseline, 1,
                   10, results);
   }
+  // The Hopper wgmma kernel (prefill_attention_wgmma: block_n 128, 3 stages, or the variant
+  // QSERVE_PREFILL_WGMMA names) and its other variants, last: a fault there leaves a sticky CUDA
+  // error that fails everything after it, so it cannot cost the rows above. With --check each
+  // variant is first compared with the baseline on 2 x 1024, a ragged 1000/517/77 batch and a
+  // windowed ragged batch, and timed only if all three pass.
+  if (!qserve::cuda::prefill_attention_wgmma_supported(KvFormat::kv16, 32, 8, 128)) {
+    std::printf("SKIP prefill_attention_wgmma: needs a compute capability 9.0 device\n");
+  } else {
+    const std::pair<const char*, PrefillFn> variants[] = {
+        {"prefill_attention_wgmma", &qserve::cuda::prefill_attention_wgmma},
+        {"prefill_attention_wgmma_bn128s2", &prefill_wgmma_bn128s2},
+        {"prefill_attention_wgmma_bn128s3pp", &prefill_wgmma_bn128s3pp},
+        {"prefill_attention_wgmma_bn64s4", &prefill_wgmma_bn64s4}};
+    for (const auto& [name, fn] : variants) {
+      const bool ok =
+          !check || (check_prefill(name, fn) && check_prefill(name, fn, {1000, 517, 77}) &&
+                     check_prefill(name, fn, {300, 1000, 64}, 100));
+      if (!ok) {
+        std::printf("SKIP %s: failed --check, not timed\n", name);
+        continue;
+      }
+      for (const auto& [S, n] : {std::pair<int64_t, int64_t>{4, 4096}, {1, 8192}, {16, 1024}}) {
+        bench_prefill(S, n, name, fn, 3, g_iters, results);
+      }
+    }
+  }
   // bf16: this engine's chunk K/V are fp16 (rope_kv_append's k16/v16) and the tc kernel runs
   // fp16 operands, which have the same tensor-core rate as bf16: the fp16 rows stand for the
   // issue's "bf16 causal" target.
@@ -499,6 +605,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   bool check = false;
   bool prefill_only = false;  // skip the decode section (GPU time is scarce)
+  bool split_sweep_only = false;
   const std::string command = qserve::bench::command_line(argc, argv);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -508,11 +615,15 @@ int main(int argc, char** argv) {
       check = true;
     } else if (a == "--prefill-only") {
       prefill_only = true;
+    } else if (a == "--split-sweep") {
+      split_sweep_only = true;
     } else if (a == "--iters" && i + 1 < argc) {
       g_iters = std::max(30, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--check] [--prefill-only] [--json PATH] [--iters N>=30]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--check] [--prefill-only] [--split-sweep] [--json PATH] [--iters N>=30]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -530,6 +641,10 @@ int main(int argc, char** argv) {
   }
   qserve::cuda::DeviceAllocator::global().trim();
 
+  if (split_sweep_only) {
+    split_sweep(results);
+    prefill_only = true;
+  }
   for (KvFormat fmt : {KvFormat::kv4, KvFormat::kv8}) {
     if (prefill_only) break;
     const bool mma_ok = !check || run_checks(fmt, "decode_attention_mma",

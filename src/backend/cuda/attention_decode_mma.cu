@@ -527,21 +527,26 @@ int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int6
   return best_keys;
 }
 
-void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v16,
-                          const PagedKvDevice& cache, const VarlenBatchDevice& batch,
-                          int64_t num_heads, int64_t window, float* out, void* workspace,
-                          size_t workspace_bytes, cudaStream_t stream) {
+namespace {
+
+// split_keys <= 0: the split the occupancy picker chooses.
+void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
+                     const PagedKvDevice& cache, const VarlenBatchDevice& batch, int64_t num_heads,
+                     int64_t window, float* out, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream, int64_t split_keys) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   const std::string shape = attn::check_decode_call(
       "decode_attention_mma", decode_attention_mma_supported(cache.format, num_heads, hkv, d), q,
       k16, v16, cache, batch, num_heads, workspace, workspace_bytes);
   if (S == 0) return;
 
-  int per_sm = 0;
-  attn::dispatch_decode_geometry(cache.format, d,
-                                 [&]<KvFormat F, int D>() { per_sm = ctas_per_sm<F, D>(); });
-  const int64_t keys =
-      decode_attention_mma_split_keys(S, hkv, batch.max_total_len, attn::sm_count(), per_sm);
+  int64_t keys = split_keys;
+  if (keys <= 0) {
+    int per_sm = 0;
+    attn::dispatch_decode_geometry(cache.format, d,
+                                   [&]<KvFormat F, int D>() { per_sm = ctas_per_sm<F, D>(); });
+    keys = decode_attention_mma_split_keys(S, hkv, batch.max_total_len, attn::sm_count(), per_sm);
+  }
   const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
                                               workspace, keys);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
@@ -549,6 +554,27 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
                                  [&]<KvFormat F, int D>() { launch<F, D>(a, ns, nh, stream); });
   check_launch("decode_attention_mma split", shape);
   attn::launch_split_merge<true>(a, batch, d, stream, "decode_attention_mma merge", shape);
+}
+
+}  // namespace
+
+void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v16,
+                          const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                          int64_t num_heads, int64_t window, float* out, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream) {
+  decode_mma_impl(q, k16, v16, cache, batch, num_heads, window, out, workspace, workspace_bytes,
+                  stream, 0);
+}
+
+void decode_attention_mma_split(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream, int64_t split_keys) {
+  check(split_keys >= kMinSplitKeys && split_keys % kPage == 0,
+        "decode_attention_mma_split: split_keys must be a multiple of 64 and >= 256, got " +
+            std::to_string(split_keys));
+  decode_mma_impl(q, k16, v16, cache, batch, num_heads, window, out, workspace, workspace_bytes,
+                  stream, split_keys);
 }
 
 }  // namespace qserve::cuda

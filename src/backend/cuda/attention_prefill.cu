@@ -69,15 +69,24 @@ bool aligned16(const void* p) {
 void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, cudaStream_t stream) {
-  // Issue 8: the tensor-core kernel for the common geometries (its own, fp16-q accuracy bound;
-  // ops_cuda_attention.h), the fp32 baseline for everything else.
+  // Issue 8: the tensor-core kernels for the common geometries (their own, fp16-q accuracy
+  // bound; ops_cuda_attention.h), the fp32 baseline for everything else. The wgmma kernel for
+  // chunks of >= kWgmmaMinTokens tokens, the mma.sync kernel below: on the H200 (bench_attention,
+  // 2026-11-30) wgmma 446 vs 301 TFLOP/s at 4 x 4096 and 517 vs 327 at 1 x 8192, but 185 vs 207
+  // at 16 x 1024 (its CTAs are short there: pipeline fill and drain per 128-row tile).
+  constexpr int64_t kWgmmaMinTokens = 2048;
   const int64_t hkv = cache.kv_heads;
   if (prefill_attention_tc_supported(cache.format, num_heads, hkv, cache.head_dim) &&
       batch.num_seqs >= 0 &&
       prefill_attention_tc_row_tiles(batch.max_num_tokens, num_heads / hkv) <= 65535 &&
       static_cast<int64_t>(batch.num_seqs) * hkv <= 0x7fffffff && aligned16(q) && aligned16(k16) &&
       aligned16(v16) && aligned16(cache.k_pool) && aligned16(cache.v_pool) && aligned16(out)) {
-    prefill_attention_tc(q, k16, v16, cache, batch, num_heads, window, out, stream);
+    if (batch.max_num_tokens >= kWgmmaMinTokens &&
+        prefill_attention_wgmma_supported(cache.format, num_heads, hkv, cache.head_dim)) {
+      prefill_attention_wgmma(q, k16, v16, cache, batch, num_heads, window, out, stream);
+    } else {
+      prefill_attention_tc(q, k16, v16, cache, batch, num_heads, window, out, stream);
+    }
     return;
   }
   prefill_attention_baseline(q, k16, v16, cache, batch, num_heads, window, out, stream);

@@ -184,6 +184,12 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
                           const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                           int64_t num_heads, int64_t window, float* out, void* workspace,
                           size_t workspace_bytes, cudaStream_t stream);
+// The same with the keys per split given (a positive multiple of 64, at least 256; for
+// bench_attention's split sweep). Throws on other values.
+void decode_attention_mma_split(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream, int64_t split_keys);
 // Keys per split the kernel uses (a multiple of 64, at least 256): the split count whose
 // (sequence, KV head, split) CTAs fill num_sms * slots_per_sm resident slots best.
 int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
@@ -197,7 +203,8 @@ void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
 
-// Since issue 8 prefill_attention dispatches to prefill_attention_tc when
+// Since issue 8 prefill_attention dispatches to prefill_attention_tc (or, for chunks of >= 2048
+// tokens on sm_90, prefill_attention_wgmma: the same bound) when
 // prefill_attention_tc_supported(), the row-tile count fits (max_num_tokens * Hq/Hkv <=
 // 65535 * 128) and q, k16, v16, out and both pools are 16-byte aligned; otherwise to the first,
 // fp32 CUDA-core kernel, which prefill_attention_baseline always runs: it keeps the fp32
@@ -249,6 +256,35 @@ void prefill_attention_tc_warps(const float* q, const uint16_t* k16, const uint1
                                 const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                                 int64_t num_heads, int64_t window, float* out, int warps,
                                 cudaStream_t stream);
+
+// The Hopper prefill kernel (attention_prefill_wgmma.cu): FlashAttention-3 ideas on
+// wgmma.mma_async (S = Q K^T from shared memory, O += P V with P from registers, a producer
+// warpgroup streaming K/V into a multi-stage mbarrier ring). head_dim 128, Hq/Hkv in 1..8,
+// compute capability 9.0 only; same semantics, arguments, throws and 65535 * 128 row limit as
+// prefill_attention_tc. Fresh prompts are its target; cached context (KV16 pages copied, KV4/KV8
+// pages dequantized bit-exactly by the producer) is correct but not optimized.
+// prefill_attention_wgmma_supported() is false for any other geometry or device.
+// prefill_attention dispatches here for steps whose longest chunk has >= 2048 tokens (shorter
+// chunks run prefill_attention_tc, faster there).
+//
+// Accuracy: prefill_attention_tc's contract and bounds (a) and (b) above, unchanged. The only
+// difference is the granularity of q's power-of-two scale (per 64-row warpgroup instead of per
+// 128-row CTA), which does not change the per-element bound |q^_c - q_c| <= 2^-11 |q_c|.
+bool prefill_attention_wgmma_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
+                                       int64_t head_dim);
+void prefill_attention_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16,
+                             const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                             int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
+// The same kernel with an explicit variant, for tests and benchmarks: block_n = keys per K/V
+// tile, stages = depth of the shared-memory ring, pingpong = the two consumer warpgroups take
+// turns issuing wgmmas. Accepted: block_n 128 with 2 or 3 stages (pingpong on or off), block_n
+// 64 with 4 stages (pingpong off); throws otherwise. prefill_attention_wgmma uses (128, 3, off)
+// unless the environment variable QSERVE_PREFILL_WGMMA (read once) names another:
+// bn128s2, bn128s2pp, bn128s3pp, bn64s4. Same contract and bound for all.
+void prefill_attention_wgmma_variant(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                     const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                     int64_t num_heads, int64_t window, float* out, int block_n,
+                                     int stages, bool pingpong, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
 // Logits gather and sampling (sampling.cu)
