@@ -555,7 +555,8 @@ void bench_prefill_all(bool check, json& results) {
   if (!tc_ok) std::printf("SKIP prefill_attention_tc: failed --check, not timed\n");
   const bool w8_ok = !check || check_prefill("prefill_attention_tc_w8", &prefill_tc_w8);
   if (!w8_ok) std::printf("SKIP prefill_attention_tc_w8: failed --check, not timed\n");
-  for (const auto& [S, n] : {std::pair<int64_t, int64_t>{4, 4096}, {1, 8192}, {16, 1024}}) {
+  for (const auto& [S, n] :
+       {std::pair<int64_t, int64_t>{4, 4096}, {1, 8192}, {8, 2048}, {16, 1024}}) {
     if (tc_ok) {
       bench_prefill(S, n, "prefill_attention_tc", &qserve::cuda::prefill_attention_tc, 3, g_iters,
                     results);
@@ -588,7 +589,8 @@ void bench_prefill_all(bool check, json& results) {
         std::printf("SKIP %s: failed --check, not timed\n", name);
         continue;
       }
-      for (const auto& [S, n] : {std::pair<int64_t, int64_t>{4, 4096}, {1, 8192}, {16, 1024}}) {
+      for (const auto& [S, n] :
+           {std::pair<int64_t, int64_t>{4, 4096}, {1, 8192}, {8, 2048}, {16, 1024}}) {
         bench_prefill(S, n, name, fn, 3, g_iters, results);
       }
     }

@@ -866,8 +866,8 @@ void tune_large_m_layer(const Layer& L, const Operands& o, Timer& timer, const S
     const W4A8Sm90Variant dflt = qserve::cuda::w4a8_sm90_choose(m, o.n, o.k);
     double best_us = 1e30;
     W4A8Sm90Variant best = W4A8Sm90Variant::kAuto;
-    for (const W4A8Sm90Variant v : {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop128,
-                                    W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK}) {
+    for (const W4A8Sm90Variant v :
+         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK}) {
       const auto launch = [&] {
         if (!qserve::cuda::gemm_w4a8_per_channel_sm90(o.aq.data(), o.a_scale.data(), o.a_sum.data(),
                                                       m, o.w4pc(), o.y16.data(), s, nullptr, v))

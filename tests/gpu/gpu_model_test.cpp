@@ -213,6 +213,34 @@ TEST_P(GpuQuantized, PerplexityMatchesTheCpuBackend) {
   EXPECT_LE(rel, 0.005);
 }
 
+// The same with 1,536-token windows: prompts of >= 1,024 tokens take the wgmma prefill
+// attention kernel on sm_90 (prefill_attention's dispatch), so it is checked end to end here.
+TEST_P(GpuQuantized, PerplexityLongWindowsMatchTheCpuBackend) {
+  SKIP_WITHOUT_GPU();
+  const std::string precision = GetParam();
+  const std::string dir = test::model_dir("doc-llama-22m");
+  auto model = load("doc-llama-22m", precision);
+  auto tok = load_tokenizer(dir);
+  const std::string text = read_text_file(test::shared_dir() + "/data/eval/doc-heldout.txt");
+  const std::vector<int32_t> stream = perplexity_stream(*tok, text, "\n\n<|doc|>\n\n");
+  constexpr int64_t kWindow = 1536, kWindows = 3;
+  const PerplexityResult cpu = perplexity(*model, stream, kWindow, kWindows);
+  auto ex = make_cuda_executor(*model, pages_for_tokens(kWindow), 1, kWindow);
+  const auto gpu_logits = [&](std::span<const int32_t> t) {
+    std::vector<float> l;
+    ex->score(t, l);
+    return l;
+  };
+  const PerplexityResult gpu =
+      perplexity(gpu_logits, model->config().vocab_size, stream, kWindow, kWindows);
+  ASSERT_EQ(gpu.windows, cpu.windows);
+  const double rel = std::fabs(gpu.ppl - cpu.ppl) / cpu.ppl;
+  std::printf("GPU-MODEL ppl %s windows=%lldx%lld cpu=%.4f gpu=%.4f rel_diff=%.5f max=0.005\n",
+              precision.c_str(), static_cast<long long>(cpu.windows),
+              static_cast<long long>(kWindow), cpu.ppl, gpu.ppl, rel);
+  EXPECT_LE(rel, 0.005);
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, GpuQuantized,
                          ::testing::Values("w4a8kv4-g128", "w4a8kv4", "w8a8kv8"));
 

@@ -72,9 +72,9 @@ void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
   // Issue 8: the tensor-core kernels for the common geometries (their own, fp16-q accuracy
   // bound; ops_cuda_attention.h), the fp32 baseline for everything else. The wgmma kernel for
   // chunks of >= kWgmmaMinTokens tokens, the mma.sync kernel below: on the H200 (bench_attention,
-  // 2026-11-30) wgmma 446 vs 301 TFLOP/s at 4 x 4096 and 517 vs 327 at 1 x 8192, but 185 vs 207
-  // at 16 x 1024 (its CTAs are short there: pipeline fill and drain per 128-row tile).
-  constexpr int64_t kWgmmaMinTokens = 2048;
+  // 2026-11-30) wgmma 480 vs 301 TFLOP/s at 4 x 4096, 523-561 vs 327 at 1 x 8192, 317-332 vs 264
+  // at 8 x 2048 and 222 vs 207 at 16 x 1024; shorter chunks were not measured.
+  constexpr int64_t kWgmmaMinTokens = 1024;
   const int64_t hkv = cache.kv_heads;
   if (prefill_attention_tc_supported(cache.format, num_heads, hkv, cache.head_dim) &&
       batch.num_seqs >= 0 &&

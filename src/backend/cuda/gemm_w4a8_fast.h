@@ -106,7 +106,6 @@ bool w4a8_per_channel_sm90_applicable(const int8_t* aq, const uint16_t* a_scale,
 enum class W4A8Sm90Variant : uint8_t {
   kAuto,
   kLargeM,       // 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
-  kCoop128,      // 128x128x128, 2x1, cooperative (both consumer warp groups on one tile)
   kPingpong64,   // 64x128x128, 2x1, ping-pong: twice the tiles for mid-sized M
   kSwapStreamK,  // y^T = W aq^T, 128 (channels) x 64 (tokens) x 128, cooperative, stream-K
 };

@@ -1,7 +1,7 @@
 // The large-M per-channel W4A8 GEMM on Hopper (gemm_w4a8_fast.h): CUTLASS 3 wgmma kernels
 // (kLargeM: gemm_w8a8_sm90.cu's 128x128x128 tiles, 2x1 cluster, ping-pong, persistent; for
 // M of a few hundred tokens, where 128x128 tiles leave ping-pong's second consumer warp group
-// without a tile or the last wave part-empty, a cooperative, a 64-row ping-pong and a swapped
+// without a tile or the last wave part-empty, a 64-row ping-pong and a swapped
 // stream-K variant: W4A8Sm90Variant) run on the 1-byte codes Q (0..15 are valid int8 values,
 // so the natural q array is directly the weight operand), with QServe's per-channel epilogue as an
 // epilogue visitor tree:
@@ -182,9 +182,6 @@ using LargeM =
     Config<Shape<_128, _128, _128>, Shape<_2, _1, _1>,
            cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized,
            cutlass::gemm::PersistentScheduler, false>;
-using Coop128 = Config<
-    Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
 using Pingpong64 =
     Config<Shape<_64, _128, _128>, Shape<_2, _1, _1>,
            cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized,
@@ -331,8 +328,6 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
       return "auto";
     case W4A8Sm90Variant::kLargeM:
       return "sm90_128x128x128_pingpong_2x1";
-    case W4A8Sm90Variant::kCoop128:
-      return "sm90_128x128x128_coop_2x1";
     case W4A8Sm90Variant::kPingpong64:
       return "sm90_64x128x128_pingpong_2x1";
     case W4A8Sm90Variant::kSwapStreamK:
@@ -377,8 +372,6 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
   if (!device_info(device).sm90) return 0;
   if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, n, k);
   switch (variant) {
-    case W4A8Sm90Variant::kCoop128:
-      return config_workspace_bytes<Coop128>(m, n, k, device);
     case W4A8Sm90Variant::kPingpong64:
       return config_workspace_bytes<Pingpong64>(m, n, k, device);
     case W4A8Sm90Variant::kSwapStreamK:
@@ -402,8 +395,6 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
   cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
   if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, w.n, w.k);
   switch (variant) {
-    case W4A8Sm90Variant::kCoop128:
-      return run_config<Coop128>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
     case W4A8Sm90Variant::kPingpong64:
       return run_config<Pingpong64>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
     case W4A8Sm90Variant::kSwapStreamK:

@@ -203,7 +203,7 @@ void prefill_attention(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, cudaStream_t stream);
 
-// Since issue 8 prefill_attention dispatches to prefill_attention_tc (or, for chunks of >= 2048
+// Since issue 8 prefill_attention dispatches to prefill_attention_tc (or, for chunks of >= 1024
 // tokens on sm_90, prefill_attention_wgmma: the same bound) when
 // prefill_attention_tc_supported(), the row-tile count fits (max_num_tokens * Hq/Hkv <=
 // 65535 * 128) and q, k16, v16, out and both pools are 16-byte aligned; otherwise to the first,
@@ -264,8 +264,8 @@ void prefill_attention_tc_warps(const float* q, const uint16_t* k16, const uint1
 // prefill_attention_tc. Fresh prompts are its target; cached context (KV16 pages copied, KV4/KV8
 // pages dequantized bit-exactly by the producer) is correct but not optimized.
 // prefill_attention_wgmma_supported() is false for any other geometry or device.
-// prefill_attention dispatches here for steps whose longest chunk has >= 2048 tokens (shorter
-// chunks run prefill_attention_tc, faster there).
+// prefill_attention dispatches here for steps whose longest chunk has >= 1024 tokens (shorter
+// chunks run prefill_attention_tc; not measured there).
 //
 // Accuracy: prefill_attention_tc's contract and bounds (a) and (b) above, unchanged. The only
 // difference is the granularity of q's power-of-two scale (per 64-row warpgroup instead of per
