@@ -66,6 +66,7 @@
 #include <string>
 
 #include "backend/cuda/attention_kv_device.cuh"
+#include "backend/cuda/attention_prefill_common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
@@ -76,6 +77,12 @@ namespace {
 
 using attn::kPage;
 using attn::PageGeom;
+using pf::dequant_chunk;
+using pf::exp2_ftz;
+using pf::pack_h2;
+using pf::pack_halves;
+using pf::smem_u32;
+using pf::st_shared16;
 
 constexpr int kD = 128;        // head_dim
 constexpr int kWgRows = 64;    // packed rows per consumer warpgroup (wgmma M)
@@ -134,19 +141,11 @@ struct WgArgs {
 };
 
 // ---- small PTX wrappers -------------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-__device__ __forceinline__ void st_shared16(uint32_t dst, uint4 v) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
-               "r"(v.z), "r"(v.w)
-               : "memory");
 }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
@@ -334,58 +333,6 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tb(float (&d)[64], const uin
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
-}
-
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);  // .x (low 16 bits) = lo
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-__device__ __forceinline__ uint32_t pack_halves(__half lo, __half hi) {
-  const __half2 h = __halves2half2(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-
-// Dequantized channels 8c..8c+7 of one cached KV4/KV8 (token, KV head) row, as 8 fp16 values:
-// the operations of attention_kv_device.cuh (kv_row / kv_pair), as prefill_attention_tc.
-template <KvFormat F>
-__device__ __forceinline__ uint4 dequant_chunk(const uint8_t* page, const PageGeom& g, int head,
-                                               int slot, int c) {
-  const attn::KvRow<F> r = attn::kv_row<F>(page, g, head, slot);
-  uint32_t w[4];
-  if constexpr (F == KvFormat::kv8) {
-    const uint2 b = *reinterpret_cast<const uint2*>(r.data + 8 * c);
-    const uint32_t words[2] = {b.x, b.y};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t wd = words[i >> 1];
-      const int sh = 16 * (i & 1);
-      const float q0 = static_cast<float>((wd >> sh) & 0xffu);
-      const float q1 = static_cast<float>((wd >> (sh + 8)) & 0xffu);
-      const __half x0 = __float2half_rn(__fmul_rn(r.s, __fsub_rn(q0, r.z)));
-      const __half x1 = __float2half_rn(__fmul_rn(r.s, __fsub_rn(q1, r.z)));
-      w[i] = pack_halves(x0, x1);
-    }
-  } else {
-    static_assert(F == KvFormat::kv4, "KV16 pages are copied, not dequantized");
-    const uint32_t b = *reinterpret_cast<const uint32_t*>(r.data + 4 * c);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t byte = (b >> (8 * i)) & 0xffu;  // channels 2i (low nibble), 2i+1 (high)
-      const __half lo = __ushort2half_rn(static_cast<unsigned short>(byte & 0x0fu));
-      const __half hi = __ushort2half_rn(static_cast<unsigned short>(byte >> 4));
-      w[i] = pack_halves(__hfma(lo, r.s16, r.zterm16), __hfma(hi, r.s16, r.zterm16));
-    }
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 template <int BN>
