@@ -183,62 +183,47 @@ TEST_P(GpuQuantized, GreedyTokensAgreeWithTheCpuBackend) {
   EXPECT_GE(agree, 0.94);
 }
 
-// Perplexity on doc-heldout (first N windows of 512; N = QSERVE_PPL_WINDOWS, default 40): the
-// GPU's within 0.5% of the CPU backend's.
-TEST_P(GpuQuantized, PerplexityMatchesTheCpuBackend) {
-  SKIP_WITHOUT_GPU();
-  const std::string precision = GetParam();
+// Perplexity on doc-heldout in `windows` windows of `window` tokens through the CUDA executor
+// (`pages` KV pages) against the CPU backend: within 0.5%.
+void expect_perplexity_matches_cpu(const std::string& precision, int64_t window, int64_t windows,
+                                   int64_t pages) {
   const std::string dir = test::model_dir("doc-llama-22m");
   auto model = load("doc-llama-22m", precision);
   auto tok = load_tokenizer(dir);
   const std::string text = read_text_file(test::shared_dir() + "/data/eval/doc-heldout.txt");
   const std::vector<int32_t> stream = perplexity_stream(*tok, text, "\n\n<|doc|>\n\n");
-  int64_t windows = 40;
-  if (const char* env = std::getenv("QSERVE_PPL_WINDOWS")) windows = std::atoll(env);
-  const PerplexityResult cpu = perplexity(*model, stream, 512, windows);
-  auto ex = make_cuda_executor(*model, 16, 1, 512);
+  const PerplexityResult cpu = perplexity(*model, stream, window, windows);
+  auto ex = make_cuda_executor(*model, pages, 1, window);
   const auto gpu_logits = [&](std::span<const int32_t> t) {
     std::vector<float> l;
     ex->score(t, l);
     return l;
   };
   const PerplexityResult gpu =
-      perplexity(gpu_logits, model->config().vocab_size, stream, 512, windows);
+      perplexity(gpu_logits, model->config().vocab_size, stream, window, windows);
+  ASSERT_EQ(gpu.windows, cpu.windows);
   const double rel = std::fabs(gpu.ppl - cpu.ppl) / cpu.ppl;
   std::printf(
-      "GPU-MODEL ppl %s windows=%lld cpu=%.4f (%.1f s) gpu=%.4f (%.1f s) rel_diff=%.5f "
+      "GPU-MODEL ppl %s windows=%lldx%lld cpu=%.4f (%.1f s) gpu=%.4f (%.1f s) rel_diff=%.5f "
       "max=0.005\n",
-      precision.c_str(), static_cast<long long>(cpu.windows), cpu.ppl, cpu.seconds, gpu.ppl,
-      gpu.seconds, rel);
+      precision.c_str(), static_cast<long long>(cpu.windows), static_cast<long long>(window),
+      cpu.ppl, cpu.seconds, gpu.ppl, gpu.seconds, rel);
   EXPECT_LE(rel, 0.005);
 }
 
-// The same with 1,536-token windows: prompts of >= 1,024 tokens take the wgmma prefill
-// attention kernel on sm_90 (prefill_attention's dispatch), so it is checked end to end here.
+// The first N windows of 512 (N = QSERVE_PPL_WINDOWS, default 40).
+TEST_P(GpuQuantized, PerplexityMatchesTheCpuBackend) {
+  SKIP_WITHOUT_GPU();
+  int64_t windows = 40;
+  if (const char* env = std::getenv("QSERVE_PPL_WINDOWS")) windows = std::atoll(env);
+  expect_perplexity_matches_cpu(GetParam(), 512, windows, 16);
+}
+
+// Three 1,536-token windows: prompts of >= 1,024 tokens take the wgmma prefill attention kernel
+// on sm_90 (prefill_attention's dispatch), so it is checked end to end here.
 TEST_P(GpuQuantized, PerplexityLongWindowsMatchTheCpuBackend) {
   SKIP_WITHOUT_GPU();
-  const std::string precision = GetParam();
-  const std::string dir = test::model_dir("doc-llama-22m");
-  auto model = load("doc-llama-22m", precision);
-  auto tok = load_tokenizer(dir);
-  const std::string text = read_text_file(test::shared_dir() + "/data/eval/doc-heldout.txt");
-  const std::vector<int32_t> stream = perplexity_stream(*tok, text, "\n\n<|doc|>\n\n");
-  constexpr int64_t kWindow = 1536, kWindows = 3;
-  const PerplexityResult cpu = perplexity(*model, stream, kWindow, kWindows);
-  auto ex = make_cuda_executor(*model, pages_for_tokens(kWindow), 1, kWindow);
-  const auto gpu_logits = [&](std::span<const int32_t> t) {
-    std::vector<float> l;
-    ex->score(t, l);
-    return l;
-  };
-  const PerplexityResult gpu =
-      perplexity(gpu_logits, model->config().vocab_size, stream, kWindow, kWindows);
-  ASSERT_EQ(gpu.windows, cpu.windows);
-  const double rel = std::fabs(gpu.ppl - cpu.ppl) / cpu.ppl;
-  std::printf("GPU-MODEL ppl %s windows=%lldx%lld cpu=%.4f gpu=%.4f rel_diff=%.5f max=0.005\n",
-              precision.c_str(), static_cast<long long>(cpu.windows),
-              static_cast<long long>(kWindow), cpu.ppl, gpu.ppl, rel);
-  EXPECT_LE(rel, 0.005);
+  expect_perplexity_matches_cpu(GetParam(), 1536, 3, pages_for_tokens(1536));
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, GpuQuantized,

@@ -35,6 +35,7 @@
 #include "core/half.h"
 #include "model/kv_cache.h"
 #include "model/paged_attention.h"
+#include "parity/parity_attention_util.h"
 #include "parity/parity_main_util.h"
 #include "quant/kv_cache.h"
 
@@ -43,6 +44,10 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::KvFormat;
+using parity::fmt_name;
+using parity::fp16_normal;
+using parity::max_abs;
+using parity::round11;
 
 struct TcCase {
   std::string name;
@@ -52,39 +57,6 @@ struct TcCase {
   float q_std = 1.0f, k_std = 1.0f, v_std = 1.0f;
   uint64_t seed = 1;
 };
-
-const char* fmt_name(KvFormat f) {
-  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
-}
-
-std::vector<uint16_t> fp16_normal(parity::ParityRng& rng, size_t n, float stddev) {
-  const std::vector<float> f = rng.normal(n, 0.0f, stddev);
-  std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = float_to_fp16(std::clamp(f[i], -65000.0f, 65000.0f));
-  return h;
-}
-
-float max_abs(const std::vector<float>& v) {
-  float m = 0.0f;
-  for (float x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-// q rounded to 11 significant bits, round-to-nearest-even, no exponent limits: what the kernel's
-// fp16(q * 2^e) * 2^-e is for every element within 2^29 of the tile's max|q|.
-std::vector<float> round11(const std::vector<float>& q) {
-  std::vector<float> r(q.size());
-  for (size_t i = 0; i < q.size(); ++i) {
-    if (q[i] == 0.0f || !std::isfinite(q[i])) {
-      r[i] = q[i];
-      continue;
-    }
-    int ex = 0;
-    const double m = std::frexp(static_cast<double>(q[i]), &ex);  // [0.5, 1)
-    r[i] = static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(m, 11)), ex - 11));
-  }
-  return r;
-}
 
 // Host inputs, page bytes and device buffers of one case.
 struct Problem {

@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "model/kv_cache.h"
+#include "parity/parity_attention_util.h"
 #include "parity/parity_main_util.h"
 #include "parity/parity_sm90.h"
 #include "quant/kv_cache.h"
@@ -40,6 +41,9 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::KvFormat;
+using parity::fmt_name;
+using parity::fp16_normal;
+using parity::round11;
 
 struct WgCase {
   std::string name;
@@ -61,32 +65,6 @@ constexpr Variant kVariants[] = {
     {"bn128s3", 128, 3, false},  {"bn128s2", 128, 2, false}, {"bn128s3pp", 128, 3, true},
     {"bn128s2pp", 128, 2, true}, {"bn64s4", 64, 4, false},
 };
-
-const char* fmt_name(KvFormat f) {
-  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
-}
-
-std::vector<uint16_t> fp16_normal(parity::ParityRng& rng, size_t n, float stddev) {
-  const std::vector<float> f = rng.normal(n, 0.0f, stddev);
-  std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = float_to_fp16(std::clamp(f[i], -65000.0f, 65000.0f));
-  return h;
-}
-
-// q rounded to 11 significant bits, round-to-nearest-even (the kernel's fp16(q 2^e) 2^-e).
-std::vector<float> round11(const std::vector<float>& q) {
-  std::vector<float> r(q.size());
-  for (size_t i = 0; i < q.size(); ++i) {
-    if (q[i] == 0.0f || !std::isfinite(q[i])) {
-      r[i] = q[i];
-      continue;
-    }
-    int ex = 0;
-    const double m = std::frexp(static_cast<double>(q[i]), &ex);  // [0.5, 1)
-    r[i] = static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(m, 11)), ex - 11));
-  }
-  return r;
-}
 
 // Host inputs, page bytes and device buffers of one case.
 struct Problem {

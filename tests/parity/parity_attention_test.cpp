@@ -22,6 +22,7 @@
 #include "core/half.h"
 #include "model/kv_cache.h"
 #include "model/paged_attention.h"
+#include "parity/parity_attention_util.h"
 #include "parity/parity_main_util.h"
 #include "quant/kv_cache.h"
 
@@ -30,6 +31,9 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::KvFormat;
+using parity::fmt_name;
+using parity::fp16_normal;
+using parity::max_abs;
 
 struct AttnCase {
   std::string name;
@@ -39,24 +43,6 @@ struct AttnCase {
   float q_std = 1.0f, k_std = 1.0f, v_std = 1.0f;
   uint64_t seed = 1;
 };
-
-std::vector<uint16_t> fp16_normal(parity::ParityRng& rng, size_t n, float stddev) {
-  const std::vector<float> f = rng.normal(n, 0.0f, stddev);
-  std::vector<uint16_t> h(n);
-  // Clamp into fp16's finite range so "largest magnitude" cases stay finite.
-  for (size_t i = 0; i < n; ++i) h[i] = float_to_fp16(std::clamp(f[i], -65000.0f, 65000.0f));
-  return h;
-}
-
-float max_abs(const std::vector<float>& v) {
-  float m = 0.0f;
-  for (float x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-const char* fmt_name(KvFormat f) {
-  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
-}
 
 // decode: use decode_attention (all seqs must have num_tokens == 1); else prefill_attention.
 void run_case(const AttnCase& c, KvFormat fmt, bool decode) {

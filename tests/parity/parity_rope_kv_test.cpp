@@ -29,6 +29,7 @@
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/half.h"
 #include "formats/hf_config.h"
+#include "parity/parity_attention_util.h"
 #include "parity/parity_main_util.h"
 #include "quant/kv_cache.h"
 
@@ -37,6 +38,7 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::KvFormat;
+using parity::fmt_name;
 
 struct RopeCase {
   std::string name;
@@ -50,10 +52,6 @@ struct RopeCase {
   bool append = true;
   uint64_t seed = 1;
 };
-
-const char* fmt_name(KvFormat f) {
-  return f == KvFormat::kv4 ? "kv4" : f == KvFormat::kv8 ? "kv8" : "kv16";
-}
 
 void run_case(const RopeCase& c, KvFormat fmt) {
   parity::ParityRng rng(c.seed * 100 + static_cast<uint64_t>(fmt));
