@@ -373,26 +373,12 @@ void prefill_tc_w8(const float* q, const uint16_t* k16, const uint16_t* v16,
 }
 
 // The Hopper wgmma kernel's variants besides its default (block_n 128, 3 stages, no ping-pong).
-void prefill_wgmma_bn128s2(const float* q, const uint16_t* k16, const uint16_t* v16,
-                           const qserve::cuda::PagedKvDevice& c,
-                           const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
-                           float* out, cudaStream_t stream) {
-  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 128, 2, false,
-                                                stream);
-}
-void prefill_wgmma_bn128s3pp(const float* q, const uint16_t* k16, const uint16_t* v16,
-                             const qserve::cuda::PagedKvDevice& c,
-                             const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
-                             float* out, cudaStream_t stream) {
-  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 128, 3, true,
-                                                stream);
-}
-void prefill_wgmma_bn64s4(const float* q, const uint16_t* k16, const uint16_t* v16,
-                          const qserve::cuda::PagedKvDevice& c,
-                          const qserve::cuda::VarlenBatchDevice& b, int64_t hq, int64_t window,
-                          float* out, cudaStream_t stream) {
-  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, 64, 4, false,
-                                                stream);
+template <int kBlockN, int kStages, bool kPingpong>
+void prefill_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16,
+                   const qserve::cuda::PagedKvDevice& c, const qserve::cuda::VarlenBatchDevice& b,
+                   int64_t hq, int64_t window, float* out, cudaStream_t stream) {
+  qserve::cuda::prefill_attention_wgmma_variant(q, k16, v16, c, b, hq, window, out, kBlockN,
+                                                kStages, kPingpong, stream);
 }
 
 // q rounded to fp16 and back (RN11 for |q| >= 2^-14; q is in [-1, 1] here): the q the
@@ -578,9 +564,9 @@ void bench_prefill_all(bool check, json& results) {
   } else {
     const std::pair<const char*, PrefillFn> variants[] = {
         {"prefill_attention_wgmma", &qserve::cuda::prefill_attention_wgmma},
-        {"prefill_attention_wgmma_bn128s2", &prefill_wgmma_bn128s2},
-        {"prefill_attention_wgmma_bn128s3pp", &prefill_wgmma_bn128s3pp},
-        {"prefill_attention_wgmma_bn64s4", &prefill_wgmma_bn64s4}};
+        {"prefill_attention_wgmma_bn128s2", &prefill_wgmma<128, 2, false>},
+        {"prefill_attention_wgmma_bn128s3pp", &prefill_wgmma<128, 3, true>},
+        {"prefill_attention_wgmma_bn64s4", &prefill_wgmma<64, 4, false>}};
     for (const auto& [name, fn] : variants) {
       const bool ok =
           !check || (check_prefill(name, fn) && check_prefill(name, fn, {1000, 517, 77}) &&

@@ -17,6 +17,7 @@
 
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
 
@@ -304,17 +305,6 @@ __global__ void decode_split_merge_kernel(const float* part_o, const float* part
 
 inline bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
-// SMs of the current device (132 when the query fails).
-inline int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  return n;
 }
 
 // The entry-point checks of a decode kernel `op` (tensor-core, or attention_decode_fast.cu):

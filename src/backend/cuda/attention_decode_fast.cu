@@ -487,7 +487,7 @@ void decode_attention_fast(const float* q, const uint16_t* k16, const uint16_t* 
   if (S == 0) return;
 
   const int64_t keys =
-      decode_attention_fast_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
+      decode_attention_fast_split_keys(S, hkv, batch.max_total_len, current_device_sm_count());
   const FastArgs a = attn::make_decode_args<FastArgs>(q, k16, v16, cache, batch, num_heads, window,
                                                       out, workspace, keys);
   const int g = static_cast<int>(num_heads / hkv);

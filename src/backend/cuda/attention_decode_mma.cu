@@ -545,7 +545,8 @@ void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
     int per_sm = 0;
     attn::dispatch_decode_geometry(cache.format, d,
                                    [&]<KvFormat F, int D>() { per_sm = ctas_per_sm<F, D>(); });
-    keys = decode_attention_mma_split_keys(S, hkv, batch.max_total_len, attn::sm_count(), per_sm);
+    keys = decode_attention_mma_split_keys(S, hkv, batch.max_total_len, current_device_sm_count(),
+                                           per_sm);
   }
   const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
                                               workspace, keys);

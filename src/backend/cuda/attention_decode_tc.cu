@@ -427,7 +427,7 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
   if (S == 0) return;
 
   const int64_t keys =
-      decode_attention_tc_split_keys(S, hkv, batch.max_total_len, attn::sm_count());
+      decode_attention_tc_split_keys(S, hkv, batch.max_total_len, current_device_sm_count());
   const TcArgs a = attn::make_decode_args<TcArgs>(q, k16, v16, cache, batch, num_heads, window, out,
                                                   workspace, keys);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);

@@ -39,6 +39,23 @@ int device_count() {
   return n;
 }
 
+int current_device_sm_count() {
+  thread_local int cached_dev = -1, cached_n = 0;
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  if (dev == cached_dev) return cached_n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  cached_dev = dev;
+  cached_n = n;
+  return n;
+}
+
 std::string device_summary() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);

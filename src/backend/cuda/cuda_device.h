@@ -11,6 +11,9 @@ namespace qserve::cuda {
 int device_count();
 // "NVIDIA H200 (sm_90, 139.8 GiB)" for device 0, or the reason there is none.
 std::string device_summary();
+// SMs of the current device, asked once per device and host thread (launch sizing of the
+// kernels; 132, the H200's, when the query fails; never throws).
+int current_device_sm_count();
 
 // out[t, :] = fp32(table[ids[t], :]) for an fp16 table [vocab, hidden]; device pointers.
 // Throws qserve::Error naming the op if the launch fails.

@@ -31,6 +31,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
@@ -333,28 +334,26 @@ __global__ void __launch_bounds__(detail::kVecRowThreads* kS)
 
   // Every load first: x (or residual and delta) and gamma, up to kM x 80 bytes per thread.
   float xv[kM][kV] = {}, gv[kM][kV] = {};
-  if constexpr (kRes == Residual::kNone) {
+  [[maybe_unused]] float dv[kM][kV];
 #pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (mine(m)) detail::load8(x + base + off(m), xv[m]);
-    }
-  } else {
-    float dv[kM][kV];
-#pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (mine(m)) {
-        detail::load8(residual + base + off(m), xv[m]);
-        if constexpr (kRes == Residual::kF32Delta) {
-          detail::load8(static_cast<const float*>(delta) + base + off(m), dv[m]);
-        } else {
-          detail::load8(static_cast<const uint16_t*>(delta) + base + off(m), dv[m]);
-        }
+  for (int m = 0; m < kM; ++m) {
+    if (!mine(m)) continue;
+    if constexpr (kRes == Residual::kNone) {
+      detail::load8(x + base + off(m), xv[m]);
+    } else {
+      detail::load8(residual + base + off(m), xv[m]);
+      if constexpr (kRes == Residual::kF32Delta) {
+        detail::load8(static_cast<const float*>(delta) + base + off(m), dv[m]);
+      } else {
+        detail::load8(static_cast<const uint16_t*>(delta) + base + off(m), dv[m]);
       }
     }
+  }
 #pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (gamma != nullptr && mine(m)) detail::load8(gamma + p * kV + off(m), gv[m]);
-    }
+  for (int m = 0; m < kM; ++m) {
+    if (gamma != nullptr && mine(m)) detail::load8(gamma + p * kV + off(m), gv[m]);
+  }
+  if constexpr (kRes != Residual::kNone) {
 #pragma unroll
     for (int m = 0; m < kM; ++m) {
       if (mine(m)) {
@@ -362,12 +361,6 @@ __global__ void __launch_bounds__(detail::kVecRowThreads* kS)
         for (int k = 0; k < kV; ++k) xv[m][k] = __fadd_rn(xv[m][k], dv[m][k]);
         detail::store8(residual + base + off(m), xv[m]);
       }
-    }
-  }
-  if constexpr (kRes == Residual::kNone) {
-#pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (gamma != nullptr && mine(m)) detail::load8(gamma + p * kV + off(m), gv[m]);
     }
   }
   if (gamma == nullptr) {
@@ -550,7 +543,7 @@ void launch_norm_quant(const char* op, const TX* x, float* residual, const void*
   int split = 1;
   if (vec && chunks >= 2) {
     if (path == NormPath::kAuto) {
-      const int64_t sms = detail::device_sm_count();
+      const int64_t sms = current_device_sm_count();
       split = rows <= kNormSplit2RowsPerSm * sms ? 2 : 1;
     } else if (path == NormPath::kSplit2) {
       split = 2;

@@ -88,25 +88,6 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return scratch[kWarp];
 }
 
-// The device's SM count (cached per device; 132 if it cannot be read): the fused kernels pick
-// their small-batch variants by rows per SM.
-inline int device_sm_count() {
-  thread_local int cached_dev = -1, cached_n = 0;
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  if (dev == cached_dev) return cached_n;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  cached_dev = dev;
-  cached_n = n;
-  return n;
-}
-
 // Threads to launch for a logical block of `stride` threads: a whole number of warps.
 inline int threads_for(int64_t stride) {
   return static_cast<int>((stride + kWarp - 1) / kWarp * kWarp);

@@ -33,6 +33,7 @@
 
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
@@ -485,23 +486,6 @@ bool rope_vec_applies(const In* qkv, int64_t qkv_stride, int64_t head_dim, const
          a16(k16) && a16(v16) && (!append || (a16(cache.k_pool) && a16(cache.v_pool)));
 }
 
-int sm_count() {
-  thread_local int cached_dev = -1, cached_n = 0;
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  if (dev == cached_dev) return cached_n;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  cached_dev = dev;
-  cached_n = n;
-  return n;
-}
-
 // Calls fn.template operator()<F>() with the compile-time cache format F = fmt (fn: a template
 // lambda [&]<KvFormat F>() { ... }), so that fn names the kernel instantiation for fmt.
 template <typename Fn>
@@ -570,7 +554,8 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
     int64_t parts = (blocks + kRopeMaxTasks - 1) / kRopeMaxTasks;
     // Spread a token over `blocks` blocks when even that many fit in one wave: at small
     // batches this shortens each block's serial work.
-    if (token_slots * blocks <= kRopeBlocksPerSm * static_cast<int64_t>(sm_count())) {
+    if (token_slots * blocks <=
+        kRopeBlocksPerSm * static_cast<int64_t>(current_device_sm_count())) {
       parts = blocks;
     }
     check(parts <= 64, std::string(op) + ": too many heads (" + shape + ")");

@@ -25,7 +25,7 @@
 // two thirds of the instructions per element and a third fewer on the 16-per-SM conversion/MUFU
 // pipe (see its comment: a per-pair certificate, the fp16 product by __hmul2_rn for fp16
 // inputs, the codes without a conversion instruction), and without the sum 512 threads per row
-// (4 per column group) while the rows fit one wave of two blocks per SM, 256 beyond.
+// (4 per column group) at every batch size.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -420,8 +420,8 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
 //    come from a NaN product) take the conversion instruction instead (block-uniform branch);
 //  - fp32 inputs keep the vec kernel's per-element arithmetic (the certificate aside).
 // The repair rounds work per pair (bit 4m + i of `pend`: pair i of chunk slot m). kSplit x 128
-// threads per row as in the vec kernel; kSplit = 4 (512 threads, at most 4 chunks per thread)
-// for small batches.
+// threads per row as in the vec kernel: kSplit = 4 (512 threads, at most 4 chunks per thread)
+// without the sum (kSplit = 2 only for bench_fused's comparison), 1 with it.
 __device__ __forceinline__ float fmaf_rd(float a, float b, float c) {
   return __fmaf_rd(a, b, c);
 }
@@ -667,10 +667,6 @@ void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t i
 // always has one thread per column group).
 enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split2, kV2Split4 };
 
-// v2 without a sum: 4 threads per column group (512 per row). Measured on the H200 (bench_fused,
-// 2026-11-30, inter 14336; split 4 / split 2): 256 tokens 10.3 / 10.9 us, 1024 29.6 / 32.8,
-// 4096 94.6 / 105.1, 8192 179.8 / 199.0.
-
 template <typename T>
 void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, int8_t* q,
                          uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
@@ -700,6 +696,9 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
       silu_mul_quant_v2_kernel<T, true, 1>
           <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
     } else {
+      // 4 threads per column group (512 per row) at every size: on the H200 (bench_fused,
+      // 2026-11-30, inter 14336; split 4 / split 2) 256 tokens 10.3 / 10.9 us, 1024 29.6 /
+      // 32.8, 4096 94.6 / 105.1, 8192 179.8 / 199.0.
       if (path != SiluPath::kV2Split2) {
         silu_mul_quant_v2_kernel<T, false, 4>
             <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
