@@ -302,6 +302,7 @@ struct Settings {
   std::string json_path;
   bool tune_small_m = false;
   bool tune_large_m = false;
+  bool tune_tile_order = false;
   std::string tune_out;  // the tuned table (.inc) to write
 };
 
@@ -683,7 +684,8 @@ std::map<Ours, bool> check_layer(const Layer& L, const Operands& o, LtPeers& lt,
              ok;
         if (kind == Ours::kW8A8) {  // each sm90 variant explicitly, whatever dispatch picks
           for (const auto v : {qserve::cuda::W8A8Sm90Variant::kSmallMSwapAB,
-                               qserve::cuda::W8A8Sm90Variant::kLargeM}) {
+                               qserve::cuda::W8A8Sm90Variant::kLargeM,
+                               qserve::cuda::W8A8Sm90Variant::kCoop128x256}) {
             const std::string vw = std::string("w8a8 ") + L.name + " M=" + std::to_string(m) +
                                    " variant=" + qserve::cuda::w8a8_sm90_variant_name(v);
             if (!qserve::cuda::w8a8_sm90_applicable(o.aq.data(), o.a_scale.data(), m, o.w8v(),
@@ -867,7 +869,8 @@ void tune_large_m_layer(const Layer& L, const Operands& o, Timer& timer, const S
     double best_us = 1e30;
     W4A8Sm90Variant best = W4A8Sm90Variant::kAuto;
     for (const W4A8Sm90Variant v :
-         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK}) {
+         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK,
+          W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256}) {
       const auto launch = [&] {
         if (!qserve::cuda::gemm_w4a8_per_channel_sm90(o.aq.data(), o.a_scale.data(), o.a_sum.data(),
                                                       m, o.w4pc(), o.y16.data(), s, nullptr, v))
@@ -925,6 +928,141 @@ void tune_large_m_layer(const Layer& L, const Operands& o, Timer& timer, const S
 }
 
 // ---------------------------------------------------------------------------------------------
+// --tune-tile-order: the persistent large-M kernels' tile walk (gemm_sm90_tile_order.h)
+// ---------------------------------------------------------------------------------------------
+
+// Counts the 16-bit words that differ between a and b (outputs of up to 3.8 GB: compared on the
+// device rather than copied to the host for every tile order).
+__global__ void count_differences_kernel(const uint16_t* __restrict__ a,
+                                         const uint16_t* __restrict__ b, size_t n,
+                                         unsigned long long* count) {
+  unsigned long long c = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    c += a[i] != b[i];
+  if (c != 0) atomicAdd(count, c);
+}
+
+unsigned long long count_differences(const uint16_t* a, const uint16_t* b, size_t n,
+                                     cudaStream_t s) {
+  DeviceBuffer<unsigned long long> count(1);
+  QSERVE_CUDA_CHECK(cudaMemsetAsync(count.data(), 0, sizeof(unsigned long long), s), "diff count");
+  count_differences_kernel<<<1024, 256, 0, s>>>(a, b, n, count.data());
+  QSERVE_CUDA_CHECK(cudaGetLastError(), "diff count launch");
+  unsigned long long h = 0;
+  QSERVE_CUDA_CHECK(cudaMemcpyAsync(&h, count.data(), sizeof(h), cudaMemcpyDeviceToHost, s),
+                    "diff count");
+  QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "diff count");
+  return h;
+}
+
+// Times the W4A8 per-channel and the W8A8 large-M CUTLASS kernels under every CUTLASS tile order
+// (raster along M / along N x max swizzle 1, 2, 4, 8, and CUTLASS's default) at each M of st.ms;
+// each run's output is first compared bit for bit with the first W4A8 (or W8A8) run's. One JSON row
+// per (kernel, M, order); prints the fastest per (kernel, M).
+void tune_tile_order_layer(const Layer& L, const Operands& o, Timer& timer, const Settings& st,
+                           cudaStream_t s, nlohmann::json& results) {
+  using qserve::cuda::Sm90TileOrder;
+  using Raster = Sm90TileOrder::Raster;
+  std::vector<Sm90TileOrder> orders = {Sm90TileOrder{}};  // CUTLASS's default first
+  for (const Raster r : {Raster::kAlongN, Raster::kAlongM})
+    for (const int sw : {1, 2, 4, 8}) orders.push_back(Sm90TileOrder{sw, r});
+  using qserve::cuda::W4A8Sm90Variant;
+  // The W4A8 kernel in its persistent variants for large M, then the W8A8 (and g128) one.
+  const W4A8Sm90Variant w4_variants[] = {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop256x128,
+                                         W4A8Sm90Variant::kCoop128x256};
+  std::vector<std::string> kernels;
+  for (const W4A8Sm90Variant v : w4_variants)
+    kernels.push_back(std::string("w4a8_per_channel_") + qserve::cuda::w4a8_sm90_variant_name(v));
+  const qserve::cuda::W8A8Sm90Variant w8_variants[] = {qserve::cuda::W8A8Sm90Variant::kLargeM,
+                                                       qserve::cuda::W8A8Sm90Variant::kCoop128x256};
+  for (const auto v : w8_variants)
+    kernels.push_back(std::string("w8a8_") + qserve::cuda::w8a8_sm90_variant_name(v));
+  for (const int64_t m : st.ms) {
+    if (m < 1 || m > o.max_m) continue;
+    const size_t yn = static_cast<size_t>(m * o.n);
+    DeviceBuffer<uint16_t> want_w4, want_w8;  // the first output of each weight set, on device
+    for (size_t ki = 0; ki < kernels.size(); ++ki) {
+      const char* kernel = kernels[ki].c_str();
+      const bool w4 = ki < std::size(w4_variants);
+      const Sm90TileOrder chosen =
+          w4 ? qserve::cuda::w4a8_sm90_tile_order(w4_variants[ki])
+             : qserve::cuda::w8a8_sm90_tile_order(w8_variants[ki - std::size(w4_variants)]);
+      const auto launch = [&](const Sm90TileOrder& ord) {
+        const bool ok = w4 ? qserve::cuda::gemm_w4a8_per_channel_sm90(
+                                 o.aq.data(), o.a_scale.data(), o.a_sum.data(), m, o.w4pc(),
+                                 o.y16.data(), s, nullptr, w4_variants[ki], &ord)
+                           : qserve::cuda::gemm_w8a8_sm90(
+                                 o.aq.data(), o.a_scale.data(), m, o.w8v(), o.y16.data(), s,
+                                 w8_variants[ki - std::size(w4_variants)], nullptr, &ord);
+        if (!ok) throw qserve::Error("the sm90 kernel declined the operands");
+      };
+      DeviceBuffer<uint16_t>& want = w4 ? want_w4 : want_w8;
+      double best_us = 1e30;
+      std::string best;
+      for (const Sm90TileOrder& ord : orders) {
+        const std::string name =
+            "s" + std::to_string(ord.swizzle) + "_" + qserve::cuda::sm90_raster_name(ord.raster);
+        const bool is_chosen = ord.swizzle == chosen.swizzle && ord.raster == chosen.raster;
+        std::string status = "ok";
+        double us = 0;
+        try {
+          QSERVE_CUDA_CHECK(cudaMemsetAsync(o.y16.data(), 0xFF, yn * 2, s), "tile-order poison");
+          launch(ord);
+          QSERVE_CUDA_CHECK(cudaStreamSynchronize(s), "tile-order check run");
+          if (want.data() == nullptr) {
+            want = DeviceBuffer<uint16_t>(yn);
+            QSERVE_CUDA_CHECK(
+                cudaMemcpyAsync(want.data(), o.y16.data(), yn * 2, cudaMemcpyDeviceToDevice, s),
+                "tile-order reference");
+          } else if (count_differences(want.data(), o.y16.data(), yn, s) != 0) {
+            status = "check_failed";
+          }
+          if (status == "ok") {
+            const std::string e = timer.time(
+                [&] {
+                  launch(ord);
+                  return std::string();
+                },
+                st.warmup, st.reps, &us);
+            if (!e.empty()) status = "error";
+          }
+        } catch (const std::exception& e) {
+          std::printf("TUNE ERROR %s M=%lld %s %s: %s\n", L.name.c_str(), static_cast<long long>(m),
+                      kernel, name.c_str(), e.what());
+          status = "error";
+        }
+        const double tops = status == "ok" ? 2.0 * m * L.n * L.k / (us * 1e-6) / 1e12 : 0.0;
+        nlohmann::json r = {{"kernel", kernel},
+                            {"shape", L.name},
+                            {"M", m},
+                            {"N", L.n},
+                            {"K", L.k},
+                            {"precision", w4 ? "w4a8" : "w8a8"},
+                            {"system", "qserve.cpp"},
+                            {"tile_order", name},
+                            {"current_default", is_chosen},
+                            {"status", status}};
+        r["us"] = status == "ok" ? nlohmann::json(us) : nlohmann::json(nullptr);
+        r["tops"] = status == "ok" ? nlohmann::json(tops) : nlohmann::json(nullptr);
+        results.push_back(r);
+        std::printf("tile-order %-8s M=%-6lld %-22s %-14s %-12s %10.2f us %7.0f TOP/s%s\n",
+                    L.name.c_str(), static_cast<long long>(m), kernel, name.c_str(), status.c_str(),
+                    us, tops, is_chosen ? " (current)" : "");
+        if (status == "ok" && us < best_us) {
+          best_us = us;
+          best = name;
+        }
+      }
+      if (best_us < 1e29)
+        std::printf("BEST-ORDER %s M=%lld %s %s %.2f us\n", L.name.c_str(),
+                    static_cast<long long>(m), kernel, best.c_str(), best_us);
+      std::fflush(stdout);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------------
 
@@ -959,7 +1097,10 @@ void usage() {
       "  --tune-small-m [--tune-out FILE]  time every launch configuration of the small-M W4A8\n"
       "            kernel (M = 8/16/32/64, per-channel and g128; each checked bit-exact first)\n"
       "            and write the fastest per case as "
-      "src/backend/cuda/gemm_w4a8_small_m_tuned.inc\n");
+      "src/backend/cuda/gemm_w4a8_small_m_tuned.inc\n"
+      "  --tune-large-m  every large-M per-channel W4A8 CUTLASS variant at M = 65..4096\n"
+      "  --tune-tile-order  the W4A8 and W8A8 large-M kernels under every CUTLASS tile order\n"
+      "            (raster x swizzle; default M = 4096, 16384, 65536), each checked bit-exact\n");
 }
 
 // True if the CUDA context still works after an error (a sticky error kills it).
@@ -1014,6 +1155,8 @@ int run(int argc, char** argv) {
       st.tune_small_m = true;
     else if (a == "--tune-large-m")
       st.tune_large_m = true;
+    else if (a == "--tune-tile-order")
+      st.tune_tile_order = true;
     else if (a == "--tune-out")
       st.tune_out = next();
     else if (a == "--help" || a == "-h") {
@@ -1078,6 +1221,7 @@ int run(int argc, char** argv) {
   if (st.shapes.size() == 1 && st.shapes[0] == "models") st.shapes = model_layer_names;
   if (st.tune_small_m) st.ms = {64};
   if (st.tune_large_m && !ms_set) st.ms = {65, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096};
+  if (st.tune_tile_order && !ms_set) st.ms = {4096, 16384, 65536};
   const int64_t max_m = *std::max_element(st.ms.begin(), st.ms.end());
   const int64_t alloc_m = st.check ? std::max<int64_t>(max_m, 133) : max_m;
 
@@ -1111,6 +1255,18 @@ int run(int argc, char** argv) {
       continue;
     }
     const Operands& o = *ops;
+    if (st.tune_tile_order) {
+      try {
+        tune_tile_order_layer(L, o, timer, st, stream, results);
+      } catch (const std::exception& e) {
+        std::printf("ERROR %s: tile-order tuning failed: %s\n", L.name.c_str(), e.what());
+        if (!context_alive()) {
+          dead = true;
+          break;
+        }
+      }
+      continue;
+    }
     if (st.tune_large_m) {
       try {
         tune_large_m_layer(L, o, timer, st, stream, results);

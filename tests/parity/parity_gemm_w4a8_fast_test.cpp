@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/gemm_w4a8_fast.h"
 #include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
@@ -456,7 +457,8 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
       const std::vector<uint16_t> want = to_host(y_ref);
       for (const auto v :
            {cuda::W4A8Sm90Variant::kAuto, cuda::W4A8Sm90Variant::kLargeM,
-            cuda::W4A8Sm90Variant::kPingpong64, cuda::W4A8Sm90Variant::kSwapStreamK}) {
+            cuda::W4A8Sm90Variant::kPingpong64, cuda::W4A8Sm90Variant::kSwapStreamK,
+            cuda::W4A8Sm90Variant::kCoop256x128, cuda::W4A8Sm90Variant::kCoop128x256}) {
         const std::string base = mnk({m, n, k}) + ",variant=" + cuda::w4a8_sm90_variant_name(v);
         poison(y.data(), y.bytes());
         ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(da.data(), dscale.data(), dsum.data(), m,
@@ -476,7 +478,77 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
   EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 14336), cuda::W4A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
   EXPECT_EQ(cuda::w4a8_sm90_choose(4096, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(65536, 28672, 4096), cuda::W4A8Sm90Variant::kCoop128x256);
+  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kCoop128x256).swizzle, 8);
+  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kLargeM).swizzle, 1);
 }
 
 }  // namespace
+// The tile order (gemm_sm90_tile_order.h) only changes which CTA computes which output tile, so
+// every order of every persistent variant gives the default's bits. M and N span several tiles
+// and clusters (odd counts included) so a swizzled walk that skipped or repeated a tile would
+// show. The W8A8 kernel (g128 and W8A8 at large M) takes the same orders.
+TEST(ParityGemmFastW4A8, LargeMTileOrdersBitExact) {
+  QSERVE_PARITY_REQUIRE_SM90();
+  ParityRng rng(707);
+  const int64_t n = 1160, k = 384, m = 1300;  // 11 x 10 tiles of 128 (odd cluster count)
+  const auto wpc = random_w4pc(rng, n, k);
+  const auto dpc = cuda::upload(wpc);
+  const Acts a = random_acts(rng, m, k);
+  const auto da = to_device(a.q);
+  const auto dscale = to_device(a.scale);
+  const auto dsum = to_device(a.sum);
+  const size_t yn = static_cast<size_t>(m * n);
+  DeviceBuffer<uint16_t> y_ref(yn), y(yn);
+  DeviceBuffer<int32_t> acc(yn);
+  cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), m, dpc.view(), nullptr,
+                              y_ref.data(), acc.data(), nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint16_t> want = to_host(y_ref);
+  // W8A8 on random int8 weights: its reference is its own default order.
+  const std::vector<int8_t> w8 = rng.fast_ints<int8_t>(static_cast<size_t>(n * k), -127, 127);
+  const std::vector<uint16_t> dq = rng.fp16_uniform(static_cast<size_t>(n), 1e-4f, 1e-2f);
+  const auto dw8 = to_device(w8);
+  const auto ddq = to_device(dq);
+  const cuda::W8PerChannelView w8v{n, k, dw8.data(), ddq.data()};
+  DeviceBuffer<uint16_t> y8_ref(yn);
+  ASSERT_TRUE(cuda::gemm_w8a8_sm90(da.data(), dscale.data(), m, w8v, y8_ref.data(), nullptr,
+                                   cuda::W8A8Sm90Variant::kLargeM, nullptr, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint16_t> want8 = to_host(y8_ref);
+  using Raster = cuda::Sm90TileOrder::Raster;
+  for (const Raster r : {Raster::kHeuristic, Raster::kAlongM, Raster::kAlongN}) {
+    for (const int sw : {1, 2, 4, 8}) {
+      const cuda::Sm90TileOrder order{sw, r};
+      const std::string ord =
+          ",swizzle=" + std::to_string(sw) + ",raster=" + cuda::sm90_raster_name(r);
+      for (const auto v :
+           {cuda::W4A8Sm90Variant::kLargeM, cuda::W4A8Sm90Variant::kPingpong64,
+            cuda::W4A8Sm90Variant::kCoop256x128, cuda::W4A8Sm90Variant::kCoop128x256}) {
+        const std::string base =
+            mnk({m, n, k}) + ",variant=" + cuda::w4a8_sm90_variant_name(v) + ord;
+        poison(y.data(), y.bytes());
+        ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(da.data(), dscale.data(), dsum.data(), m,
+                                                     dpc.view(), y.data(), nullptr, nullptr, v,
+                                                     &order))
+            << base;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << base;
+        const std::string op = "gemm_w4a8_per_channel_sm90";
+        EXPECT_PARITY(compare_exact<uint16_t>(op, base, to_host(y), want), op, base);
+      }
+      for (const auto v8 : {cuda::W8A8Sm90Variant::kLargeM, cuda::W8A8Sm90Variant::kCoop128x256}) {
+        const std::string base8 =
+            mnk({m, n, k}) + ",w8a8 " + cuda::w8a8_sm90_variant_name(v8) + ord;
+        poison(y.data(), y.bytes());
+        ASSERT_TRUE(cuda::gemm_w8a8_sm90(da.data(), dscale.data(), m, w8v, y.data(), nullptr, v8,
+                                         nullptr, &order))
+            << base8;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << base8;
+        EXPECT_PARITY(compare_exact<uint16_t>("gemm_w8a8_sm90", base8, to_host(y), want8),
+                      "gemm_w8a8_sm90", base8);
+      }
+    }
+  }
+}
+
 }  // namespace qserve::parity

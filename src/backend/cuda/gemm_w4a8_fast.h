@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/ops_cuda.h"
 
 namespace qserve::cuda {
@@ -108,15 +109,24 @@ enum class W4A8Sm90Variant : uint8_t {
   kLargeM,       // 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
   kPingpong64,   // 64x128x128, 2x1, ping-pong: twice the tiles for mid-sized M
   kSwapStreamK,  // y^T = W aq^T, 128 (channels) x 64 (tokens) x 128, cooperative, stream-K
+  kCoop256x128,  // 256x128x128, 2x1, cooperative, persistent: prefill-sized M (fewer operand
+                 // bytes from shared memory per MMA than 128x128)
+  kCoop128x256,  // 128x256x128, 2x1, cooperative, persistent (n256 wgmmas)
 };
 const char* w4a8_sm90_variant_name(W4A8Sm90Variant v);
 W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k);
+// The tile order a variant runs with when the caller names none (before the
+// QSERVE_SM90_TILE_ORDER override).
+Sm90TileOrder w4a8_sm90_tile_order(W4A8Sm90Variant v);
 // With `ws` (ops_cuda.h GemmWorkspace) CUTLASS's workspace is ws->data instead of the file's
-// grow-only block; a ws->bytes below w4a8_per_channel_sm90_workspace_bytes() throws.
+// grow-only block; a ws->bytes below w4a8_per_channel_sm90_workspace_bytes() throws. `order`
+// (null: the variant's own, see w4a8_sm90_tile_order) is the tile walk of the persistent
+// variants.
 bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
                                 int64_t m, const W4PerChannelView& w, uint16_t* y,
                                 cudaStream_t stream, const GemmWorkspace* ws = nullptr,
-                                W4A8Sm90Variant variant = W4A8Sm90Variant::kAuto);
+                                W4A8Sm90Variant variant = W4A8Sm90Variant::kAuto,
+                                const Sm90TileOrder* order = nullptr);
 // Its workspace bytes for an m x n x k problem on the current device (0 when not compiled or
 // not sm_90; the persistent scheduler needs none, stream-K its partial-sum buffers).
 size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,

@@ -15,13 +15,16 @@
 // The int32 accumulators are exact, so y is bit-identical to the CPU reference.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/gemm_w4a8_fast.h"
 
 #if defined(QSERVE_HAVE_CUTLASS)
@@ -191,6 +194,13 @@ using SwapStreamK =
            cutlass::gemm::KernelTmaWarpSpecializedCooperative,
            cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler, true>;
 
+using Coop256x128 = Config<
+    Shape<_256, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
+using Coop128x256 = Config<
+    Shape<_128, _256, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
+
 template <typename Stride>
 Stride packed_stride(int rows, int cols) {
   Stride s{};
@@ -258,7 +268,7 @@ namespace {
 template <typename Cfg>
 typename Cfg::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale,
                                         const uint16_t* a_sum, int64_t m, const W4PerChannelView& w,
-                                        uint16_t* y, int device) {
+                                        uint16_t* y, int device, const Sm90TileOrder& order) {
   using Kernel = typename Cfg::Kernel;
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
@@ -271,7 +281,7 @@ typename Cfg::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scal
   cutlass::KernelHardwareInfo hw;
   hw.device_id = device;
   hw.sm_count = device_info(device).sm_count;
-  return typename Cfg::Gemm::Arguments{
+  typename Cfg::Gemm::Arguments args{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {gm, gn, gk, 1},
       {Cfg::kSwap ? wq : aq, packed_stride<StrideA>(gm, gk), Cfg::kSwap ? aq : wq,
@@ -280,26 +290,30 @@ typename Cfg::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scal
        packed_stride<StrideC>(gm, gn), reinterpret_cast<ElementOut*>(y),
        packed_stride<StrideD>(gm, gn)},
       hw};
+  set_tile_order(args.scheduler, order);
+  return args;
 }
 
 template <typename Cfg>
 size_t config_workspace_bytes(int64_t m, int64_t n, int64_t k, int device) {
   const W4PerChannelView w{n, k, nullptr, nullptr, nullptr, nullptr};
   return Cfg::Gemm::get_workspace_size(
-      make_args<Cfg>(nullptr, nullptr, nullptr, m, w, nullptr, device));
+      make_args<Cfg>(nullptr, nullptr, nullptr, m, w, nullptr, device, Sm90TileOrder{}));
 }
 
 // Runs one configuration; `user_ws` (may be null) replaces the grow-only workspace.
 template <typename Cfg>
 bool run_config(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum, int64_t m,
                 const W4PerChannelView& w, uint16_t* y, cudaStream_t stream, int device,
-                const GemmWorkspace* user_ws, W4A8Sm90Variant v) {
+                const GemmWorkspace* user_ws, W4A8Sm90Variant v, const Sm90TileOrder& order) {
   using Gemm = typename Cfg::Gemm;
-  const typename Gemm::Arguments args = make_args<Cfg>(aq, a_scale, a_sum, m, w, y, device);
+  const typename Gemm::Arguments args = make_args<Cfg>(aq, a_scale, a_sum, m, w, y, device, order);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
   const size_t ws_bytes = Gemm::get_workspace_size(args);
-  const std::string detail = shape(m, w.n, w.k) + " variant=" + w4a8_sm90_variant_name(v);
+  const std::string detail = shape(m, w.n, w.k) + " variant=" + w4a8_sm90_variant_name(v) +
+                             " swizzle=" + std::to_string(order.swizzle) +
+                             " raster=" + sm90_raster_name(order.raster);
   void* ws = nullptr;
   if (user_ws != nullptr) {
     check(ws_bytes == 0 || (user_ws->data != nullptr && user_ws->bytes >= ws_bytes),
@@ -332,6 +346,10 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
       return "sm90_64x128x128_pingpong_2x1";
     case W4A8Sm90Variant::kSwapStreamK:
       return "sm90_swapab_128x64x128_streamk";
+    case W4A8Sm90Variant::kCoop256x128:
+      return "sm90_256x128x128_coop_2x1";
+    case W4A8Sm90Variant::kCoop128x256:
+      return "sm90_128x256x128_coop_2x1";
   }
   return "?";
 }
@@ -347,8 +365,43 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
 //  - M < 512 otherwise: 64-row ping-pong tiles (twice the tiles, both consumer warp groups busy):
 //    o M = 256 12.5 vs 17.2 us, gate_up M = 128 37.0 vs 63.9 us; within 5% of the best at
 //    M = 256 on qkv and gate_up; with an odd count of 64-row tiles the swapped kernel.
+namespace {
+
+constexpr int64_t kCoop128x256MinM = 32768;  // see w4a8_sm90_choose
+
+// QSERVE_W4A8_SM90_LARGE=<variant name> (w4a8_sm90_variant_name, e.g.
+// sm90_256x128x128_coop_2x1) replaces the kernel for M >= 4096 in the whole process: for
+// end-to-end A/B runs (bench_gemm times single GEMMs). Read once; an unknown name is an error.
+std::optional<W4A8Sm90Variant> large_m_env_override() {
+  static const std::optional<W4A8Sm90Variant> cached = []() -> std::optional<W4A8Sm90Variant> {
+    const char* v = std::getenv("QSERVE_W4A8_SM90_LARGE");
+    if (v == nullptr || *v == '\0') return std::nullopt;
+    for (const W4A8Sm90Variant c :
+         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256})
+      if (std::string(v) == w4a8_sm90_variant_name(c)) return c;
+    throw Error(std::string("QSERVE_W4A8_SM90_LARGE='") + v +
+                "': expected sm90_128x128x128_pingpong_2x1, sm90_256x128x128_coop_2x1 or "
+                "sm90_128x256x128_coop_2x1");
+  }();
+  return cached;
+}
+
+}  // namespace
+
+//  - M >= 32768 (the engine's prefill steps of ~64k rows): the 128x256 cooperative kernel with
+//    8-wide swizzled tiles walking along N (w4a8_sm90_tile_order). End to end (b512, 1024-token
+//    prompts, one device call, alternating): prefill 7.17 / 7.23 s with the 128x128 kernel,
+//    7.24 / 7.36 s with only the 8-wide swizzle, 6.79 s with 256x128 tiles, 6.59 s with
+//    128x256 (-8.5%). Single-GEMM timings at these sizes (bench_gemm --tune-tile-order) move by
+//    up to 20% with the GPU's power state between runs of identical configurations, so the rule
+//    follows the sustained end-to-end figure; 4k-16k rows stay on the 128x128 kernel (mixed
+//    single-GEMM results: 128x256 faster on gate_up / down, slower on qkv / o at 16k).
 W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
   const auto even_tiles = [m](int64_t rows) { return ((m + rows - 1) / rows) % 2 == 0; };
+  if (m >= 4096) {
+    if (const std::optional<W4A8Sm90Variant> v = large_m_env_override()) return *v;
+  }
+  if (m >= kCoop128x256MinM) return W4A8Sm90Variant::kCoop128x256;
   if (m >= 512) {
     if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
     return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;
@@ -356,6 +409,14 @@ W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
   if (k >= 2 * n) return W4A8Sm90Variant::kSwapStreamK;
   if (m <= 128 || even_tiles(64)) return W4A8Sm90Variant::kPingpong64;
   return W4A8Sm90Variant::kSwapStreamK;
+}
+
+Sm90TileOrder w4a8_sm90_tile_order(W4A8Sm90Variant v) {
+  // The 128x256 kernel's 8-wide swizzle is the order measured with it end to end (above); the
+  // others keep CUTLASS's (an 8-wide swizzle alone did not speed up the 128x128 kernel's
+  // prefill: 7.24 / 7.36 vs 7.17 / 7.23 s). The swapped stream-K kernel's M is the channels.
+  if (v == W4A8Sm90Variant::kCoop128x256) return Sm90TileOrder{8, Sm90TileOrder::Raster::kAlongN};
+  return Sm90TileOrder{};
 }
 
 size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
@@ -376,6 +437,10 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
       return config_workspace_bytes<Pingpong64>(m, n, k, device);
     case W4A8Sm90Variant::kSwapStreamK:
       return config_workspace_bytes<SwapStreamK>(m, n, k, device);
+    case W4A8Sm90Variant::kCoop256x128:
+      return config_workspace_bytes<Coop256x128>(m, n, k, device);
+    case W4A8Sm90Variant::kCoop128x256:
+      return config_workspace_bytes<Coop128x256>(m, n, k, device);
     default:
       return config_workspace_bytes<LargeM>(m, n, k, device);
   }
@@ -385,23 +450,33 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
 bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const uint16_t* a_sum,
                                 int64_t m, const W4PerChannelView& w, uint16_t* y,
                                 cudaStream_t stream, const GemmWorkspace* user_ws,
-                                W4A8Sm90Variant variant) {
+                                W4A8Sm90Variant variant, const Sm90TileOrder* order) {
   if (!w4a8_per_channel_sm90_applicable(aq, a_scale, a_sum, m, w, y)) return false;
 #if !defined(QSERVE_HAVE_CUTLASS)
-  (void)stream, (void)user_ws, (void)variant;
+  (void)stream, (void)user_ws, (void)variant, (void)order;
   return false;
 #else
   int device = 0;
   cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
   if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, w.n, w.k);
+  const Sm90TileOrder o =
+      order != nullptr ? *order : sm90_tile_order_or_env(w4a8_sm90_tile_order(variant));
   switch (variant) {
     case W4A8Sm90Variant::kPingpong64:
-      return run_config<Pingpong64>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
+      return run_config<Pingpong64>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                    o);
     case W4A8Sm90Variant::kSwapStreamK:
-      return run_config<SwapStreamK>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant);
+      return run_config<SwapStreamK>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                     o);
+    case W4A8Sm90Variant::kCoop256x128:
+      return run_config<Coop256x128>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                     o);
+    case W4A8Sm90Variant::kCoop128x256:
+      return run_config<Coop128x256>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                     o);
     default:
       return run_config<LargeM>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws,
-                                W4A8Sm90Variant::kLargeM);
+                                W4A8Sm90Variant::kLargeM, o);
   }
 #endif
 }

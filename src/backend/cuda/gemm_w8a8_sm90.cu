@@ -30,6 +30,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/gemm_sm90_tile_order.h"
 
 #if defined(QSERVE_HAVE_CUTLASS)
 #include "cute/tensor.hpp"
@@ -56,14 +57,24 @@ const char* w8a8_sm90_variant_name(W8A8Sm90Variant v) {
       return "sm90_wgmma_128x128x128_pingpong";
     case W8A8Sm90Variant::kSmallMSwapAB:
       return "sm90_wgmma_swapab_128x64x128_streamk";
+    case W8A8Sm90Variant::kCoop128x256:
+      return "sm90_wgmma_128x256x128_coop";
   }
   return "?";
 }
 
 W8A8Sm90Variant w8a8_sm90_choose(int64_t m) {
   // Up to two 64-token tiles the swapped kernel reads each weight tile at most twice (mostly
-  // from L2) and keeps all SMs busy through stream-K; beyond that the 128x128 tiles win.
-  return m <= 128 ? W8A8Sm90Variant::kSmallMSwapAB : W8A8Sm90Variant::kLargeM;
+  // from L2) and keeps all SMs busy through stream-K; beyond that the 128x128 tiles win, up to
+  // prefill-sized steps, where 128x256 tiles with a swizzled walk do (as for W4A8 per-channel,
+  // whose main loop this is: gemm_w4a8_sm90.cu, w4a8_sm90_choose).
+  if (m <= 128) return W8A8Sm90Variant::kSmallMSwapAB;
+  return m >= 32768 ? W8A8Sm90Variant::kCoop128x256 : W8A8Sm90Variant::kLargeM;
+}
+
+Sm90TileOrder w8a8_sm90_tile_order(W8A8Sm90Variant v) {
+  if (v == W8A8Sm90Variant::kCoop128x256) return Sm90TileOrder{8, Sm90TileOrder::Raster::kAlongN};
+  return Sm90TileOrder{};
 }
 
 namespace {
@@ -130,12 +141,13 @@ constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 // dequant_scale / a_scale they hold depends on the variant.
 template <typename TileShape>
 struct W8A8Evt {
-  using RowScale = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, ElementScale,
-                                                               ElementCompute>;
+  using RowScale =
+      cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, ElementScale, ElementCompute>;
   // Alignment 1: element-wise predicated loads. With the default (8 fp16) a vector straddling
   // the end of an M that is not a multiple of 8 would be read past the array's end.
-  using ColScale = cutlass::epilogue::fusion::Sm90ColBroadcast<
-      0, TileShape, ElementScale, ElementCompute, Stride<_1, _0, _0>, 1>;
+  using ColScale =
+      cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, ElementScale, ElementCompute,
+                                                  Stride<_1, _0, _0>, 1>;
   // scale = float(row) * float(col), rounded to fp32.
   using ScaleMul = cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, ElementCompute,
                                                           ElementCompute, kRound>;
@@ -149,13 +161,13 @@ struct W8A8Evt {
   static typename Tree::Arguments args(const uint16_t* row, const uint16_t* col) {
     const auto* r = reinterpret_cast<const ElementScale*>(row);
     const auto* c = reinterpret_cast<const ElementScale*>(col);
-    return typename Tree::Arguments{
-        {                      // Scale
-         {r, ElementScale(0), {}},  // RowScale: ptr, null default, stride
-         {c, ElementScale(0), {}},  // ColScale
-         {}},                  // ScaleMul
-        {},                    // AccFetch
-        {}};                   // OutMul
+    return
+        typename Tree::Arguments{{                           // Scale
+                                  {r, ElementScale(0), {}},  // RowScale: ptr, null default, stride
+                                  {c, ElementScale(0), {}},  // ColScale
+                                  {}},                       // ScaleMul
+                                 {},                         // AccFetch
+                                 {}};                        // OutMul
   }
 };
 
@@ -166,25 +178,31 @@ struct GemmConfig {
   using Evt = W8A8Evt<TileShape>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementCompute, void,
-      LayoutD, kAlignOut, ElementOut, LayoutD, kAlignOut, EpilogueSchedule,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementCompute, void, LayoutD,
+      kAlignOut, ElementOut, LayoutD, kAlignOut, EpilogueSchedule,
       typename Evt::Tree>::CollectiveOp;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB,
-      ElementAB, LayoutB, kAlignAB, ElementAcc, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB, ElementAB,
+      LayoutB, kAlignAB, ElementAcc, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>,
-                                                      CollectiveMainloop, CollectiveEpilogue,
-                                                      TileScheduler>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue, TileScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-using LargeM = GemmConfig<Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::layout::RowMajor,
-                          cutlass::layout::ColumnMajor, cutlass::layout::RowMajor,
-                          cutlass::gemm::KernelTmaWarpSpecializedPingpong,
-                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+using LargeM =
+    GemmConfig<Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::layout::RowMajor,
+               cutlass::layout::ColumnMajor, cutlass::layout::RowMajor,
+               cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+               cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+using Coop128x256 =
+    GemmConfig<Shape<_128, _256, _128>, Shape<_2, _1, _1>, cutlass::layout::RowMajor,
+               cutlass::layout::ColumnMajor, cutlass::layout::RowMajor,
+               cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+               cutlass::epilogue::TmaWarpSpecializedCooperative,
+               cutlass::gemm::PersistentScheduler>;
 using SmallMSwapAB =
     GemmConfig<Shape<_128, _64, _128>, Shape<_1, _1, _1>, cutlass::layout::RowMajor,
                cutlass::layout::ColumnMajor, cutlass::layout::ColumnMajor,
@@ -227,7 +245,7 @@ void* workspace(size_t bytes, int device) {
 template <typename Config, bool kSwap>
 typename Config::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                                            const W8PerChannelView& w, uint16_t* y, int device,
-                                           int sm_count) {
+                                           int sm_count, const Sm90TileOrder& order) {
   using Kernel = typename Config::Kernel;
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
@@ -252,30 +270,31 @@ typename Config::Gemm::Arguments make_args(const int8_t* aq, const uint16_t* a_s
   hw.device_id = device;
   hw.sm_count = sm_count;
 
-  return typename Config::Gemm::Arguments{
-      cutlass::gemm::GemmUniversalMode::kGemm,
-      {gm, gn, gk, 1},
-      {ptr_a, stride_a, ptr_b, stride_b},
-      {Config::Evt::args(row_scale, col_scale), nullptr, stride_c,
-       reinterpret_cast<ElementOut*>(y), stride_d},
-      hw};
+  typename Config::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                        {gm, gn, gk, 1},
+                                        {ptr_a, stride_a, ptr_b, stride_b},
+                                        {Config::Evt::args(row_scale, col_scale), nullptr, stride_c,
+                                         reinterpret_cast<ElementOut*>(y), stride_d},
+                                        hw};
+  set_tile_order(args.scheduler, order);
+  return args;
 }
 
 template <typename Config, bool kSwap>
 size_t config_workspace_bytes(int64_t m, int64_t n, int64_t k, int device, int sm_count) {
   const W8PerChannelView w{n, k, nullptr, nullptr};
   return Config::Gemm::get_workspace_size(
-      make_args<Config, kSwap>(nullptr, nullptr, m, w, nullptr, device, sm_count));
+      make_args<Config, kSwap>(nullptr, nullptr, m, w, nullptr, device, sm_count, Sm90TileOrder{}));
 }
 
 // Runs one configuration; `user_ws` (may be null) replaces the grow-only workspace.
 template <typename Config, bool kSwap>
 bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
                 uint16_t* y, cudaStream_t stream, int device, int sm_count,
-                const GemmWorkspace* user_ws) {
+                const GemmWorkspace* user_ws, const Sm90TileOrder& order, W8A8Sm90Variant v) {
   using Gemm = typename Config::Gemm;
   const typename Gemm::Arguments args =
-      make_args<Config, kSwap>(aq, a_scale, m, w, y, device, sm_count);
+      make_args<Config, kSwap>(aq, a_scale, m, w, y, device, sm_count, order);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
   const size_t ws_bytes = Gemm::get_workspace_size(args);
@@ -288,9 +307,7 @@ bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8Pe
   } else {
     ws = workspace(ws_bytes, device);
   }
-  const std::string detail = shape(m, w.n, w.k) + " variant=" +
-                             w8a8_sm90_variant_name(kSwap ? W8A8Sm90Variant::kSmallMSwapAB
-                                                          : W8A8Sm90Variant::kLargeM);
+  const std::string detail = shape(m, w.n, w.k) + " variant=" + w8a8_sm90_variant_name(v);
   const cutlass::Status init = gemm.initialize(args, ws, stream);
   check(init == cutlass::Status::kSuccess,
         "gemm_w8a8_sm90: initialize failed (" + detail + "): " + cutlassGetStatusString(init));
@@ -303,11 +320,15 @@ bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8Pe
 
 }  // namespace
 
-bool w8a8_sm90_compiled() { return true; }
+bool w8a8_sm90_compiled() {
+  return true;
+}
 
 #else  // !QSERVE_HAVE_CUTLASS
 
-bool w8a8_sm90_compiled() { return false; }
+bool w8a8_sm90_compiled() {
+  return false;
+}
 
 #endif
 
@@ -327,9 +348,9 @@ bool w8a8_sm90_applicable(const int8_t* aq, const uint16_t* a_scale, int64_t m,
   return current_device_info().sm90;
 }
 
-bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
-                    const W8PerChannelView& w, uint16_t* y, cudaStream_t stream,
-                    W8A8Sm90Variant variant, const GemmWorkspace* ws) {
+bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+                    uint16_t* y, cudaStream_t stream, W8A8Sm90Variant variant,
+                    const GemmWorkspace* ws, const Sm90TileOrder* order) {
   if (!w8a8_sm90_applicable(aq, a_scale, m, w, y)) return false;
 #if defined(QSERVE_HAVE_CUTLASS)
   int device = 0;
@@ -337,14 +358,22 @@ bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
   const DeviceInfo info = current_device_info();
   if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
   if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
-    return run_config<SmallMSwapAB, true>(aq, a_scale, m, w, y, stream, device, info.sm_count,
-                                          ws);
+    return run_config<SmallMSwapAB, true>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws,
+                                          Sm90TileOrder{}, variant);
   }
-  return run_config<LargeM, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws);
+  const Sm90TileOrder o =
+      order != nullptr ? *order : sm90_tile_order_or_env(w8a8_sm90_tile_order(variant));
+  if (variant == W8A8Sm90Variant::kCoop128x256) {
+    return run_config<Coop128x256, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws,
+                                          o, variant);
+  }
+  return run_config<LargeM, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws, o,
+                                   W8A8Sm90Variant::kLargeM);
 #else
   (void)stream;
   (void)variant;
   (void)ws;
+  (void)order;
   return false;
 #endif
 }
@@ -358,6 +387,9 @@ size_t gemm_w8a8_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, W8A8Sm90V
   if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
   if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
     return config_workspace_bytes<SmallMSwapAB, true>(m, n, k, device, info.sm_count);
+  }
+  if (variant == W8A8Sm90Variant::kCoop128x256) {
+    return config_workspace_bytes<Coop128x256, false>(m, n, k, device, info.sm_count);
   }
   return config_workspace_bytes<LargeM, false>(m, n, k, device, info.sm_count);
 #else

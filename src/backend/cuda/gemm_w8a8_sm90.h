@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/ops_cuda.h"
 
 namespace qserve::cuda {
@@ -31,6 +32,8 @@ enum class W8A8Sm90Variant : uint8_t {
   kLargeM,           // y = aq * W^T, 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
   kSmallMSwapAB,     // y^T = W * aq^T (weights on wgmma's 64/128-row side, tokens on the narrow
                      // side), 128x64x128 tiles, cooperative, stream-K over K to fill the SMs
+  kCoop128x256,      // y = aq * W^T, 128x256x128 tiles, 2x1, cooperative, persistent, 8-wide
+                     // swizzle along N: prefill-sized M (>= 32k rows)
 };
 const char* w8a8_sm90_variant_name(W8A8Sm90Variant v);
 
@@ -46,6 +49,9 @@ bool w8a8_sm90_applicable(const int8_t* aq, const uint16_t* a_scale, int64_t m,
 
 // The variant kAuto picks for m tokens.
 W8A8Sm90Variant w8a8_sm90_choose(int64_t m);
+// The tile order a variant runs with when the caller names none (before the
+// QSERVE_SM90_TILE_ORDER override).
+Sm90TileOrder w8a8_sm90_tile_order(W8A8Sm90Variant v);
 
 // Runs the fast kernel. Returns false (launching nothing) when w8a8_sm90_applicable() is false
 // or CUTLASS's can_implement rejects the problem, so the caller can fall back; throws
@@ -53,11 +59,13 @@ W8A8Sm90Variant w8a8_sm90_choose(int64_t m);
 // device workspace owned by this file; growing it synchronizes the device, so warm the shapes
 // up before capturing a CUDA graph.
 // With `ws` (ops_cuda.h GemmWorkspace) the stream-K workspace is ws->data instead, and a
-// ws->bytes below gemm_w8a8_sm90_workspace_bytes() throws.
+// ws->bytes below gemm_w8a8_sm90_workspace_bytes() throws. `order` (null: CUTLASS's, or the
+// QSERVE_SM90_TILE_ORDER override) is the tile walk of the large-M kernel
+// (gemm_sm90_tile_order.h; no order measured faster end to end for this kernel).
 bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                     const W8PerChannelView& w, uint16_t* y, cudaStream_t stream,
                     W8A8Sm90Variant variant = W8A8Sm90Variant::kAuto,
-                    const GemmWorkspace* ws = nullptr);
+                    const GemmWorkspace* ws = nullptr, const Sm90TileOrder* order = nullptr);
 // Workspace bytes of the variant (kAuto: the one picked for m) for an m x n x k problem on the
 // current device; 0 when the kernels are not compiled or the device is not sm_90.
 size_t gemm_w8a8_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
