@@ -20,7 +20,7 @@
 #   E2E_EXTRAS=1             the Llama-3-8B rows beyond the table (0: skip them)
 #   E2E_BUDGET_S=450         no run starts after this many seconds; a run still going at
 #                            E2E_BUDGET_S + 20 is stopped (the Markdown says which were)
-# Expected on one H200 with the kernels of 2026-12 and the defaults: about 7 minutes (the
+# Expected on one H200 with the kernels of 2026-11-30 and the defaults: about 7 minutes (the
 # 70B-class rows take 0.5-1.5 minutes each); see docs/performance.md for the figures.
 set -u
 

@@ -3,7 +3,10 @@
 // bandwidth:
 //   - residual add + RMSNorm + per-token int8 quant (add_residual_norm_quant_f16delta: fp32
 //     residual += fp16 GEMM output, written back; int8 q + fp16 scale out);
-//   - SiLU(gate) * up + per-token int8 quant (silu_mul_quant_f16: fp16 [T, 2*inter] in);
+//     the same with the per-token sum (rows "add_residual_rmsnorm_quant_sum": the engine's case
+//     before a per-channel W4A8 projection);
+//   - SiLU(gate) * up + per-token int8 quant (silu_mul_quant_f16: fp16 [T, 2*inter] in), without
+//     and with the per-token sum ("silu_mul_quant_sum");
 //   - RoPE + fp16 rounding + KV4 quantization + paged append (rope_kv_append_f16: fp16 QKV in,
 //     fp32 q, fp16 k/v and the KV4 page bytes out; 256-token sequences, shuffled pages);
 //   - GPU sampling of a decode step (128,256 vocabulary, batch 64 and 256): microseconds.
@@ -15,10 +18,12 @@
 // the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. Each fused
 // kernel is timed in several versions in the same run, on the same inputs: the current dispatch
 // (the ops_cuda.h entry point, row "<kernel>"), the kernel before the small-batch variants
-// ("<kernel>_prev", cuda::prev), the first kernel ("<kernel>_baseline", cuda::baseline), and for
-// the norm and SiLU each small-batch variant forced at every size ("<kernel>_split2" /
-// "_split4", cuda::forced: where the dispatch thresholds belong); all in
-// backend/cuda/fused_baseline.h. After them, a device-to-device copy of the same bytes (a
+// ("<kernel>_prev", cuda::prev; for RoPE the vec kernel before 2026-11-30 (fifth session)), the
+// first kernel
+// ("<kernel>_baseline", cuda::baseline), and each variant forced at every size (cuda::forced:
+// where the dispatch thresholds belong): norm and SiLU "<kernel>_split2" / "_split4", SiLU with
+// the sum "_split1" (its dispatch until 2026-11-30 (fifth session)), RoPE "_spread" / "_token"; all
+// in backend/cuda/fused_baseline.h. After them, a device-to-device copy of the same bytes (a
 // cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row "memcpy_d2d_same_bytes",
 // system "cuda-memcpy", shape "<kernel>:<shape>"), timed the same way: what a copy reaches at
 // that size, beside the 1 GiB copy ("memcpy_d2d"). The data is not flushed from L2 between runs.
@@ -40,6 +45,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -317,12 +323,14 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
     std::vector<int8_t> q;
     std::vector<uint16_t> scale, sum, out;
   };
-  // 0: the baseline; then the current dispatch, the previous kernel, v2 forced to 2 and 4 threads
-  // per column group (with a sum the forced runs take v2's one-thread layout).
-  const char* names[] = {"baseline", "current", "prev", "split2", "split4"};
+  // 0: the baseline; then the current dispatch, the previous kernel, v2 forced to 2, 4 and 1
+  // threads per column group (split 1: the with-sum kernel of the dispatch above 4 rows per SM;
+  // without a sum it runs the dispatch's choice).
+  const char* names[] = {"baseline", "current", "prev", "split2", "split4", "split1"};
+  constexpr int kVersions = 6;
   std::vector<Outs> outs;
   const size_t n = static_cast<size_t>(rows * inter);
-  for (int v = 0; v < 5; ++v) {
+  for (int v = 0; v < kVersions; ++v) {
     DeviceBuffer<int8_t> d_q(n);
     DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows)),
         d_out(n);
@@ -342,7 +350,9 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
       if (v == 2) qserve::cuda::prev::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
       if (v >= 3) {
         qserve::cuda::forced::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr,
-                                                 v == 3 ? 2 : 4);
+                                                 v == 3   ? 2
+                                                 : v == 4 ? 4
+                                                          : 1);
       }
     } else {
       if (v == 0)
@@ -351,14 +361,16 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
       if (v == 2) qserve::cuda::prev::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
       if (v >= 3) {
         qserve::cuda::forced::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr,
-                                                 v == 3 ? 2 : 4);
+                                                 v == 3   ? 2
+                                                 : v == 4 ? 4
+                                                          : 1);
       }
     }
     outs.push_back({qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
                     qserve::cuda::to_host(d_sum), qserve::cuda::to_host(d_out)});
   }
   bool ok = true;
-  for (int v = 1; v < 5; ++v) {
+  for (int v = 1; v < kVersions; ++v) {
     const std::string nm = name + " " + names[v];
     ok &= report_exact(nm + " out", outs[v].out, outs[0].out, "baseline");
     ok &= report_exact(nm + " q", outs[v].q, outs[0].q, "baseline");
@@ -557,18 +569,44 @@ struct RopeBatch {
     batch.max_num_tokens = static_cast<int32_t>(n);
     batch.max_total_len = static_cast<int32_t>(ctx + n);
   }
-  enum Kernel { kCurrent, kBaseline };
+  // kCurrent: the dispatch; kPrev: the vec kernel (cuda::prev); kSpread / kToken: the v2 kernel
+  // forced to one task block per block / one block per token (cuda::forced); kBaseline.
+  enum Kernel { kCurrent, kBaseline, kPrev, kSpread, kToken };
+  static constexpr Kernel kAllKernels[] = {kBaseline, kCurrent, kPrev, kSpread, kToken};
+  static const char* kernel_name(Kernel k) {
+    switch (k) {
+      case kCurrent:
+        return "current";
+      case kBaseline:
+        return "baseline";
+      case kPrev:
+        return "prev";
+      case kSpread:
+        return "spread";
+      case kToken:
+        return "token";
+    }
+    return "?";
+  }
   void run(Kernel k) {
+    if (k == kSpread || k == kToken) {
+      qserve::cuda::forced::rope_kv_append_f16(qkv.data(), kStride, batch, kHq, kHkv, kD,
+                                               inv.data(), cache, qo.data(), k16.data(), v16.data(),
+                                               nullptr, k == kToken ? 3 : 1);
+      return;
+    }
     (k == kBaseline ? qserve::cuda::baseline::rope_kv_append_f16
+     : k == kPrev   ? qserve::cuda::prev::rope_kv_append_f16
                     : qserve::cuda::rope_kv_append_f16)(qkv.data(), kStride, batch, kHq, kHkv, kD,
-                                                        inv.data(), cache, qo.data(), k16.data(),
-                                                        v16.data(), nullptr);
+                                                      inv.data(), cache, qo.data(), k16.data(),
+                                                      v16.data(), nullptr);
   }
 };
 
-// The current rope_kv_append_f16 vs the baseline kernel, bit for bit (q, k16, v16 and every
-// byte of both pools), for KV4/KV8/KV16 pages, on a small batch (the kernel spreads each token
-// over several blocks) and a larger one with cached context (one block per token).
+// Every rope_kv_append_f16 version (the dispatch, the previous vec kernel, both forced launch
+// forms of the v2 kernel) vs the baseline kernel, bit for bit (q, k16, v16 and every byte of both
+// pools), for KV4/KV8/KV16 pages, on small batches (tokens spread over several blocks), a larger
+// one with cached context, and one token.
 bool check_rope_vs_baseline() {
   bool ok = true;
   for (const KvFormat fmt : {KvFormat::kv4, KvFormat::kv8, KvFormat::kv16}) {
@@ -576,17 +614,19 @@ bool check_rope_vs_baseline() {
     for (const auto& [S, n, ctx] : {std::tuple<int64_t, int64_t, int64_t>{2, 70, 0},
                                     std::tuple<int64_t, int64_t, int64_t>{4, 300, 37},
                                     std::tuple<int64_t, int64_t, int64_t>{1, 257, 3},
-                                    std::tuple<int64_t, int64_t, int64_t>{16, 256, 0}}) {
+                                    std::tuple<int64_t, int64_t, int64_t>{16, 256, 0},
+                                    std::tuple<int64_t, int64_t, int64_t>{1, 1, 100}}) {
       RopeBatch b(S, n, ctx, fmt, 31);
       const std::vector<uint8_t> kp0 = qserve::cuda::to_host(b.kp),
                                  vp0 = qserve::cuda::to_host(b.vp);
+      constexpr int kN = static_cast<int>(std::size(RopeBatch::kAllKernels));
       struct Outs {
         std::vector<float> q;
         std::vector<uint16_t> k, v;
         std::vector<uint8_t> kp, vp;
-      } outs[2];
-      const RopeBatch::Kernel kernels[2] = {RopeBatch::kBaseline, RopeBatch::kCurrent};
-      for (int i = 0; i < 2; ++i) {
+      } outs[kN];
+      const auto& kernels = RopeBatch::kAllKernels;  // [0]: the baseline
+      for (int i = 0; i < kN; ++i) {
         b.kp.copy_from_host(kp0, nullptr);
         b.vp.copy_from_host(vp0, nullptr);
         b.qo.fill_bytes(0xFF, nullptr);
@@ -597,9 +637,10 @@ bool check_rope_vs_baseline() {
                    qserve::cuda::to_host(b.v16), qserve::cuda::to_host(b.kp),
                    qserve::cuda::to_host(b.vp)};
       }
-      for (int i = 1; i < 2; ++i) {
-        const std::string name =
-            std::string("rope_kv_append current ") + fname + " T=" + std::to_string(S * n);
+      for (int i = 1; i < kN; ++i) {
+        const std::string name = std::string("rope_kv_append ") +
+                                 RopeBatch::kernel_name(kernels[i]) + " " + fname +
+                                 " T=" + std::to_string(S * n);
         ok &= report_exact(name + " q", outs[i].q, outs[0].q, "baseline");
         ok &= report_exact(name + " k16", outs[i].k, outs[0].k, "baseline");
         ok &= report_exact(name + " v16", outs[i].v, outs[0].v, "baseline");
@@ -778,6 +819,31 @@ void bench_norm(int64_t T, json& results) {
                   }},
                  {"_split2", forced(2)},
                  {"_split4", forced(4)}});
+  // With the per-token sum (QServe's fuse_sum), as the engine runs it before a per-channel W4A8
+  // qkv or gate_up projection (forward.cu: qout(L.qkv.needs_act_sum())): 2 more bytes per row.
+  DeviceBuffer<uint16_t> sum(static_cast<size_t>(T));
+  qserve::cuda::NormQuantOut out_sum = out;
+  out_sum.sum = sum.data();
+  auto forced_sum = [&](int split) {
+    return [&, split] {
+      qserve::cuda::forced::add_residual_norm_quant_f16delta(
+          res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out_sum, nullptr, split);
+    };
+  };
+  emit_variants(results, "add_residual_rmsnorm_quant_sum", "hidden=4096", T,
+                "fp32-res,fp16-delta,int8-out,sum", bytes + T * 2.0,
+                {{"",
+                  [&] {
+                    qserve::cuda::add_residual_norm_quant_f16delta(
+                        res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out_sum, nullptr);
+                  }},
+                 {"_prev",
+                  [&] {
+                    qserve::cuda::prev::add_residual_norm_quant_f16delta(
+                        res.data(), delta.data(), g.data(), 1e-5f, T, cols, kind, out_sum, nullptr);
+                  }},
+                 {"_split2", forced_sum(2)},
+                 {"_split4", forced_sum(4)}});
 }
 
 // Bytes: gate|up fp16 read (4 per output element), q int8 written (1); fp16 scale per row.
@@ -812,8 +878,17 @@ void bench_silu(int64_t T, json& results) {
                  {"_split2", forced(2)},
                  {"_split4", forced(4)}});
   // With the per-token sums (the per-channel W4A8 down projection needs them: the engine's
-  // case for w4a8 per-channel; one thread per column group).
+  // case for w4a8 per-channel). "": the dispatch (v2 split 4 up to 4 rows per SM, split 1
+  // above); "_split1": v2 with one thread per column group (the sum in registers); "_split4": 4
+  // threads per group, the sum from the staged values after the codes; "_split2": 2 threads per
+  // group; "_prev": the vec kernel.
   DeviceBuffer<uint16_t> sum(static_cast<size_t>(T));
+  auto forced_sum = [&](int split) {
+    return [&, split] {
+      qserve::cuda::forced::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), sum.data(),
+                                               nullptr, nullptr, split);
+    };
+  };
   emit_variants(results, "silu_mul_quant_sum", "inter=14336", T, "fp16-in,int8-out,sum",
                 bytes + T * 2.0,
                 {{"",
@@ -821,10 +896,14 @@ void bench_silu(int64_t T, json& results) {
                     qserve::cuda::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
                                                      sum.data(), nullptr, nullptr);
                   }},
-                 {"_prev", [&] {
+                 {"_prev",
+                  [&] {
                     qserve::cuda::prev::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(),
                                                            sum.data(), nullptr, nullptr);
-                  }}});
+                  }},
+                 {"_split1", forced_sum(1)},
+                 {"_split2", forced_sum(2)},
+                 {"_split4", forced_sum(4)}});
 }
 
 // Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)
@@ -834,8 +913,15 @@ void bench_rope(int64_t T, json& results) {
   RopeBatch b(S, n, 0, KvFormat::kv4, 61);
   const double bytes = static_cast<double>(T) * (RopeBatch::kStride * 2.0 + kHq * kD * 4.0 +
                                                  kHkv * kD * 2.0 * 2.0 + kHkv * (64.0 + 4.0) * 2.0);
+  // "": the dispatch (v2 kernel); "_prev": the vec kernel before 2026-11-30 (fifth session);
+  // "_spread" / "_token": the v2 kernel forced to one task block per block / one block per token,
+  // at every size (the dispatch spreads up to 4 waves of 8 blocks per SM: 1408 tokens, 3 blocks
+  // each, on 132 SMs; one block per token above).
   emit_variants(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", bytes,
                 {{"", [&] { b.run(RopeBatch::kCurrent); }},
+                 {"_prev", [&] { b.run(RopeBatch::kPrev); }},
+                 {"_spread", [&] { b.run(RopeBatch::kSpread); }},
+                 {"_token", [&] { b.run(RopeBatch::kToken); }},
                  {"_baseline", [&] { b.run(RopeBatch::kBaseline); }}});
 }
 

@@ -28,6 +28,7 @@
 #include "backend/cuda/gemm_w4a8_fast.h"
 #include "backend/cuda/gemm_w8a8_sm90.h"
 #include "backend/cuda/ops_cuda.h"
+#include "core/error.h"
 #include "parity/parity_main_util.h"
 #include "parity/parity_sm90.h"
 #include "quant/gemm_w4a8.h"
@@ -484,6 +485,26 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
 }
 
 }  // namespace
+// The A/B overrides' parsers (QSERVE_SM90_TILE_ORDER, QSERVE_W4A8_SM90_LARGE): host code, so this
+// runs without a GPU too.
+TEST(ParityGemmFastW4A8, TileOrderAndVariantNamesParse) {
+  const cuda::Sm90TileOrder a = cuda::parse_sm90_tile_order("8,n");
+  EXPECT_EQ(a.swizzle, 8);
+  EXPECT_EQ(a.raster, cuda::Sm90TileOrder::Raster::kAlongN);
+  const cuda::Sm90TileOrder b = cuda::parse_sm90_tile_order("2");
+  EXPECT_EQ(b.swizzle, 2);
+  EXPECT_EQ(b.raster, cuda::Sm90TileOrder::Raster::kHeuristic);
+  EXPECT_EQ(cuda::parse_sm90_tile_order("1,m").raster, cuda::Sm90TileOrder::Raster::kAlongM);
+  for (const char* bad : {"", "3,n", "8,x", "16,n", "8,", "n", "8,nn", " 8,n"})
+    EXPECT_THROW(cuda::parse_sm90_tile_order(bad), Error) << "'" << bad << "'";
+  for (const auto v : {cuda::W4A8Sm90Variant::kLargeM, cuda::W4A8Sm90Variant::kPingpong64,
+                       cuda::W4A8Sm90Variant::kSwapStreamK, cuda::W4A8Sm90Variant::kCoop256x128,
+                       cuda::W4A8Sm90Variant::kCoop128x256})
+    EXPECT_EQ(cuda::w4a8_sm90_variant_from_name(cuda::w4a8_sm90_variant_name(v)), v);
+  EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("auto"), Error);
+  EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("sm90_128x128"), Error);
+}
+
 // The tile order (gemm_sm90_tile_order.h) only changes which CTA computes which output tile, so
 // every order of every persistent variant gives the default's bits. M and N span several tiles
 // and clusters (odd counts included) so a swizzled walk that skipped or repeated a tile would

@@ -12,7 +12,9 @@
 //    rows: the written slots, and every other byte left untouched (a guard page backs the
 //    positions before the step, which must never be written);
 //  - every output (q, k16, v16, both pools) bit-exact against the baseline kernel
-//    (cuda::baseline, the one-block-per-token kernel the vectorized one replaced).
+//    (cuda::baseline, the one-block-per-token kernel the vectorized one replaced), for the
+//    dispatch, the vec kernel before 2026-11-30 (fifth session) (cuda::prev) and both launch forms
+//    of the v2 kernel forced at every size (cuda::forced: spread, token).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -179,49 +181,92 @@ void run_case(const RopeCase& c, KvFormat fmt) {
   const std::vector<float> q_gpu = cuda::to_host(d_q);
   const std::vector<uint16_t> k16_gpu = cuda::to_host(d_k16), v16_gpu = cuda::to_host(d_v16);
 
-  // The baseline kernel on the same inputs and initial pools: every output bit for bit.
+  // The baseline kernel on the same inputs and initial pools, and every other version (the vec
+  // kernel before 2026-11-30 (fifth session) as cuda::prev, the v2 kernel's two launch forms
+  // forced): every output bit for bit against the baseline.
   {
-    DeviceBuffer<uint8_t> b_kp = cuda::to_device(k_pool0), b_vp = cuda::to_device(v_pool0);
-    DeviceBuffer<float> b_q(static_cast<size_t>(T * hq * d));
-    DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(T * kvd)), b_v16(static_cast<size_t>(T * kvd));
-    parity::poison(b_q.data(), b_q.bytes());
-    parity::poison(b_k16.data(), b_k16.bytes());
-    parity::poison(b_v16.data(), b_v16.bytes());
-    cuda::PagedKvDevice bkv = kv;
-    bkv.k_pool = c.append ? b_kp.data() : nullptr;
-    bkv.v_pool = c.append ? b_vp.data() : nullptr;
-    if (c.fp16_input) {
-      DeviceBuffer<uint16_t> d_in = cuda::to_device(qkv16);
-      cuda::baseline::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+    struct Outs {
+      std::vector<uint32_t> q;  // fp32 q compared as bit patterns
+      std::vector<uint16_t> k16, v16;
+      std::vector<uint8_t> kp, vp;
+    };
+    // version: 0 baseline, 1 prev, 2 forced spread (1 task block per block), 3 forced token.
+    auto run_version = [&](int version) {
+      DeviceBuffer<uint8_t> b_kp = cuda::to_device(k_pool0), b_vp = cuda::to_device(v_pool0);
+      DeviceBuffer<float> b_q(static_cast<size_t>(T * hq * d));
+      DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(T * kvd)),
+          b_v16(static_cast<size_t>(T * kvd));
+      parity::poison(b_q.data(), b_q.bytes());
+      parity::poison(b_k16.data(), b_k16.bytes());
+      parity::poison(b_v16.data(), b_v16.bytes());
+      cuda::PagedKvDevice bkv = kv;
+      bkv.k_pool = c.append ? b_kp.data() : nullptr;
+      bkv.v_pool = c.append ? b_vp.data() : nullptr;
+      if (c.fp16_input) {
+        DeviceBuffer<uint16_t> d_in = cuda::to_device(qkv16);
+        if (version == 0) {
+          cuda::baseline::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                             b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+        } else if (version == 1) {
+          cuda::prev::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                          b_q.data(), b_k16.data(), b_v16.data(), nullptr);
-    } else {
-      DeviceBuffer<float> d_in = cuda::to_device(qkv);
-      cuda::baseline::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+        } else {
+          cuda::forced::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                           b_q.data(), b_k16.data(), b_v16.data(), nullptr,
+                                           version == 3 ? 3 : 1);
+        }
+      } else {
+        DeviceBuffer<float> d_in = cuda::to_device(qkv);
+        if (version == 0) {
+          cuda::baseline::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                         b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+        } else if (version == 1) {
+          cuda::prev::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                      b_q.data(), b_k16.data(), b_v16.data(), nullptr);
-    }
-    ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+        } else {
+          cuda::forced::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                       b_q.data(), b_k16.data(), b_v16.data(), nullptr,
+                                       version == 3 ? 3 : 1);
+        }
+      }
+      EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+      Outs o;
+      const std::vector<float> bq = cuda::to_host(b_q);
+      o.q.resize(bq.size());
+      std::memcpy(o.q.data(), bq.data(), bq.size() * sizeof(float));
+      o.k16 = cuda::to_host(b_k16);
+      o.v16 = cuda::to_host(b_v16);
+      o.kp = cuda::to_host(b_kp);
+      o.vp = cuda::to_host(b_vp);
+      return o;
+    };
+    const Outs base = run_version(0);
+    Outs cur;
+    cur.q.resize(q_gpu.size());
+    std::memcpy(cur.q.data(), q_gpu.data(), q_gpu.size() * sizeof(float));
+    cur.k16 = k16_gpu;
+    cur.v16 = v16_gpu;
+    cur.kp = cuda::to_host(d_kp);
+    cur.vp = cuda::to_host(d_vp);
     const std::string tag = std::string(fmt_name(fmt)) + (c.fp16_input ? "_f16in" : "_f32in");
-    const std::string shape = c.name + ":vs_baseline";
-    const std::vector<float> bq = cuda::to_host(b_q);
-    // fp32 q compared as bit patterns.
-    std::vector<uint32_t> qa(q_gpu.size()), qb(bq.size());
-    std::memcpy(qa.data(), q_gpu.data(), qa.size() * sizeof(float));
-    std::memcpy(qb.data(), bq.data(), qb.size() * sizeof(float));
-    const auto r1 = parity::compare_exact<uint32_t>("rope_q_bits_" + tag, shape, qa, qb);
-    EXPECT_PARITY(r1, "rope_q vs baseline", shape);
-    const auto r2 =
-        parity::compare_exact<uint16_t>("rope_k16_" + tag, shape, k16_gpu, cuda::to_host(b_k16));
-    EXPECT_PARITY(r2, "rope_k16 vs baseline", shape);
-    const auto r3 =
-        parity::compare_exact<uint16_t>("rope_v16_" + tag, shape, v16_gpu, cuda::to_host(b_v16));
-    EXPECT_PARITY(r3, "rope_v16 vs baseline", shape);
-    if (c.append) {
-      const auto r4 = parity::compare_exact<uint8_t>("kv_append_k_pages_" + tag, shape,
-                                                     cuda::to_host(d_kp), cuda::to_host(b_kp));
-      EXPECT_PARITY(r4, "k pages vs baseline", shape);
-      const auto r5 = parity::compare_exact<uint8_t>("kv_append_v_pages_" + tag, shape,
-                                                     cuda::to_host(d_vp), cuda::to_host(b_vp));
-      EXPECT_PARITY(r5, "v pages vs baseline", shape);
+    const char* names[] = {"current", "prev", "spread", "token"};
+    for (int version = 0; version < 4; ++version) {
+      const Outs o = version == 0 ? cur : run_version(version);
+      const std::string shape = c.name + ":" + names[version] + "_vs_baseline";
+      const auto r1 = parity::compare_exact<uint32_t>("rope_q_bits_" + tag, shape, o.q, base.q);
+      EXPECT_PARITY(r1, "rope_q vs baseline", shape);
+      const auto r2 = parity::compare_exact<uint16_t>("rope_k16_" + tag, shape, o.k16, base.k16);
+      EXPECT_PARITY(r2, "rope_k16 vs baseline", shape);
+      const auto r3 = parity::compare_exact<uint16_t>("rope_v16_" + tag, shape, o.v16, base.v16);
+      EXPECT_PARITY(r3, "rope_v16 vs baseline", shape);
+      if (c.append) {
+        const auto r4 =
+            parity::compare_exact<uint8_t>("kv_append_k_pages_" + tag, shape, o.kp, base.kp);
+        EXPECT_PARITY(r4, "k pages vs baseline", shape);
+        const auto r5 =
+            parity::compare_exact<uint8_t>("kv_append_v_pages_" + tag, shape, o.vp, base.vp);
+        EXPECT_PARITY(r5, "v pages vs baseline", shape);
+      }
     }
   }
 
@@ -315,7 +360,16 @@ TEST(ParityRopeKv, Llama3BatchSizes) {
       {"T1024", {{0, 256}, {0, 256}, {0, 256}, {0, 256}}},
       {"T4096", std::vector<std::pair<int64_t, int64_t>>(16, {0, 256})},
       {"T255-odd", {{3, 127}, {0, 1}, {200, 127}}},
-      {"T1031-odd", {{0, 1000}, {64, 31}}}};
+      {"T1031-odd", {{0, 1000}, {64, 31}}},
+      {"T1", {{77, 1}}},
+      {"T7", {{0, 7}}},
+      {"T7-decode", {{5, 1}, {300, 1}, {0, 1}, {63, 1}, {64, 1}, {1000, 1}, {9, 1}}},
+      // Ragged: 1024 and 1100 tokens in sequences of different lengths (grids with empty
+      // slots). The dispatch counts grid slots (max_num_tokens x sequences: 2800 and 1650 here),
+      // spreading up to 1408 on a 132-SM H200 (4 x 8 x 132 blocks of a token's 3), so both run
+      // the one-block-per-token form there; the forced runs cover the spread form.
+      {"T1024-ragged", {{0, 700}, {10, 200}, {0, 1}, {500, 123}}},
+      {"T1100-ragged", {{0, 550}, {64, 549}, {3, 1}}}};
   uint64_t seed = 20;
   for (const auto& [name, seqs] : batches) {
     RopeCase c{"llama3-8b-" + name, 32, 8, 128, seqs};

@@ -54,6 +54,16 @@ void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, in
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream);
 void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream);
+// RoPE + KV append: the vectorized kernel before 2026-11-30 (fifth session) (rope_kv_vec_kernel
+// with its dispatch).
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream);
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream);
 }  // namespace qserve::cuda::prev
 
 // The small-batch variants forced at any batch size, for bench_fused (which times each at every
@@ -70,13 +80,25 @@ void norm_quant_f32(const float* x, const float* gamma, float eps, int64_t rows,
                     quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split);
 void norm_quant_f16(const uint16_t* x, const uint16_t* gamma, float eps, int64_t rows, int64_t cols,
                     quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split);
-// split: threads per column group of silu_mul_quant_v2_kernel without a sum, 2 or 4 (with a sum
-// it is always 1).
+// split: threads per column group of silu_mul_quant_v2_kernel, 1, 2 or 4. 1 only with a sum (one
+// thread per column group; without a sum split 1 runs the dispatch's choice). The dispatch takes
+// 4 without the sum; with it, 4 up to 4 rows per SM and 1 above.
 void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
                         int split);
 void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
                         int split);
+// task_blocks: the launch form of rope_kv_v2_kernel, at every batch size: 1 = a token's task
+// blocks (128 tasks of 8 rotation pairs) spread over blocks, 3 = up to 3 task blocks per block
+// (one block per Llama token). The dispatch picks between them by batch size.
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks);
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream, int task_blocks);
 
 }  // namespace qserve::cuda::forced

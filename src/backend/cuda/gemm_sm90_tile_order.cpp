@@ -9,6 +9,22 @@
 
 namespace qserve::cuda {
 
+Sm90TileOrder parse_sm90_tile_order(const std::string& s) {
+  const size_t comma = s.find(',');
+  const std::string sw_text = s.substr(0, comma);
+  const std::string r = comma == std::string::npos ? "h" : s.substr(comma + 1);
+  const bool sw_ok = sw_text == "1" || sw_text == "2" || sw_text == "4" || sw_text == "8";
+  if (!sw_ok || (r != "m" && r != "n" && r != "h"))
+    throw Error("sm90 tile order '" + s +
+                "': expected <swizzle 1|2|4|8>,<m|n|h> (raster along M, along N, heuristic)");
+  Sm90TileOrder o;
+  o.swizzle = sw_text[0] - '0';
+  o.raster = r == "m"   ? Sm90TileOrder::Raster::kAlongM
+             : r == "n" ? Sm90TileOrder::Raster::kAlongN
+                        : Sm90TileOrder::Raster::kHeuristic;
+  return o;
+}
+
 namespace {
 
 // QSERVE_SM90_TILE_ORDER=<swizzle>,<m|n|h> (e.g. "8,n") replaces the choice for every
@@ -19,24 +35,11 @@ std::optional<Sm90TileOrder> env_override() {
   static const std::optional<Sm90TileOrder> cached = []() -> std::optional<Sm90TileOrder> {
     const char* v = std::getenv("QSERVE_SM90_TILE_ORDER");
     if (v == nullptr || *v == '\0') return std::nullopt;
-    const std::string s(v);
-    const size_t comma = s.find(',');
-    Sm90TileOrder o;
-    int sw = 0;
     try {
-      sw = std::stoi(s.substr(0, comma));
-    } catch (const std::exception&) {
-      sw = 0;
+      return parse_sm90_tile_order(v);
+    } catch (const Error& e) {
+      throw Error(std::string("QSERVE_SM90_TILE_ORDER: ") + e.what());
     }
-    const std::string r = comma == std::string::npos ? "h" : s.substr(comma + 1);
-    if ((sw != 1 && sw != 2 && sw != 4 && sw != 8) || (r != "m" && r != "n" && r != "h"))
-      throw Error("QSERVE_SM90_TILE_ORDER='" + s +
-                  "': expected <swizzle 1|2|4|8>,<m|n|h> (raster along M, along N, heuristic)");
-    o.swizzle = sw;
-    o.raster = r == "m"   ? Sm90TileOrder::Raster::kAlongM
-               : r == "n" ? Sm90TileOrder::Raster::kAlongN
-                          : Sm90TileOrder::Raster::kHeuristic;
-    return o;
   }();
   return cached;
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace qserve::cuda {
 
@@ -18,6 +19,10 @@ struct Sm90TileOrder {
   int swizzle = 1;                     // CUTLASS max_swizzle_size: 1, 2, 4 or 8
   Raster raster = Raster::kHeuristic;  // kHeuristic: CUTLASS's (along M when N has more tiles)
 };
+
+// "<swizzle 1|2|4|8>,<m|n|h>" (raster along M, along N, CUTLASS's heuristic; ",h" may be left
+// out) as an order; throws qserve::Error naming the expected form on anything else.
+Sm90TileOrder parse_sm90_tile_order(const std::string& text);
 
 // The order a kernel runs with when its caller names none: QSERVE_SM90_TILE_ORDER
 // (<swizzle 1|2|4|8>,<m|n|h>, for end-to-end A/B runs) when set, else `choice` (the kernel's own

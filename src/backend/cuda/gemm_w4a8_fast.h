@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/ops_cuda.h"
@@ -114,6 +115,8 @@ enum class W4A8Sm90Variant : uint8_t {
   kCoop128x256,  // 128x256x128, 2x1, cooperative, persistent (n256 wgmmas)
 };
 const char* w4a8_sm90_variant_name(W4A8Sm90Variant v);
+// The variant of a w4a8_sm90_variant_name (not "auto"); throws qserve::Error listing the names.
+W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name);
 W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k);
 // The tile order a variant runs with when the caller names none (before the
 // QSERVE_SM90_TILE_ORDER override).

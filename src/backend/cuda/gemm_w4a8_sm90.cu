@@ -354,6 +354,18 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
   return "?";
 }
 
+W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name) {
+  constexpr W4A8Sm90Variant kAll[] = {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64,
+                                      W4A8Sm90Variant::kSwapStreamK, W4A8Sm90Variant::kCoop256x128,
+                                      W4A8Sm90Variant::kCoop128x256};
+  std::string names;
+  for (const W4A8Sm90Variant v : kAll) {
+    if (name == w4a8_sm90_variant_name(v)) return v;
+    names += std::string(names.empty() ? "" : ", ") + w4a8_sm90_variant_name(v);
+  }
+  throw Error("unknown W4A8 sm90 variant '" + name + "' (expected one of: " + names + ")");
+}
+
 // From bench_gemm --tune-large-m on the H200 (bench/results/2026-11-30-gemm-large-m-tune-h200.json,
 // Llama-3-8B shapes, M = 65..4096):
 //  - The 2x1 clusters pair M tiles: an odd count of them (M = 384 with 128-row tiles, M = 192
@@ -376,12 +388,11 @@ std::optional<W4A8Sm90Variant> large_m_env_override() {
   static const std::optional<W4A8Sm90Variant> cached = []() -> std::optional<W4A8Sm90Variant> {
     const char* v = std::getenv("QSERVE_W4A8_SM90_LARGE");
     if (v == nullptr || *v == '\0') return std::nullopt;
-    for (const W4A8Sm90Variant c :
-         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256})
-      if (std::string(v) == w4a8_sm90_variant_name(c)) return c;
-    throw Error(std::string("QSERVE_W4A8_SM90_LARGE='") + v +
-                "': expected sm90_128x128x128_pingpong_2x1, sm90_256x128x128_coop_2x1 or "
-                "sm90_128x256x128_coop_2x1");
+    try {
+      return w4a8_sm90_variant_from_name(v);
+    } catch (const Error& e) {
+      throw Error(std::string("QSERVE_W4A8_SM90_LARGE: ") + e.what());
+    }
   }();
   return cached;
 }

@@ -1,7 +1,12 @@
 // RoPE on Q and K, fp16 rounding of K/V, and the paged KV append (KV4/KV8 QServe pages, or our
 // KV16 pages), fused.
 //
-// Two kernels compute the same bits:
+// Three kernels compute the same bits:
+//  - rope_kv_v2_kernel (the dispatch's where the vec kernel applies; since the fifth session of
+//    2026-11-30): the vec kernel's tasks with one dependent load round trip before the qkv
+//    loads instead of up to three, and a token's task blocks spread over blocks while that grid has
+//    <= 4 waves of 8 blocks per SM, one block per token above (see its comment). The vec kernel
+//    stays callable as cuda::prev::.
 //  - rope_kv_vec_kernel (head_dim % 16 == 0 and <= 512, 16-byte aligned rows: every Llama
 //    geometry): a "task" is 8 rotation pairs (i, i + D/2), i in [8l, 8l + 8), of one head of
 //    one token, so D/16 consecutive lanes cover a head and every load and store is 16 bytes
@@ -473,6 +478,106 @@ __global__ void __launch_bounds__(kRopeThreads, kRopeBlocksPerSm)
   }
 }
 
+// ---- The vectorized kernel, v2 (2026-11-30, fifth session): the dispatch's kernel ----------
+//
+// rope_kv_vec_kernel's arithmetic (rope_task, the same bits), with its per-block latency chain
+// shortened and the batch shapes chosen so that small batches fill the GPU:
+//  - one dependent round trip before the qkv loads instead of up to three: the sequence's
+//    num_tokens, context_len and token_offset are issued together (the vec kernel's early exit
+//    on num_tokens came first, so the other two waited for it), inv_freq before them (it does
+//    not depend on the token), and the page number (block_table) together with the qkv loads
+//    instead of after the cos/sin barrier, where it cost a further round trip;
+//  - kR = the block's task blocks at most: 3 (one block per Llama token, as the vec kernel at
+//    large batches) or 1 (a token's task blocks spread over blocks, with up to kRopeSpreadBlocks
+//    blocks per SM: 8 x 128 threads, one 16-byte pair of loads per thread). The dispatch spreads
+//    while the spread grid has at most kRopeSpreadWaves waves: at 1024 Llama tokens the vec
+//    kernel had 1024 blocks of 3 task blocks for 6 x 132 slots, 1.3 waves, i.e. two rounds of
+//    the block's whole latency chain (bench_fused 2026-11-30: 17.6 us against 8.6 for a copy of
+//    the same bytes).
+// Both launch forms stay selectable (cuda::forced::rope_kv_append_f16, bench_fused's
+// "rope_kv4_append_spread" / "_token" rows) so a GPU run shows which one wins where. A third
+// form, one task block of each of two consecutive tokens per block, was measured slower than
+// both (bench_fused 2026-11-30, docs/kernels.md) and removed.
+//
+// Round trips: the first version issued the sequence's loads together but tested num_tokens
+// alone for the early exit; ptxas then sank the context_len / token_offset loads below the exit
+// (SASS: EXIT, then their LDGs), so the qkv loads still waited for two round trips. The exit
+// test now reads all three (one branch), which keeps them in the first round trip.
+constexpr int kRopeSpreadBlocks = 8;  // __launch_bounds__ of the kR = 1 form: <= 64 registers
+constexpr int kRopeSpreadWaves = 4;
+
+// A 32-bit load issued where it stands: `asm volatile` keeps the compiler from sinking it below
+// the early exit or the cos/sin (nvcc sinks loads to their first use), so these loads overlap.
+__device__ __forceinline__ int32_t ld_issue(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.global.nc.s32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float ld_issue(const float* p) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+template <KvFormat F, typename In, int kR, int kMinBlocks>
+__global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
+    rope_kv_v2_kernel(const In* __restrict__ qkv, RopeArgs a, int parts) {
+  extern __shared__ float cs[];  // cos[D/2], sin[D/2]
+  const int j = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
+  const int t = threadIdx.x;
+  const int D = a.head_dim, half_d = D / 2, L = D / 16;
+  // Round trip 1: every load that needs no other load's result.
+  const float f0 = t < half_d ? ld_issue(a.inv_freq + t) : 0.0f;
+  const int32_t n = ld_issue(a.num_tokens + seq);
+  const int32_t ctx = ld_issue(a.context_len + seq);
+  const int32_t first = ld_issue(a.token_offset + seq);
+  // The exit test reads all three loads (context_len and token_offset are never negative; `|`,
+  // not `||`, so that it is one branch): with a test of n alone, ptxas sinks the other two loads
+  // below the exit, which makes them a second round trip before the qkv loads.
+  if ((j >= n) | ((ctx | first) < 0)) return;
+  const int pos = ctx + j;
+  const int64_t row = static_cast<int64_t>(first) + j;
+  // Round trip 2: the page number and this block's inputs, all in flight before the cos/sin.
+  const int32_t page =
+      a.k_pool != nullptr
+          ? ld_issue(a.block_table + static_cast<int64_t>(seq) * a.block_stride + pos / kPage)
+          : 0;
+  const int tasks = (a.num_heads + 2 * a.kv_heads) * L;
+  const In* src = qkv + row * a.qkv_stride;
+  Raw8<In> r1[kR], r2[kR];
+#pragma unroll
+  for (int m = 0; m < kR; ++m) {
+    const int tau = (part + parts * m) * kRopeThreads + t;
+    if (tau < tasks) {
+      const In* p = src + (tau / L) * D + (tau % L) * 8;
+      r1[m].load(p);
+      r2[m].load(p + half_d);
+    }
+  }
+  // The token's cos/sin (as rope_cos_sin; the first inv_freq value is already here).
+  for (int i = t; i < half_d; i += kRopeThreads) {
+    const float angle = __fmul_rn(static_cast<float>(pos), i == t ? f0 : a.inv_freq[i]);
+    double sn, c;
+    sincos(static_cast<double>(angle), &sn, &c);
+    cs[i] = static_cast<float>(c);
+    cs[half_d + i] = static_cast<float>(sn);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < kR; ++m) {
+    const int tb = part + parts * m;
+    if (tb * kRopeThreads >= tasks) break;  // uniform over the block
+    const int tau = tb * kRopeThreads + t;
+    const bool valid = tau < tasks;
+    float x1[8], x2[8];
+    if (valid) {
+      r1[m].get(x1);
+      r2[m].get(x2);
+    }
+    rope_task<F>(a, cs, row, tau, valid, x1, x2, page, pos % kPage);
+  }
+}
+
 // Whether the vectorized kernel applies (16-byte accesses everywhere; a head's D/16 lanes form
 // an aligned group of a warp).
 template <typename In>
@@ -503,11 +608,19 @@ void dispatch_kv_format(KvFormat fmt, Fn&& fn) {
   }
 }
 
+// Which kernel runs: the dispatch (kAuto: rope_kv_v2_kernel, spread or one block per token), the
+// v2 kernel in one launch form at every size (kSpread: kR = 1, a token's task blocks over
+// blocks; kToken: kR = kRopeMaxTasks, as few blocks per token as that allows), the vec kernel
+// with its own dispatch (kPrev, the kernel before 2026-11-30 (fifth session)), or the scalar kernel
+// (kBaseline). Shapes the vectorized kernels do not take run the scalar kernel whatever the path.
+enum class RopePath { kAuto, kSpread, kToken, kPrev, kBaseline };
+
 template <typename In>
 void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                   int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                   const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                  cudaStream_t stream, const char* op, bool allow_vec = true) {
+                  cudaStream_t stream, const char* op, RopePath path = RopePath::kAuto) {
+  const bool allow_vec = path != RopePath::kBaseline;
   const std::string shape = "S=" + std::to_string(batch.num_seqs) +
                             " max_num_tokens=" + std::to_string(batch.max_num_tokens) +
                             " Hq=" + std::to_string(num_heads) +
@@ -546,7 +659,40 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   a.k16 = k16;
   a.v16 = v16;
 
-  if (allow_vec && rope_vec_applies(qkv, qkv_stride, head_dim, q_out, k16, v16, cache, append)) {
+  const bool vec =
+      allow_vec && rope_vec_applies(qkv, qkv_stride, head_dim, q_out, k16, v16, cache, append);
+  if (vec && path != RopePath::kPrev) {
+    const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
+    const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+    const int64_t token_slots =
+        static_cast<int64_t>(batch.max_num_tokens) * static_cast<int64_t>(batch.num_seqs);
+    RopePath form = path;
+    if (path == RopePath::kAuto) {
+      form = token_slots * blocks <= kRopeSpreadWaves * kRopeSpreadBlocks *
+                                         static_cast<int64_t>(current_device_sm_count())
+                 ? RopePath::kSpread
+                 : RopePath::kToken;
+    }
+    const int64_t parts =
+        form == RopePath::kToken ? (blocks + kRopeMaxTasks - 1) / kRopeMaxTasks : blocks;
+    check(parts <= 64, std::string(op) + ": too many heads (" + shape + ")");
+    const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
+                    static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(parts));
+    const size_t smem = static_cast<size_t>(head_dim) * sizeof(float);
+    dispatch_kv_format(fmt, [&]<KvFormat F>() {
+      if (form == RopePath::kSpread) {
+        rope_kv_v2_kernel<F, In, 1, kRopeSpreadBlocks>
+            <<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
+      } else {
+        rope_kv_v2_kernel<F, In, kRopeMaxTasks, kRopeBlocksPerSm>
+            <<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
+      }
+    });
+    check_launch(op, shape);
+    return;
+  }
+  if (vec) {
+    // The vec kernel with its own dispatch (cuda::prev::).
     const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
     const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
     const int64_t token_slots =
@@ -595,7 +741,7 @@ void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevic
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
                     cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "baseline::rope_kv_append", /*allow_vec=*/false);
+               v16, stream, "baseline::rope_kv_append", RopePath::kBaseline);
 }
 
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
@@ -603,10 +749,59 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
                         uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "baseline::rope_kv_append_f16", /*allow_vec=*/false);
+               v16, stream, "baseline::rope_kv_append_f16", RopePath::kBaseline);
 }
 
 }  // namespace baseline
+
+namespace prev {
+
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream) {
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, "prev::rope_kv_append", RopePath::kPrev);
+}
+
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, "prev::rope_kv_append_f16", RopePath::kPrev);
+}
+
+}  // namespace prev
+
+namespace forced {
+
+static RopePath rope_form(int task_blocks, const char* op) {
+  check(task_blocks == 1 || task_blocks == kRopeMaxTasks,
+        std::string(op) + ": task_blocks must be 1 or " + std::to_string(kRopeMaxTasks) + ", got " +
+            std::to_string(task_blocks));
+  return task_blocks == 1 ? RopePath::kSpread : RopePath::kToken;
+}
+
+void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                    int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
+                    const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
+                    cudaStream_t stream, int task_blocks) {
+  const char* op = "forced::rope_kv_append";
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, op, rope_form(task_blocks, op));
+}
+
+void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
+                        int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                        const float* inv_freq, const PagedKvDevice& cache, float* q_out,
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks) {
+  const char* op = "forced::rope_kv_append_f16";
+  rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
+               v16, stream, op, rope_form(task_blocks, op));
+}
+
+}  // namespace forced
 
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,

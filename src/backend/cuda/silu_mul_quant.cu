@@ -24,8 +24,10 @@
 // the dispatch runs silu_mul_quant_v2_kernel on the same shapes, the same structure with about
 // two thirds of the instructions per element and a third fewer on the 16-per-SM conversion/MUFU
 // pipe (see its comment: a per-pair certificate, the fp16 product by __hmul2_rn for fp16
-// inputs, the codes without a conversion instruction), and without the sum 512 threads per row
-// (4 per column group) at every batch size.
+// inputs, the codes without a conversion instruction), and 512 threads per row (4 per column
+// group) at every batch size without the per-token sum; with it, 512 threads up to 4 rows per SM
+// (the sum formed from the staged values, since 2026-11-30, fifth session) and 128 (one per column
+// group, the sum in registers: forced:: split 1) above.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -34,6 +36,7 @@
 
 #include "backend/cuda/act_quant_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
@@ -421,7 +424,17 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
 //  - fp32 inputs keep the vec kernel's per-element arithmetic (the certificate aside).
 // The repair rounds work per pair (bit 4m + i of `pend`: pair i of chunk slot m). kSplit x 128
 // threads per row as in the vec kernel: kSplit = 4 (512 threads, at most 4 chunks per thread)
-// without the sum (kSplit = 2 only for bench_fused's comparison), 1 with it.
+// without the sum, and with it up to 4 rows per SM; with the sum above that kSplit = 1 (kSplit = 2
+// only for bench_fused's comparison).
+//
+// The per-token sum (kSum, the per-channel W4A8 down projection) with kSplit > 1: the
+// reference's sum of logical thread 8p + k runs over the chunks of column group p in chunk order,
+// which kSplit threads hold between them. Until 2026-11-30 (fifth session) the sum therefore forced
+// kSplit = 1 (128 threads per row, 14 chunks of serial work per thread), which is what made the sum
+// cost 2.5-14 us on the H200 (bench_fused 2026-11-30: 13.0 / 31.8 / 102.1 / 193.8 us against 10.4
+// / 29.4 / 94.0 / 179.5 without it). Now the sum is formed after the amax barrier from the staged
+// values in shared memory (sum_from_staged): no other barrier, no extra global traffic. The
+// dispatch takes it up to 4 rows per SM and kSplit = 1 above (see silu_mul_quant_impl).
 __device__ __forceinline__ float fmaf_rd(float a, float b, float c) {
   return __fmaf_rd(a, b, c);
 }
@@ -455,12 +468,51 @@ __device__ __forceinline__ uint32_t pack_low_bytes(uint32_t a, uint32_t b, uint3
   return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
+// The per-token sum from the staged fp16 values (vals, [chunk][column group] x 8 values, complete
+// after a barrier), for kSplit x 128 threads. Each row has 512 words (pairs of logical threads)
+// per chunk; thread t takes words i = t + kSplit * 128 * r (r < 4 / kSplit): column group
+// pg = i / 4, logical threads 8 pg + 2 (i % 4) and + 1. It adds its two logical threads'
+// values over the chunks in chunk order, from 0, exactly as the reference's per-thread loop
+// (consecutive threads read consecutive words: no bank conflict), then replays the first level
+// of the reference's tree (logical_warp_sum8's butterfly, masks 16, 8, 4, 2, 1) on this layout:
+// logical lane 8 (pg % 4) + k lies in physical lane bits (pg % 4) << 2 | (k >> 1), so masks 16
+// and 8 are lane XOR 8 and 4, masks 4 and 2 lane XOR 2 and 1, and mask 1 is the thread's own
+// pair. The logical warp i / 16's total is published in ex_sum[i / 16] (32 per row), after which
+// a barrier and logical_block_total give block_sum_exact's result. fp32 addition is
+// commutative, so only which pairs are added matters, and these are the reference's pairs.
+template <int kSplit>
+__device__ __forceinline__ void sum_from_staged(const uint4* vals, int inter, float* ex_sum) {
+  constexpr int kGroups = detail::kVecRowThreads;
+  constexpr int kWords = kGroups * 4;                 // 32-bit words per chunk
+  constexpr int kReps = kWords / (kGroups * kSplit);  // words per thread
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(vals);
+#pragma unroll
+  for (int r = 0; r < kReps; ++r) {
+    const int i = static_cast<int>(threadIdx.x) + r * kGroups * kSplit;
+    const int pg = i / 4;
+    float a = 0.0f, b = 0.0f;  // logical threads 8 pg + 2 (i % 4) and 8 pg + 2 (i % 4) + 1
+#pragma unroll
+    for (int j = 0; j < kVecMaxChunks; ++j) {
+      if (j * detail::kVecChunk + pg * detail::kVecPerThread < inter) {
+        const uint32_t w = words[j * kWords + i];
+        a = __fadd_rn(a, detail::h2f_lo(w));
+        b = __fadd_rn(b, detail::h2f_hi(w));
+      }
+    }
+#pragma unroll
+    for (int lane_mask = 8; lane_mask >= 1; lane_mask /= 2) {
+      a = __fadd_rn(a, __shfl_xor_sync(detail::kFullMask, a, lane_mask));
+      b = __fadd_rn(b, __shfl_xor_sync(detail::kFullMask, b, lane_mask));
+    }
+    if (i % 16 == 0) ex_sum[i / 16] = __fadd_rn(a, b);
+  }
+}
+
 template <typename T, bool kSum, int kSplit>
 __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / kSplit)
     silu_mul_quant_v2_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
                              uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
                              uint16_t* __restrict__ out) {
-  static_assert(!kSum || kSplit == 1, "the sum's order needs one thread per column group");
   constexpr bool kF16 = sizeof(T) == 2;
   constexpr int kV = detail::kVecPerThread;
   constexpr int kC = detail::kVecChunk;
@@ -614,7 +666,7 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     } else {
       detail::store_codes8(q + row_off + j * kC, v, r);
     }
-    if constexpr (kSum) {
+    if constexpr (kSum && kSplit == 1) {
 #pragma unroll
       for (int k = 0; k < kV; ++k) ps[k] = __fadd_rn(ps[k], v[k]);
     }
@@ -622,7 +674,13 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
   constexpr float kInv127 = 1.0f / 127.0f;
   if (t == 0) scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
   if constexpr (kSum) {
-    detail::publish_logical_warp_sum(detail::logical_warp_sum8(ps), ex_sum);
+    if constexpr (kSplit == 1) {
+      // One thread per column group: the partials are this thread's registers.
+      detail::publish_logical_warp_sum(detail::logical_warp_sum8(ps), ex_sum);
+    } else {
+      // vals is complete since the amax barrier and nobody writes it any more.
+      sum_from_staged<kSplit>(vals, inter, ex_sum);
+    }
     __syncthreads();
     if (t < detail::kWarp) {
       const float total = detail::logical_block_total(ex_sum);
@@ -663,9 +721,10 @@ void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t i
 }
 
 // Which kernel runs: the dispatch (kAuto), the previous dispatch (kPrev: the vec kernel), the
-// first kernels (kBaseline), or the v2 kernel with a forced split (without a sum; with a sum it
-// always has one thread per column group).
-enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split2, kV2Split4 };
+// first kernels (kBaseline), or the v2 kernel with a forced split (kV2Split1: one thread per
+// column group, with a sum only, the dispatch's with-sum kernel until 2026-11-30 (fifth session);
+// without a sum it runs the dispatch's choice).
+enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split1, kV2Split2, kV2Split4 };
 
 template <typename T>
 void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, int8_t* q,
@@ -693,8 +752,29 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
             <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
       }
     } else if (sum != nullptr) {
-      silu_mul_quant_v2_kernel<T, true, 1>
-          <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      // With the sum: 4 threads per column group (sum_from_staged) up to two waves of its 2
+      // blocks per SM, one thread per column group (the sum in registers) above. On the H200
+      // (bench_fused, inter 14336; split 4 / split 1) 256 tokens 11.4 / 12.9 us, 1024 32.3 /
+      // 31.8, 4096 105.6 / 102.5, 8192 202.5 / 194.8: the staged sum's extra instructions
+      // (a shared load and two conversions per pair of values, which split 1 shares with the
+      // codes) cost more than the longer per-thread chains once the GPU is full. Forming the
+      // same sum before the amax exchange (so that blocks end with their code stores) measured
+      // no better than split 4 (11.2 / 32.6 / 105.7 / 203.4 us) and was removed.
+      SiluPath p = path;
+      if (p == SiluPath::kAuto) {
+        p = rows <= 4 * static_cast<int64_t>(current_device_sm_count()) ? SiluPath::kV2Split4
+                                                                        : SiluPath::kV2Split1;
+      }
+      if (p == SiluPath::kV2Split1) {
+        silu_mul_quant_v2_kernel<T, true, 1>
+            <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      } else if (p == SiluPath::kV2Split2) {
+        silu_mul_quant_v2_kernel<T, true, 2>
+            <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      } else {
+        silu_mul_quant_v2_kernel<T, true, 4>
+            <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+      }
     } else {
       // 4 threads per column group (512 per row) at every size: on the H200 (bench_fused,
       // 2026-11-30, inter 14336; split 4 / split 2) 256 tokens 10.3 / 10.9 us, 1024 29.6 /
@@ -789,19 +869,25 @@ namespace forced {
 void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
                         int split) {
-  check(split == 2 || split == 4,
-        "forced::silu_mul_quant_f16: split must be 2 or 4, got " + std::to_string(split));
+  check(split == 1 || split == 2 || split == 4,
+        "forced::silu_mul_quant_f16: split must be 1, 2 or 4, got " + std::to_string(split));
   silu_mul_quant_impl("forced::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out,
-                      stream, split == 2 ? SiluPath::kV2Split2 : SiluPath::kV2Split4);
+                      stream,
+                      split == 1   ? SiluPath::kV2Split1
+                      : split == 2 ? SiluPath::kV2Split2
+                                   : SiluPath::kV2Split4);
 }
 
 void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
                         int split) {
-  check(split == 2 || split == 4,
-        "forced::silu_mul_quant_f32: split must be 2 or 4, got " + std::to_string(split));
+  check(split == 1 || split == 2 || split == 4,
+        "forced::silu_mul_quant_f32: split must be 1, 2 or 4, got " + std::to_string(split));
   silu_mul_quant_impl("forced::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out,
-                      stream, split == 2 ? SiluPath::kV2Split2 : SiluPath::kV2Split4);
+                      stream,
+                      split == 1   ? SiluPath::kV2Split1
+                      : split == 2 ? SiluPath::kV2Split2
+                                   : SiluPath::kV2Split4);
 }
 
 }  // namespace forced
