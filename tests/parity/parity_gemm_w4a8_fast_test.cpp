@@ -471,17 +471,6 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
       }
     }
   }
-  // The choice: swapped stream-K for a long K below 512 tokens, 64-row ping-pong for an even
-  // count of 64-row tiles, the 128x128 kernel from 512 tokens on.
-  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 14336), cuda::W4A8Sm90Variant::kSwapStreamK);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(192, 4096, 4096), cuda::W4A8Sm90Variant::kSwapStreamK);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 14336), cuda::W4A8Sm90Variant::kLargeM);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(4096, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(65536, 28672, 4096), cuda::W4A8Sm90Variant::kCoop128x256);
-  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kCoop128x256).swizzle, 8);
-  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kLargeM).swizzle, 1);
 }
 
 }  // namespace
@@ -503,6 +492,32 @@ TEST(ParityGemmFastW4A8, TileOrderAndVariantNamesParse) {
     EXPECT_EQ(cuda::w4a8_sm90_variant_from_name(cuda::w4a8_sm90_variant_name(v)), v);
   EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("auto"), Error);
   EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("sm90_128x128"), Error);
+}
+
+// The shape rules (host code: runs without a GPU too).
+TEST(ParityGemmFastW4A8, LargeMChoiceRules) {
+  // The choice: swapped stream-K for a long K below 512 tokens, 64-row ping-pong for an even
+  // count of 64-row tiles, the 128x128 kernel from 512 tokens on.
+  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 14336), cuda::W4A8Sm90Variant::kSwapStreamK);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(192, 4096, 4096), cuda::W4A8Sm90Variant::kSwapStreamK);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 14336), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(4096, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(65536, 28672, 4096), cuda::W4A8Sm90Variant::kCoop128x256);
+  // 70B-class linears at 129..256 tokens: one cluster of 128-row tiles (weights read once).
+  EXPECT_EQ(cuda::w4a8_sm90_choose(240, 57344, 8192), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(240, 8192, 28672), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(263, 57344, 8192), cuda::W4A8Sm90Variant::kSwapStreamK);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(240, 28672, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kCoop128x256).swizzle, 8);
+  EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kLargeM).swizzle, 1);
+  // W8A8 (and g128 on its expanded weights): the same 128x256 kernel for prefill-sized steps.
+  EXPECT_EQ(cuda::w8a8_sm90_choose(64), cuda::W8A8Sm90Variant::kSmallMSwapAB);
+  EXPECT_EQ(cuda::w8a8_sm90_choose(1024), cuda::W8A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w8a8_sm90_choose(65536), cuda::W8A8Sm90Variant::kCoop128x256);
+  EXPECT_EQ(cuda::w8a8_sm90_tile_order(cuda::W8A8Sm90Variant::kCoop128x256).swizzle, 8);
+  EXPECT_EQ(cuda::w8a8_sm90_tile_order(cuda::W8A8Sm90Variant::kLargeM).swizzle, 1);
 }
 
 // The tile order (gemm_sm90_tile_order.h) only changes which CTA computes which output tile, so

@@ -399,6 +399,14 @@ std::optional<W4A8Sm90Variant> large_m_env_override() {
 
 }  // namespace
 
+//  - 129..256 tokens on 70B-class linears (N and K >= 8192, 67-470 MB of 1-byte codes): the
+//    128x128 kernel. One 2x1 cluster of 128-row tiles covers all the tokens, so each weight tile
+//    is read from HBM once (multicast) while the 64-row and swapped kernels read it several
+//    times, and at these sizes the weight stream is the bound. bench_gemm --tune-large-m
+//    --shapes llama-2-70b.* (2026-11-30-gemm-large-m-tune-70b-h200-s5.json), M = 240, us,
+//    128x128 / 64-row / swapped: qkv 46.7 / 46.9 / 46.1, o 28.1 / 35.3 / 33.3, gate_up 158.7 /
+//    217.7 / 204.3, down 77.7 / 106.7 / 92.9. From 257 tokens every variant reads the weights
+//    at least twice (M = 263: gate_up 524 / 433 / 397 us); the swapped kernel stays best there.
 //  - M >= 32768 (the engine's prefill steps of ~64k rows): the 128x256 cooperative kernel with
 //    8-wide swizzled tiles walking along N (w4a8_sm90_tile_order). End to end (b512, 1024-token
 //    prompts, one device call, alternating): prefill 7.17 / 7.23 s with the 128x128 kernel,
@@ -417,6 +425,7 @@ W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
     if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
     return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;
   }
+  if (m > 128 && m <= 256 && n >= 8192 && k >= 8192) return W4A8Sm90Variant::kLargeM;
   if (k >= 2 * n) return W4A8Sm90Variant::kSwapStreamK;
   if (m <= 128 || even_tiles(64)) return W4A8Sm90Variant::kPingpong64;
   return W4A8Sm90Variant::kSwapStreamK;
