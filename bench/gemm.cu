@@ -868,9 +868,7 @@ void tune_large_m_layer(const Layer& L, const Operands& o, Timer& timer, const S
     const W4A8Sm90Variant dflt = qserve::cuda::w4a8_sm90_choose(m, o.n, o.k);
     double best_us = 1e30;
     W4A8Sm90Variant best = W4A8Sm90Variant::kAuto;
-    for (const W4A8Sm90Variant v :
-         {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK,
-          W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256}) {
+    for (const W4A8Sm90Variant v : qserve::cuda::kW4A8Sm90Variants) {
       const auto launch = [&] {
         if (!qserve::cuda::gemm_w4a8_per_channel_sm90(o.aq.data(), o.a_scale.data(), o.a_sum.data(),
                                                       m, o.w4pc(), o.y16.data(), s, nullptr, v))
@@ -968,33 +966,38 @@ void tune_tile_order_layer(const Layer& L, const Operands& o, Timer& timer, cons
   for (const Raster r : {Raster::kAlongN, Raster::kAlongM})
     for (const int sw : {1, 2, 4, 8}) orders.push_back(Sm90TileOrder{sw, r});
   using qserve::cuda::W4A8Sm90Variant;
-  // The W4A8 kernel in its persistent variants for large M, then the W8A8 (and g128) one.
-  const W4A8Sm90Variant w4_variants[] = {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop256x128,
-                                         W4A8Sm90Variant::kCoop128x256};
-  std::vector<std::string> kernels;
-  for (const W4A8Sm90Variant v : w4_variants)
-    kernels.push_back(std::string("w4a8_per_channel_") + qserve::cuda::w4a8_sm90_variant_name(v));
-  const qserve::cuda::W8A8Sm90Variant w8_variants[] = {qserve::cuda::W8A8Sm90Variant::kLargeM,
-                                                       qserve::cuda::W8A8Sm90Variant::kCoop128x256};
-  for (const auto v : w8_variants)
-    kernels.push_back(std::string("w8a8_") + qserve::cuda::w8a8_sm90_variant_name(v));
+  using qserve::cuda::W8A8Sm90Variant;
+  // The W4A8 kernel in its persistent variants for large M, then the W8A8 (and g128) ones: one
+  // entry per kernel, with the variant of the family it belongs to (w4 says which).
+  struct Kernel {
+    std::string name;
+    bool w4;
+    W4A8Sm90Variant v4;
+    W8A8Sm90Variant v8;
+  };
+  std::vector<Kernel> kernels;
+  for (const W4A8Sm90Variant v :
+       {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256})
+    kernels.push_back({std::string("w4a8_per_channel_") + qserve::cuda::w4a8_sm90_variant_name(v),
+                       true, v, W8A8Sm90Variant::kAuto});
+  for (const W8A8Sm90Variant v : {W8A8Sm90Variant::kLargeM, W8A8Sm90Variant::kCoop128x256})
+    kernels.push_back({std::string("w8a8_") + qserve::cuda::w8a8_sm90_variant_name(v), false,
+                       W4A8Sm90Variant::kAuto, v});
   for (const int64_t m : st.ms) {
     if (m < 1 || m > o.max_m) continue;
     const size_t yn = static_cast<size_t>(m * o.n);
     DeviceBuffer<uint16_t> want_w4, want_w8;  // the first output of each weight set, on device
-    for (size_t ki = 0; ki < kernels.size(); ++ki) {
-      const char* kernel = kernels[ki].c_str();
-      const bool w4 = ki < std::size(w4_variants);
-      const Sm90TileOrder chosen =
-          w4 ? qserve::cuda::w4a8_sm90_tile_order(w4_variants[ki])
-             : qserve::cuda::w8a8_sm90_tile_order(w8_variants[ki - std::size(w4_variants)]);
+    for (const Kernel& kn : kernels) {
+      const char* kernel = kn.name.c_str();
+      const bool w4 = kn.w4;
+      const Sm90TileOrder chosen = w4 ? qserve::cuda::w4a8_sm90_tile_order(kn.v4)
+                                      : qserve::cuda::w8a8_sm90_tile_order(kn.v8);
       const auto launch = [&](const Sm90TileOrder& ord) {
         const bool ok = w4 ? qserve::cuda::gemm_w4a8_per_channel_sm90(
                                  o.aq.data(), o.a_scale.data(), o.a_sum.data(), m, o.w4pc(),
-                                 o.y16.data(), s, nullptr, w4_variants[ki], &ord)
-                           : qserve::cuda::gemm_w8a8_sm90(
-                                 o.aq.data(), o.a_scale.data(), m, o.w8v(), o.y16.data(), s,
-                                 w8_variants[ki - std::size(w4_variants)], nullptr, &ord);
+                                 o.y16.data(), s, nullptr, kn.v4, &ord)
+                           : qserve::cuda::gemm_w8a8_sm90(o.aq.data(), o.a_scale.data(), m, o.w8v(),
+                                                          o.y16.data(), s, kn.v8, nullptr, &ord);
         if (!ok) throw qserve::Error("the sm90 kernel declined the operands");
       };
       DeviceBuffer<uint16_t>& want = w4 ? want_w4 : want_w8;

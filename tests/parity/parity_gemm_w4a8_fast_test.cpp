@@ -434,6 +434,31 @@ TEST(ParityGemmFastW4A8, SmallMLongK) {
   }
 }
 
+// Random activations for m tokens on the device, and the simple (reference) kernel's output for
+// them on `w` (gemm_w4a8_per_channel with the int32 accumulators requested): what every sm90
+// variant and tile order must reproduce bit for bit. `sync` is the device's status after that
+// run (the caller asserts it).
+struct LargeMProblem {
+  DeviceBuffer<int8_t> q;
+  DeviceBuffer<uint16_t> scale, sum;
+  std::vector<uint16_t> want;
+  cudaError_t sync = cudaSuccess;
+};
+
+LargeMProblem large_m_problem(ParityRng& rng, const cuda::W4PerChannelOnDevice& w, int64_t m,
+                              int64_t n, int64_t k) {
+  const Acts a = random_acts(rng, m, k);
+  LargeMProblem p{to_device(a.q), to_device(a.scale), to_device(a.sum), {}, cudaSuccess};
+  const size_t yn = static_cast<size_t>(m * n);
+  DeviceBuffer<uint16_t> y_ref(yn);
+  DeviceBuffer<int32_t> acc(yn);
+  cuda::gemm_w4a8_per_channel(p.q.data(), p.scale.data(), p.sum.data(), m, w.view(), nullptr,
+                              y_ref.data(), acc.data(), nullptr);
+  p.sync = cudaDeviceSynchronize();
+  if (p.sync == cudaSuccess) p.want = to_host(y_ref);
+  return p;
+}
+
 // Every CUTLASS variant of the large-M per-channel kernel (W4A8Sm90Variant; the dispatch picks
 // among them by shape) against the simple kernel, bit for bit: M with partial 64- and 128-row
 // tiles and odd tile counts, N with a partial 128-channel tile, a K/N ratio that selects the
@@ -445,24 +470,17 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
     const auto wpc = random_w4pc(rng, n, k);
     const auto dpc = cuda::upload(wpc);
     for (const int64_t m : {65, 127, 192, 200, 384, 520}) {
-      const Acts a = random_acts(rng, m, k);
-      const auto da = to_device(a.q);
-      const auto dscale = to_device(a.scale);
-      const auto dsum = to_device(a.sum);
-      const size_t yn = static_cast<size_t>(m * n);
-      DeviceBuffer<uint16_t> y_ref(yn), y(yn);
-      DeviceBuffer<int32_t> acc(yn);
-      cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), m, dpc.view(), nullptr,
-                                  y_ref.data(), acc.data(), nullptr);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      const std::vector<uint16_t> want = to_host(y_ref);
+      const LargeMProblem p = large_m_problem(rng, dpc, m, n, k);
+      ASSERT_EQ(p.sync, cudaSuccess);
+      const std::vector<uint16_t>& want = p.want;
+      DeviceBuffer<uint16_t> y(static_cast<size_t>(m * n));
       for (const auto v :
            {cuda::W4A8Sm90Variant::kAuto, cuda::W4A8Sm90Variant::kLargeM,
             cuda::W4A8Sm90Variant::kPingpong64, cuda::W4A8Sm90Variant::kSwapStreamK,
             cuda::W4A8Sm90Variant::kCoop256x128, cuda::W4A8Sm90Variant::kCoop128x256}) {
         const std::string base = mnk({m, n, k}) + ",variant=" + cuda::w4a8_sm90_variant_name(v);
         poison(y.data(), y.bytes());
-        ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(da.data(), dscale.data(), dsum.data(), m,
+        ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(p.q.data(), p.scale.data(), p.sum.data(), m,
                                                      dpc.view(), y.data(), nullptr, nullptr, v))
             << base;
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << base;
@@ -486,9 +504,7 @@ TEST(ParityGemmFastW4A8, TileOrderAndVariantNamesParse) {
   EXPECT_EQ(cuda::parse_sm90_tile_order("1,m").raster, cuda::Sm90TileOrder::Raster::kAlongM);
   for (const char* bad : {"", "3,n", "8,x", "16,n", "8,", "n", "8,nn", " 8,n"})
     EXPECT_THROW(cuda::parse_sm90_tile_order(bad), Error) << "'" << bad << "'";
-  for (const auto v : {cuda::W4A8Sm90Variant::kLargeM, cuda::W4A8Sm90Variant::kPingpong64,
-                       cuda::W4A8Sm90Variant::kSwapStreamK, cuda::W4A8Sm90Variant::kCoop256x128,
-                       cuda::W4A8Sm90Variant::kCoop128x256})
+  for (const auto v : cuda::kW4A8Sm90Variants)
     EXPECT_EQ(cuda::w4a8_sm90_variant_from_name(cuda::w4a8_sm90_variant_name(v)), v);
   EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("auto"), Error);
   EXPECT_THROW(cuda::w4a8_sm90_variant_from_name("sm90_128x128"), Error);
@@ -530,17 +546,14 @@ TEST(ParityGemmFastW4A8, LargeMTileOrdersBitExact) {
   const int64_t n = 1160, k = 384, m = 1300;  // 11 x 10 tiles of 128 (odd cluster count)
   const auto wpc = random_w4pc(rng, n, k);
   const auto dpc = cuda::upload(wpc);
-  const Acts a = random_acts(rng, m, k);
-  const auto da = to_device(a.q);
-  const auto dscale = to_device(a.scale);
-  const auto dsum = to_device(a.sum);
+  const LargeMProblem p = large_m_problem(rng, dpc, m, n, k);
+  ASSERT_EQ(p.sync, cudaSuccess);
+  const std::vector<uint16_t>& want = p.want;
+  const auto& da = p.q;
+  const auto& dscale = p.scale;
+  const auto& dsum = p.sum;
   const size_t yn = static_cast<size_t>(m * n);
-  DeviceBuffer<uint16_t> y_ref(yn), y(yn);
-  DeviceBuffer<int32_t> acc(yn);
-  cuda::gemm_w4a8_per_channel(da.data(), dscale.data(), dsum.data(), m, dpc.view(), nullptr,
-                              y_ref.data(), acc.data(), nullptr);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const std::vector<uint16_t> want = to_host(y_ref);
+  DeviceBuffer<uint16_t> y(yn);
   // W8A8 on random int8 weights: its reference is its own default order.
   const std::vector<int8_t> w8 = rng.fast_ints<int8_t>(static_cast<size_t>(n * k), -127, 127);
   const std::vector<uint16_t> dq = rng.fp16_uniform(static_cast<size_t>(n), 1e-4f, 1e-2f);

@@ -1,7 +1,6 @@
 // The tile-order policy of the persistent CUTLASS GEMMs (gemm_sm90_tile_order.h).
 #include "backend/cuda/gemm_sm90_tile_order.h"
 
-#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -32,15 +31,8 @@ namespace {
 // --tune-tile-order times single GEMMs, whose figures move with the GPU's power state). Read
 // once; a malformed value is an error, not a silent default.
 std::optional<Sm90TileOrder> env_override() {
-  static const std::optional<Sm90TileOrder> cached = []() -> std::optional<Sm90TileOrder> {
-    const char* v = std::getenv("QSERVE_SM90_TILE_ORDER");
-    if (v == nullptr || *v == '\0') return std::nullopt;
-    try {
-      return parse_sm90_tile_order(v);
-    } catch (const Error& e) {
-      throw Error(std::string("QSERVE_SM90_TILE_ORDER: ") + e.what());
-    }
-  }();
+  static const std::optional<Sm90TileOrder> cached =
+      sm90_env_override("QSERVE_SM90_TILE_ORDER", parse_sm90_tile_order);
   return cached;
 }
 

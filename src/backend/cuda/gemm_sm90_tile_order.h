@@ -10,7 +10,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
+
+#include "core/error.h"
 
 namespace qserve::cuda {
 
@@ -19,6 +23,12 @@ struct Sm90TileOrder {
   int swizzle = 1;                     // CUTLASS max_swizzle_size: 1, 2, 4 or 8
   Raster raster = Raster::kHeuristic;  // kHeuristic: CUTLASS's (along M when N has more tiles)
 };
+
+// The prefill-sized GEMMs' tiles (W4A8 per-channel and W8A8 kCoop128x256): from this many rows
+// the 128x256 cooperative kernels run, with kSm90WideTileOrder (measured end to end:
+// gemm_w4a8_sm90.cu, w4a8_sm90_choose).
+constexpr int64_t kSm90WideTileMinRows = 32768;
+constexpr Sm90TileOrder kSm90WideTileOrder{8, Sm90TileOrder::Raster::kAlongN};
 
 // "<swizzle 1|2|4|8>,<m|n|h>" (raster along M, along N, CUTLASS's heuristic; ",h" may be left
 // out) as an order; throws qserve::Error naming the expected form on anything else.
@@ -31,6 +41,21 @@ Sm90TileOrder sm90_tile_order_or_env(const Sm90TileOrder& choice);
 
 // "along_n" etc., for bench output and error messages.
 const char* sm90_raster_name(Sm90TileOrder::Raster r);
+
+// The A/B overrides of the sm90 GEMMs' choices (QSERVE_SM90_TILE_ORDER here,
+// QSERVE_W4A8_SM90_LARGE in gemm_w4a8_sm90.cu): environment variable `name` parsed by `parse`;
+// nullopt when unset or empty; a value `parse` rejects throws qserve::Error naming the variable.
+// Callers keep the result in a function-local static (read once per process).
+template <typename T>
+std::optional<T> sm90_env_override(const char* name, T (*parse)(const std::string&)) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  try {
+    return parse(v);
+  } catch (const Error& e) {
+    throw Error(std::string(name) + ": " + e.what());
+  }
+}
 
 // CUTLASS's scheduler arguments from a tile order; the persistent
 // and the stream-K schedulers both have these two fields.

@@ -114,6 +114,10 @@ enum class W4A8Sm90Variant : uint8_t {
                  // bytes from shared memory per MMA than 128x128)
   kCoop128x256,  // 128x256x128, 2x1, cooperative, persistent (n256 wgmmas)
 };
+// Every concrete variant (all but kAuto): name lookups, the tuning benchmark, the parity tests.
+inline constexpr W4A8Sm90Variant kW4A8Sm90Variants[] = {
+    W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK,
+    W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256};
 const char* w4a8_sm90_variant_name(W4A8Sm90Variant v);
 // The variant of a w4a8_sm90_variant_name (not "auto"); throws qserve::Error listing the names.
 W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name);

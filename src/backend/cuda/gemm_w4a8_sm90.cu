@@ -15,7 +15,6 @@
 // The int32 accumulators are exact, so y is bit-identical to the CPU reference.
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -355,11 +354,8 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
 }
 
 W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name) {
-  constexpr W4A8Sm90Variant kAll[] = {W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64,
-                                      W4A8Sm90Variant::kSwapStreamK, W4A8Sm90Variant::kCoop256x128,
-                                      W4A8Sm90Variant::kCoop128x256};
   std::string names;
-  for (const W4A8Sm90Variant v : kAll) {
+  for (const W4A8Sm90Variant v : kW4A8Sm90Variants) {
     if (name == w4a8_sm90_variant_name(v)) return v;
     names += std::string(names.empty() ? "" : ", ") + w4a8_sm90_variant_name(v);
   }
@@ -379,21 +375,12 @@ W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name) {
 //    M = 256 on qkv and gate_up; with an odd count of 64-row tiles the swapped kernel.
 namespace {
 
-constexpr int64_t kCoop128x256MinM = 32768;  // see w4a8_sm90_choose
-
 // QSERVE_W4A8_SM90_LARGE=<variant name> (w4a8_sm90_variant_name, e.g.
 // sm90_256x128x128_coop_2x1) replaces the kernel for M >= 4096 in the whole process: for
 // end-to-end A/B runs (bench_gemm times single GEMMs). Read once; an unknown name is an error.
 std::optional<W4A8Sm90Variant> large_m_env_override() {
-  static const std::optional<W4A8Sm90Variant> cached = []() -> std::optional<W4A8Sm90Variant> {
-    const char* v = std::getenv("QSERVE_W4A8_SM90_LARGE");
-    if (v == nullptr || *v == '\0') return std::nullopt;
-    try {
-      return w4a8_sm90_variant_from_name(v);
-    } catch (const Error& e) {
-      throw Error(std::string("QSERVE_W4A8_SM90_LARGE: ") + e.what());
-    }
-  }();
+  static const std::optional<W4A8Sm90Variant> cached =
+      sm90_env_override("QSERVE_W4A8_SM90_LARGE", w4a8_sm90_variant_from_name);
   return cached;
 }
 
@@ -420,7 +407,7 @@ W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
   if (m >= 4096) {
     if (const std::optional<W4A8Sm90Variant> v = large_m_env_override()) return *v;
   }
-  if (m >= kCoop128x256MinM) return W4A8Sm90Variant::kCoop128x256;
+  if (m >= kSm90WideTileMinRows) return W4A8Sm90Variant::kCoop128x256;
   if (m >= 512) {
     if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
     return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;
@@ -435,7 +422,7 @@ Sm90TileOrder w4a8_sm90_tile_order(W4A8Sm90Variant v) {
   // The 128x256 kernel's 8-wide swizzle is the order measured with it end to end (above); the
   // others keep CUTLASS's (an 8-wide swizzle alone did not speed up the 128x128 kernel's
   // prefill: 7.24 / 7.36 vs 7.17 / 7.23 s). The swapped stream-K kernel's M is the channels.
-  if (v == W4A8Sm90Variant::kCoop128x256) return Sm90TileOrder{8, Sm90TileOrder::Raster::kAlongN};
+  if (v == W4A8Sm90Variant::kCoop128x256) return kSm90WideTileOrder;
   return Sm90TileOrder{};
 }
 

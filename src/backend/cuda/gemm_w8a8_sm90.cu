@@ -69,11 +69,11 @@ W8A8Sm90Variant w8a8_sm90_choose(int64_t m) {
   // prefill-sized steps, where 128x256 tiles with a swizzled walk do (as for W4A8 per-channel,
   // whose main loop this is: gemm_w4a8_sm90.cu, w4a8_sm90_choose).
   if (m <= 128) return W8A8Sm90Variant::kSmallMSwapAB;
-  return m >= 32768 ? W8A8Sm90Variant::kCoop128x256 : W8A8Sm90Variant::kLargeM;
+  return m >= kSm90WideTileMinRows ? W8A8Sm90Variant::kCoop128x256 : W8A8Sm90Variant::kLargeM;
 }
 
 Sm90TileOrder w8a8_sm90_tile_order(W8A8Sm90Variant v) {
-  if (v == W8A8Sm90Variant::kCoop128x256) return Sm90TileOrder{8, Sm90TileOrder::Raster::kAlongN};
+  if (v == W8A8Sm90Variant::kCoop128x256) return kSm90WideTileOrder;
   return Sm90TileOrder{};
 }
 
