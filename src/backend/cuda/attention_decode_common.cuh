@@ -141,7 +141,19 @@ __device__ __forceinline__ int stage_q_pow2(const float* qg, int G, float* q_s, 
 // through a local lambda and compute a stage's address (ring + (i % kStages) * kStageBytes) in
 // their loop themselves. Direct calls, or a stage() helper, each changed the code
 // (decode_mma_kernel<kv4, 128>: 117 -> 123 registers).
-template <class Geo, int Warps, int Blk>
+//
+// Swz::apply(off) places the 16-byte chunk at byte off of the K payload, and of the V payload,
+// in the stage (a permutation that keeps 16-byte chunks whole; readers apply the same map; one
+// map for both, so a V chunk's address stays its K chunk's + kPayload). The mma kernel uses it
+// to make its V^T loads bank-conflict free; the tc kernel keeps the identity.
+// kSpan: apply(off + k kSpan) = apply(off) + k kSpan (the map reads and moves only bits below
+// it), so the stream adds each lane's later chunks (32 chunks = 512 bytes apart) to one
+// swizzled offset instead of mapping every chunk.
+struct NoPayloadSwizzle {
+  static constexpr int kSpan = 16;
+  __host__ __device__ static constexpr int apply(int off) { return off; }
+};
+template <class Geo, int Warps, int Blk, class Swz = NoPayloadSwizzle>
 struct WarpKvStream {
   static_assert(Blk == 32 && kPage % Blk == 0, "32-key blocks (64-byte fp16 runs), in one page");
   static_assert(Geo::kPayload == Blk * Geo::RB, "payload bytes per block");
@@ -183,10 +195,13 @@ struct WarpKvStream {
       uint8_t* st = ring + (i % Geo::kStages) * Geo::kStageBytes;
       const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
       const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
+      static_assert(512 % Swz::kSpan == 0, "chunks of a lane are 512 bytes apart");
+      const int lane_off = Swz::apply(lane * 16);
 #pragma unroll
       for (int c = lane; c < Geo::kPayload / 16; c += 32) {
-        cp_async16(st + c * 16, kb + c * 16);
-        cp_async16(st + Geo::kPayload + c * 16, vb + c * 16);
+        const int dst = lane_off + (c - lane) * 16;
+        cp_async16(st + dst, kb + c * 16);
+        cp_async16(st + Geo::kPayload + dst, vb + c * 16);
       }
       if (lane < 16) {
         const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
@@ -212,7 +227,22 @@ struct WarpKvStream {
 //    split's partial O and (M, L).
 // kLog2: maxima and scores in log2 units, weights 2^x (exp2f); otherwise natural-log units, e^x
 // (expf).
-template <bool kLog2, int Warps, int D, class Args>
+// Index of (row, channel c) in the merge scratch red_o (row = warp * 8 + head). kSwz XORs the
+// low bits of c with (c / 32) and the head pair (head / 2): the mma kernel's epilogue, where
+// lanes (g, t) store channel g * (D / 8) + j of heads 2t, 2t + 1, then hits 32 distinct banks
+// (16-way conflicts without it, 2026-11-30 Nsight), and the merge's reads of 32 consecutive
+// channels of one row stay a permutation of one 128-byte line.
+template <int D, bool kSwz>
+__device__ __forceinline__ int red_o_index(int row, int c) {
+  static_assert(D == 64 || D == 128, "head_dim");
+  if constexpr (kSwz) {
+    return row * D + (c ^ ((c >> 5) | (((row & 7) >> 1) << (D == 128 ? 2 : 1))));
+  } else {
+    return row * D + c;
+  }
+}
+
+template <bool kLog2, int Warps, int D, bool kSwz, class Args>
 __device__ __forceinline__ void merge_warps_and_store(const Args& a, const float* red_o,
                                                       const float* red_ml, const float* q_s,
                                                       float* misc, int G, int64_t q_row, int kvh,
@@ -247,7 +277,7 @@ __device__ __forceinline__ void merge_warps_and_store(const Args& a, const float
         const float mw = red_ml[(w * 8 + h) * 2];
         const float wt = mw == -INFINITY ? 0.0f : exp_base<kLog2>(mw - M);
         L += red_ml[(w * 8 + h) * 2 + 1] * wt;
-        O += red_o[(w * 8 + h) * D + c] * wt;
+        O += red_o[red_o_index<D, kSwz>(w * 8 + h, c)] * wt;
       }
     }
     if (has_cur) {  // one more online-softmax step with the unquantized fp16 K/V

@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
@@ -89,6 +90,36 @@ struct Geom {
 };
 
 using Args = attn::DecodeArgs;
+
+// Where the K and V payloads' bytes sit in a ring stage: byte offset off of a page-order
+// payload (key * RB + byte) goes to apply(off). The O MMA's A fragments make lane (g, t) load
+// V bytes [g * RB / 8, (g + 1) * RB / 8) of keys 2t + {0, 1, 8, 9} (+ 16j): in page order the
+// four t of one load phase hit the same banks (KV4 D = 128: 4-way conflicts, 4x the ideal
+// wavefronts of every V load, 2026-11-30 Nsight). XORing the 32-byte unit of a row (bits 5, 6)
+// with the key's t bits (key bits 1, 2) spreads them over the banks; 16-byte chunks stay whole,
+// so the cp.async copies move them unchanged. K gets the same map (its loads, rows g of 8
+// consecutive keys, stay conflict free) so that the stream keeps one address per K/V chunk
+// pair. The offsets of keys + 8 and + 16 (8 RB, 16 RB) lie above the bits the map reads and
+// writes, which the kernel's per-lane base offsets rely on.
+template <KvFormat F, int D>
+struct PayloadSwizzle {
+  static constexpr int kSpan = 512;
+  __host__ __device__ static constexpr int apply(int off) {
+    if constexpr (F == KvFormat::kv4 && D == 128) {  // RB 64: key bits 1, 2 = off bits 7, 8
+      return off ^ (((off >> 7) & 1) << 6) ^ (((off >> 8) & 1) << 5);
+    } else if constexpr (F == KvFormat::kv4) {  // D 64, RB 32: bit 7 = key bit 2
+      return off ^ (((off >> 7) & 1) << 5);
+    } else {  // KV8 D 64, RB 64: bits 7, 8 = key bits 1, 2
+      static_assert(D == 64, "KV8 D = 128 uses NoPayloadSwizzle");
+      return off ^ (((off >> 7) & 3) << 5);
+    }
+  }
+};
+// KV8 at D = 128 (RB 128) would need key bits 1, 2 = off bits 8, 9, past the 512-byte span the
+// stream assumes; it keeps the page order (it already meets its bandwidth target).
+template <KvFormat F, int D>
+using PayloadSwizzleFor = std::conditional_t<F == KvFormat::kv8 && D == 128, attn::NoPayloadSwizzle,
+                                             PayloadSwizzle<F, D>>;
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -263,7 +294,14 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
                          1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t + 1) * 4)};
 
   // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
-  const attn::WarpKvStream<Geo, kWarps, kBlk> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp, lane);
+  using Swz = PayloadSwizzleFor<F, D>;
+  const attn::WarpKvStream<Geo, kWarps, kBlk, Swz> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp,
+                                                      lane);
+  // This lane's K row (key g of each 8) and V rows (keys 2t, 2t + 1 of each 16-key step) in a
+  // stage; keys + 8 and + 16 are 8 RB and 16 RB further, offsets the swizzle leaves alone.
+  const int k_off = Swz::apply(g * RB + t * Geo::kKBytes);
+  const int v_off0 = Geo::kPayload + Swz::apply(2 * t * RB + g * Geo::kVBytes);
+  const int v_off1 = Geo::kPayload + Swz::apply((2 * t + 1) * RB + g * Geo::kVBytes);
 
   // O^T accumulators: m-tile m, rows g (channel slot 2m) and g+8 (slot 2m+1), heads 2t, 2t+1.
   float o[Geo::kMTiles][4];
@@ -292,8 +330,8 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       uint32_t w0[KW], w1[KW];
-      lds_words<KW>(w0, st + (16 * j + g) * RB + t * Geo::kKBytes);
-      lds_words<KW>(w1, st + (16 * j + g + 8) * RB + t * Geo::kKBytes);
+      lds_words<KW>(w0, st + k_off + 16 * j * RB);
+      lds_words<KW>(w1, st + k_off + (16 * j + 8) * RB);
       uint32_t p0[NKP], p1[NKP];
 #pragma unroll
       for (int wi = 0; wi < KW; ++wi) {
@@ -393,11 +431,10 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
       const uint32_t b1 = movmatrix_t(pq[1]);  // P'[keys 8+2t, 8+2t+1][head g]
       // V codes of keys 2t, 2t+1 (a0/a1) and 2t+8, 2t+9 (a2/a3), lane g's channel block.
       uint32_t va[VW], vb[VW], vc[VW], vd[VW];
-      const uint8_t* vbase = st + Geo::kPayload + g * Geo::kVBytes;
-      lds_words<VW>(va, vbase + (16 * j + 2 * t) * RB);
-      lds_words<VW>(vb, vbase + (16 * j + 2 * t + 1) * RB);
-      lds_words<VW>(vc, vbase + (16 * j + 2 * t + 8) * RB);
-      lds_words<VW>(vd, vbase + (16 * j + 2 * t + 9) * RB);
+      lds_words<VW>(va, st + v_off0 + 16 * j * RB);
+      lds_words<VW>(vb, st + v_off1 + 16 * j * RB);
+      lds_words<VW>(vc, st + v_off0 + (16 * j + 8) * RB);
+      lds_words<VW>(vd, st + v_off1 + (16 * j + 8) * RB);
       uint32_t lo_pairs[NVS], hi_pairs[NVS];
       unpack_v_pairs<F, Geo::kVBytes>(va, vb, lo_pairs);
       unpack_v_pairs<F, Geo::kVBytes>(vc, vd, hi_pairs);
@@ -434,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
           // O = sum p s c - sum p s z: the offset 1024 sum P', the factor 16 of KV4's odd
           // slots (rows g+8) and the zero term are one number per head.
           const float inv = Geo::kKv4 && r == 1 ? 0.0625f : 1.0f;
-          red_o[(warp * 8 + 2 * t + h) * D + chan] =
+          red_o[attn::red_o_index<D, true>(warp * 8 + 2 * t + h, chan)] =
               (o[m][2 * r + h] - 1024.0f * w_part[h]) * inv - z_part[h];
         }
       }
@@ -449,7 +486,7 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   }
   // Current token (scores: fp32 dot on the unrounded q, as the reference, in log2 units), the
   // merge of the warp streams with exp2, and the store (maxima of partials in log2 units).
-  attn::merge_warps_and_store</*kLog2=*/true, kWarps, D>(
+  attn::merge_warps_and_store</*kLog2=*/true, kWarps, D, /*kSwz=*/true>(
       a, red_o, red_ml, q_s, misc, G, q_row, kvh, seq, split, ctx, k_lo, k_hi, tid, lane, warp);
 }
 

@@ -375,7 +375,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   }
   // Current token (scores: fp32 dot as the reference), the merge of the warp streams with
   // exp, and the store (maxima of partials in natural-log units).
-  attn::merge_warps_and_store</*kLog2=*/false, kTcWarps, D>(
+  attn::merge_warps_and_store</*kLog2=*/false, kTcWarps, D, /*kSwz=*/false>(
       a, red_o, red_ml, q_s, misc, G, q_row, kvh, seq, split, ctx, k_lo, k_hi, tid, lane, warp);
 }
 
