@@ -164,7 +164,8 @@ struct WarpKvStream {
   int64_t pb;
   int warp, lane;
   int b_first, nblk;  // first block of the split; blocks of this warp
-  int64_t data_off, scale_off, zero_off;
+  int data_off;       // the head's payload in a page (page offsets fit in 32 bits)
+  int sc_off;         // lanes 0-15: the page offset of their 16-byte run of scales / zeros
 
   __device__ __forceinline__ WarpKvStream(uint8_t* smem, const PageGeom& geom, const int32_t* bt_,
                                           int64_t pb_, int kvh, int k_lo, int kend, int warp_,
@@ -175,9 +176,12 @@ struct WarpKvStream {
     const int b_last = kend > k_lo ? (kend - 1) / Blk : b_first - 1;
     const int nblk_total = b_last - b_first + 1;
     nblk = nblk_total > warp ? (nblk_total - warp + Warps - 1) / Warps : 0;
-    data_off = geom.data_offset(kvh, 0);
-    scale_off = geom.scale_offset(kvh, 0);
-    zero_off = geom.zero_offset(kvh, 0);
+    data_off = static_cast<int>(geom.data_offset(kvh, 0));
+    // Lane l < 16 copies run l & 3 of array l >> 2 (K s, K z, V s, V z); its stage offset
+    // is 2 * kPayload + 16 l.
+    const int64_t arr_off =
+        ((lane >> 2) & 1) ? geom.zero_offset(kvh, 0) : geom.scale_offset(kvh, 0);
+    sc_off = static_cast<int>(arr_off) + (lane & 3) * 16;
   }
 
   // First key position of this warp's block i.
@@ -188,26 +192,31 @@ struct WarpKvStream {
   template <class Args>
   __device__ __forceinline__ void issue(const Args& a, int i) const {
     if (i < nblk) {
-      const int b = b_first + warp + i * Warps;
-      const int pos0 = b * Blk;
-      const int64_t page = bt[pos0 / kPage];
-      const int slot0 = pos0 % kPage;
-      uint8_t* st = ring + (i % Geo::kStages) * Geo::kStageBytes;
-      const uint8_t* kb = a.k_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
-      const uint8_t* vb = a.v_pool + page * pb + data_off + static_cast<int64_t>(slot0) * Geo::RB;
+      // Unsigned (positions are >= 0): shifts and masks, not signed division sequences.
+      const unsigned pos0 = static_cast<unsigned>((b_first + warp + i * Warps) * Blk);
+      // Page index times page bytes as one 32 x 32 -> 64-bit multiply (pages and page bytes
+      // are below 2^31).
+      const uint64_t page_off = static_cast<uint64_t>(static_cast<uint32_t>(bt[pos0 / kPage])) *
+                                static_cast<uint32_t>(pb);
+      const int slot0 = static_cast<int>(pos0 % kPage);
+      uint8_t* st = ring + (static_cast<unsigned>(i) % Geo::kStages) * Geo::kStageBytes;
+      // One 64-bit base per pool and one shared-memory base per lane, the lane's later chunks
+      // (32 chunks = 512 bytes apart) as immediate offsets: per-chunk 64-bit address arithmetic
+      // was ~8% of the mma kernel's loop (2026-11-30 SASS).
+      static_assert(Geo::kPayload % 512 == 0, "whole 32-chunk rounds per payload");
       static_assert(512 % Swz::kSpan == 0, "chunks of a lane are 512 bytes apart");
-      const int lane_off = Swz::apply(lane * 16);
+      const uint8_t* kpage = a.k_pool + page_off;
+      const uint8_t* vpage = a.v_pool + page_off;
+      const int row0 = data_off + slot0 * Geo::RB + lane * 16;
+      uint8_t* sd = st + Swz::apply(lane * 16);
 #pragma unroll
-      for (int c = lane; c < Geo::kPayload / 16; c += 32) {
-        const int dst = lane_off + (c - lane) * 16;
-        cp_async16(st + dst, kb + c * 16);
-        cp_async16(st + Geo::kPayload + dst, vb + c * 16);
+      for (int r = 0; r < Geo::kPayload / 512; ++r) {
+        cp_async16(sd + r * 512, kpage + row0 + r * 512);
+        cp_async16(sd + Geo::kPayload + r * 512, vpage + row0 + r * 512);
       }
       if (lane < 16) {
-        const int arr = lane >> 2, part = lane & 3;  // K s, K z, V s, V z
-        const uint8_t* pool = arr < 2 ? a.k_pool : a.v_pool;
-        const int64_t off = ((arr & 1) ? zero_off : scale_off) + 2 * slot0 + part * 16;
-        cp_async16(st + 2 * Geo::kPayload + arr * 64 + part * 16, pool + page * pb + off);
+        cp_async16(st + 2 * Geo::kPayload + lane * 16,
+                   (lane < 8 ? kpage : vpage) + sc_off + 2 * slot0);
       }
     }
     cp_async_commit();  // always, so group counting stays uniform
