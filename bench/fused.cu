@@ -22,9 +22,11 @@
 // first kernel
 // ("<kernel>_baseline", cuda::baseline), and each variant forced at every size (cuda::forced:
 // where the dispatch thresholds belong): norm and SiLU "<kernel>_split2" / "_split4", SiLU with
-// the sum "_split1" (its dispatch until 2026-11-30 (fifth session)), RoPE "_spread" / "_token"; all
-// in backend/cuda/fused_baseline.h. After them, a device-to-device copy of the same bytes (a
-// cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row "memcpy_d2d_same_bytes",
+// the sum "_split1" (its dispatch above 4 rows per SM until 2026-11-30 (sixth session)), SiLU
+// "_cols4" (with and without the sum; the with-sum dispatch above 4 rows per SM since then), RoPE
+// "_spread" / "_token"; all in backend/cuda/fused_baseline.h. After them, a device-to-device
+// copy of the same bytes (a cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row
+// "memcpy_d2d_same_bytes",
 // system "cuda-memcpy", shape "<kernel>:<shape>"), timed the same way: what a copy reaches at
 // that size, beside the 1 GiB copy ("memcpy_d2d"). The data is not flushed from L2 between runs.
 // --check first compares each kernel with its CPU reference (src/quant) on a small case, and
@@ -310,9 +312,9 @@ bool check_norm() {
 //  (1) every fp16 bit pattern as a gate value (NaN, inf, subnormals, |g| > 64 included), up = 1,
 //      so `out` is the fp16 SiLU of each: the certified fast path is checked exhaustively for
 //      fp16 inputs; also the standalone silu_mul_f16;
-//  (2) 600 Llama-3-8B rows (gate U(-8, 8), up N(0, 1); more rows than the persistent kernel
-//      has blocks), a row of zero gates (every element takes the fallback, amax = 0) and a row of
-//      |g| in [30, 70] (the |g| > 64 fallback);
+//  (2) 600 Llama-3-8B rows (gate U(-8, 8), up N(0, 1); more than 4 rows per SM on the H200, so
+//      the with-sum dispatch runs the cols4 kernel), a row of zero gates (every element takes the
+//      fallback, amax = 0) and a row of |g| in [30, 70] (the |g| > 64 fallback);
 //  (3) the fp32-input kernel on fp32 gates U(-70, 70) and U(-4, 4).
 // Every output (q, scale, sum, out) must match.
 template <typename T>
@@ -324,10 +326,13 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
     std::vector<uint16_t> scale, sum, out;
   };
   // 0: the baseline; then the current dispatch, the previous kernel, v2 forced to 2, 4 and 1
-  // threads per column group (split 1: the with-sum kernel of the dispatch above 4 rows per SM;
-  // without a sum it runs the dispatch's choice).
-  const char* names[] = {"baseline", "current", "prev", "split2", "split4", "split1"};
-  constexpr int kVersions = 6;
+  // threads per column group (split 1: the with-sum kernel of the dispatch above 4 rows per SM
+  // until 2026-11-30 (sixth session); without a sum it runs the dispatch's choice), and the
+  // register-resident cols4 kernel (cuda::forced::SiluForm::kCols4: the with-sum kernel of the
+  // dispatch above 4 rows per SM since then).
+  const char* names[] = {"baseline", "current", "prev", "split2", "split4", "split1", "cols4"};
+  constexpr int kVersions = 7;
+  using qserve::cuda::forced::SiluForm;
   std::vector<Outs> outs;
   const size_t n = static_cast<size_t>(rows * inter);
   for (int v = 0; v < kVersions; ++v) {
@@ -348,22 +353,30 @@ bool compare_silu_quant_once(const std::string& name, const std::vector<T>& gu, 
         qserve::cuda::baseline::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
       if (v == 1) qserve::cuda::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
       if (v == 2) qserve::cuda::prev::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr);
-      if (v >= 3) {
+      if (v >= 3 && v <= 5) {
         qserve::cuda::forced::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr,
                                                  v == 3   ? 2
                                                  : v == 4 ? 4
                                                           : 1);
+      }
+      if (v == 6) {
+        qserve::cuda::forced::silu_mul_quant_f32(g, rows, inter, q, sc, sum, o, nullptr,
+                                                 SiluForm::kCols4);
       }
     } else {
       if (v == 0)
         qserve::cuda::baseline::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
       if (v == 1) qserve::cuda::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
       if (v == 2) qserve::cuda::prev::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr);
-      if (v >= 3) {
+      if (v >= 3 && v <= 5) {
         qserve::cuda::forced::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr,
                                                  v == 3   ? 2
                                                  : v == 4 ? 4
                                                           : 1);
+      }
+      if (v == 6) {
+        qserve::cuda::forced::silu_mul_quant_f16(g, rows, inter, q, sc, sum, o, nullptr,
+                                                 SiluForm::kCols4);
       }
     }
     outs.push_back({qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
@@ -438,7 +451,7 @@ bool check_silu_vs_baseline() {
     ok &= compare_silu_quant("silu_mul_quant 3 rows", gu, rows, inter);
   }
   {
-    // More rows than the persistent kernel has blocks (2 per SM): blocks loop over rows.
+    // More than 4 rows per SM on the H200 (528): the with-sum dispatch runs the cols4 kernel.
     const int64_t rows = 600, inter = kInter;
     std::mt19937_64 rng(22);
     std::uniform_real_distribution<float> ug(-8.0f, 8.0f), big(30.0f, 70.0f);
@@ -859,6 +872,15 @@ void bench_silu(int64_t T, json& results) {
                                                nullptr, nullptr, split);
     };
   };
+  using qserve::cuda::forced::SiluForm;
+  auto form = [&](SiluForm f) {
+    return [&, f] {
+      qserve::cuda::forced::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), nullptr,
+                                               nullptr, nullptr, f);
+    };
+  };
+  // "_cols4": the register-resident kernel with 4 columns per thread (cuda::forced::SiluForm,
+  // 2026-11-30, sixth session; without the sum not in the dispatch).
   emit_variants(results, "silu_mul_quant", "inter=14336", T, "fp16-in,int8-out", bytes,
                 {{"",
                   [&] {
@@ -876,17 +898,25 @@ void bench_silu(int64_t T, json& results) {
                                                                s.data(), nullptr, nullptr, nullptr);
                   }},
                  {"_split2", forced(2)},
-                 {"_split4", forced(4)}});
+                 {"_split4", forced(4)},
+                 {"_cols4", form(SiluForm::kCols4)}});
   // With the per-token sums (the per-channel W4A8 down projection needs them: the engine's
-  // case for w4a8 per-channel). "": the dispatch (v2 split 4 up to 4 rows per SM, split 1
-  // above); "_split1": v2 with one thread per column group (the sum in registers); "_split4": 4
-  // threads per group, the sum from the staged values after the codes; "_split2": 2 threads per
-  // group; "_prev": the vec kernel.
+  // case for w4a8 per-channel). "": the dispatch (v2 split 4 up to 4 rows per SM, cols4 above,
+  // since 2026-11-30 (sixth session)); "_cols4": the cols4 kernel at every size (the sum in
+  // registers); "_split1": v2 with one thread per column group (the sum in registers; the
+  // dispatch above 4 rows per SM until then); "_split4": 4 threads per group, the sum from the
+  // staged values after the codes; "_split2": 2 threads per group; "_prev": the vec kernel.
   DeviceBuffer<uint16_t> sum(static_cast<size_t>(T));
   auto forced_sum = [&](int split) {
     return [&, split] {
       qserve::cuda::forced::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), sum.data(),
                                                nullptr, nullptr, split);
+    };
+  };
+  auto form_sum = [&](SiluForm f) {
+    return [&, f] {
+      qserve::cuda::forced::silu_mul_quant_f16(gu.data(), T, kInter, q.data(), s.data(), sum.data(),
+                                               nullptr, nullptr, f);
     };
   };
   emit_variants(results, "silu_mul_quant_sum", "inter=14336", T, "fp16-in,int8-out,sum",
@@ -903,7 +933,8 @@ void bench_silu(int64_t T, json& results) {
                   }},
                  {"_split1", forced_sum(1)},
                  {"_split2", forced_sum(2)},
-                 {"_split4", forced_sum(4)}});
+                 {"_split4", forced_sum(4)},
+                 {"_cols4", form_sum(SiluForm::kCols4)}});
 }
 
 // Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)

@@ -682,7 +682,7 @@ TEST(ParitySiluMulQuant, MatchesBaselineBitExact) {
     EXPECT_PARITY(r, "silu_mul_f16/vs_baseline", rc(s));
   }
   ParityRng rng(110);
-  // 600 rows: more than the persistent fp16 kernel's blocks (2 per SM), so blocks loop.
+  // 600 rows: more than 4 per SM on the H200, so the with-sum dispatch runs the cols4 kernel.
   for (const RowShape& s :
        {RowShape{5, 14336}, RowShape{600, 14336}, RowShape{3, 1032}, RowShape{2, 11008},
         RowShape{2, 16384}, RowShape{9, 1024}, RowShape{2, 20000}, RowShape{3, 1500}}) {
@@ -703,8 +703,12 @@ TEST(ParitySiluMulQuant, MatchesBaselineBitExact) {
 // The v2 SiLU·mul + quant kernel (pair certificate, fp16 product by __hmul2_rn, codes by the
 // magic-number conversion) in every form against the baseline, bit for bit on every output: the
 // dispatch at 256 / 1024 / 4096 rows and odd counts on both sides of its split-4 / split-2
-// threshold, the previous kernel (cuda::prev), and the v2 kernel forced to 2 and 4 threads per
-// column group (cuda::forced), with and without the sum and `out`, fp16 and fp32 inputs. Rows
+// threshold, the previous kernel (cuda::prev), the v2 kernel forced to 1, 2 and 4 threads per
+// column group (cuda::forced; split 1 is the with-sum dispatch above 4 rows per SM until
+// 2026-11-30, sixth session), and the register-resident cols4 kernel forced at every size
+// (cuda::forced::SiluForm::kCols4; the with-sum dispatch above 4 rows per SM since then, which
+// 1024 x 2048 and 4096 x 1032 reach on the H200 with fp16 and fp32 inputs), with and without the
+// sum and `out`, fp16 and fp32 inputs. Rows
 // mix in every fp16 bit pattern as an up value (NaN payloads, infinities: the conversion-
 // instruction codes and the fp32 route for non-finite products), zero gates (amax = 0), gates up
 // to |g| = 80, and products that overflow fp16.
@@ -733,10 +737,13 @@ TEST(ParitySiluMulQuant, V2KernelsMatchBaselineBitExact) {
       const std::vector<uint16_t> want_scale = to_host(base.scale), want_sum = to_host(base.sum),
                                   want_out = to_host(bout);
       // split1: one thread per column group (with a sum, the dispatch's kernel above 4 rows per
-      // SM; without one the dispatch's choice); split2/split4 with a sum form it from the staged
-      // values.
-      const char* vname[] = {"current", "prev", "split2", "split4", "split1"};
-      for (int v = 0; v < 5; ++v) {
+      // SM until 2026-11-30, sixth session; without one the dispatch's choice); split2/split4 with
+      // a sum form it from the staged values; cols4: the register-resident kernel
+      // (cuda::forced::SiluForm::kCols4; with a sum, the dispatch's kernel above 4 rows per SM
+      // since then).
+      const char* vname[] = {"current", "prev", "split2", "split4", "split1", "cols4"};
+      using cuda::forced::SiluForm;
+      for (int v = 0; v < 6; ++v) {
         QuantDev d(s);
         DeviceBuffer<uint16_t> dout(n);
         poison(dout.data(), dout.bytes());
@@ -749,12 +756,15 @@ TEST(ParitySiluMulQuant, V2KernelsMatchBaselineBitExact) {
           } else if (v == 1) {
             cuda::prev::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
                                            ds, dov, nullptr);
-          } else {
+          } else if (v <= 4) {
             cuda::forced::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
                                              ds, dov, nullptr,
                                              v == 2   ? 2
                                              : v == 3 ? 4
                                                       : 1);
+          } else {
+            cuda::forced::silu_mul_quant_f32(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                             ds, dov, nullptr, SiluForm::kCols4);
           }
         } else {
           if (v == 0) {
@@ -763,12 +773,15 @@ TEST(ParitySiluMulQuant, V2KernelsMatchBaselineBitExact) {
           } else if (v == 1) {
             cuda::prev::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
                                            ds, dov, nullptr);
-          } else {
+          } else if (v <= 4) {
             cuda::forced::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
                                              ds, dov, nullptr,
                                              v == 2   ? 2
                                              : v == 3 ? 4
                                                       : 1);
+          } else {
+            cuda::forced::silu_mul_quant_f16(dgu.data(), s.rows, s.cols, d.q.data(), d.scale.data(),
+                                             ds, dov, nullptr, SiluForm::kCols4);
           }
         }
         const std::string op = "silu_mul_quant/" + std::string(vname[v]) + "_vs_baseline/" + tag +
@@ -806,7 +819,9 @@ TEST(ParitySiluMulQuant, V2KernelsMatchBaselineBitExact) {
       }
     }
     run_all("f16", s, gu16);
-    if (s.rows <= 256) run_all("f32", s, gu);
+    // fp32 inputs at the small shapes and at the two above 4 rows per SM (the with-sum dispatch's
+    // cols4 kernel with fp32 inputs).
+    if (s.rows <= 256 || s.cols <= 2048) run_all("f32", s, gu);
   }
   {
     // Every fp16 bit pattern as an up value, 4 rows of 16384, gates U(-8, 8).

@@ -312,6 +312,26 @@ __device__ __forceinline__ void merge_warps_and_store(const Args& a, const float
   }
 }
 
+// The split-KV ranges of the tensor-core decode kernels. The cached positions [lo, ctx) of a
+// sequence are cut into runs of split_keys; the current token (position ctx, read from k16/v16)
+// joins the last run, so a context that is a multiple of the split size does not get an extra
+// split holding only the current token (nor a longer first split: 32 x 8192 took 4160-key
+// splits, 33 blocks for some warps, instead of 4096 + 1). `used` splits hold keys.
+struct SplitRange {
+  int used;  // splits of this sequence (>= 1)
+  int k_lo;  // first cached position of this split
+  int kend;  // cached positions [k_lo, kend)
+  int k_hi;  // kend, or ctx + 1 when this split also holds the current token
+};
+__device__ __forceinline__ SplitRange split_range(int ctx, int lo, int split, int split_keys) {
+  SplitRange r;
+  r.used = max(1, (ctx - lo + split_keys - 1) / split_keys);
+  r.k_lo = lo + split * split_keys;
+  r.kend = min(ctx, r.k_lo + split_keys);
+  r.k_hi = split == r.used - 1 ? ctx + 1 : r.kend;
+  return r;
+}
+
 // out = sum_j o_j w_j / sum_j l_j w_j over the used splits, w_j = e^(m_j - M) (natural-log
 // maxima) or 2^(m_j - M) (kLog2: maxima in log2 units).
 template <bool kLog2>
@@ -324,8 +344,7 @@ __global__ void decode_split_merge_kernel(const float* part_o, const float* part
   };
   const int h = blockIdx.x, seq = blockIdx.y;
   const int ctx = context_len[seq];
-  const int lo = first_key(ctx, window);
-  const int used = (ctx + 1 - lo + split_keys - 1) / split_keys;
+  const int used = split_range(ctx, first_key(ctx, window), 0, split_keys).used;
   const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
   float M = -INFINITY;
   for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
@@ -381,7 +400,7 @@ template <class ArgsT>
 ArgsT make_decode_args(const float* q, const uint16_t* k16, const uint16_t* v16,
                        const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                        int64_t num_heads, int64_t window, float* out, void* workspace,
-                       int64_t split_keys) {
+                       int64_t split_keys, bool cached_splits = false) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   ArgsT a{};
   a.q = q;
@@ -399,8 +418,10 @@ ArgsT make_decode_args(const float* q, const uint16_t* k16, const uint16_t* v16,
   a.window = static_cast<int>(std::max<int64_t>(0, window));
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));  // as the reference
   a.split_keys = static_cast<int>(split_keys);
-  a.splits = static_cast<int>(std::max<int64_t>(
-      1, (std::max<int64_t>(1, batch.max_total_len) + split_keys - 1) / split_keys));
+  // cached_splits: the kernel cuts only the cached keys (split_range; the current token joins
+  // the last split); otherwise all max_total_len positions.
+  const int64_t positions = std::max<int64_t>(1, batch.max_total_len - (cached_splits ? 1 : 0));
+  a.splits = static_cast<int>(std::max<int64_t>(1, (positions + split_keys - 1) / split_keys));
   a.out = out;
   a.part_o = static_cast<float*>(workspace);
   a.part_ml = a.part_o + S * num_heads * a.splits * d;

@@ -245,11 +245,11 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int G = a.group;
   const int ctx = a.context_len[seq];
-  const int lo = first_key(ctx, a.window);
-  const int k_lo = lo + split * a.split_keys;
-  const int k_hi = min(ctx + 1, k_lo + a.split_keys);
-  if (k_lo >= k_hi) return;         // unused split; the merge does not read it
-  const int kend = min(k_hi, ctx);  // cached keys of this split: [k_lo, kend)
+  const attn::SplitRange range =
+      attn::split_range(ctx, first_key(ctx, a.window), split, a.split_keys);
+  if (split >= range.used) return;  // unused split; the merge does not read it
+  const int k_lo = range.k_lo, k_hi = range.k_hi;
+  const int kend = range.kend;  // cached keys of this split: [k_lo, kend)
   const int64_t q_row = a.token_offset[seq];
   const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
   const int64_t pb = a.geom.page_bytes;
@@ -541,7 +541,8 @@ int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int6
   // least 256 keys (the shared workspace is sized for 256-key splits); ties go to fewer splits.
   const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
   const int64_t slots = std::max<int64_t>(1, num_sms) * std::max<int64_t>(1, slots_per_sm);
-  const int64_t total = std::max<int64_t>(1, max_total_len);
+  // Splits cut the cached keys (the current token joins the last split: attn::split_range).
+  const int64_t total = std::max<int64_t>(1, max_total_len - 1);
   const auto keys_for = [&](int64_t splits) {
     int64_t keys = (total + splits - 1) / splits;
     keys = (keys + kPage - 1) / kPage * kPage;
@@ -586,7 +587,8 @@ void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
                                            per_sm);
   }
   const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
-                                              workspace, keys);
+                                              workspace, keys,
+                                              /*cached_splits=*/true);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
   attn::dispatch_decode_geometry(cache.format, d,
                                  [&]<KvFormat F, int D>() { launch<F, D>(a, ns, nh, stream); });

@@ -144,11 +144,11 @@ __global__ void __launch_bounds__(kTcThreads, 2) decode_tc_kernel(TcArgs a) {
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int G = a.group;
   const int ctx = a.context_len[seq];
-  const int lo = first_key(ctx, a.window);
-  const int k_lo = lo + split * a.split_keys;
-  const int k_hi = min(ctx + 1, k_lo + a.split_keys);
-  if (k_lo >= k_hi) return;         // unused split; the merge does not read it
-  const int kend = min(k_hi, ctx);  // cached keys of this split: [k_lo, kend)
+  const attn::SplitRange range =
+      attn::split_range(ctx, first_key(ctx, a.window), split, a.split_keys);
+  if (split >= range.used) return;  // unused split; the merge does not read it
+  const int k_lo = range.k_lo, k_hi = range.k_hi;
+  const int kend = range.kend;  // cached keys of this split: [k_lo, kend)
   const int64_t q_row = a.token_offset[seq];
   const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
   const int64_t pb = a.geom.page_bytes;
@@ -429,7 +429,8 @@ void decode_attention_tc(const float* q, const uint16_t* k16, const uint16_t* v1
   const int64_t keys =
       decode_attention_tc_split_keys(S, hkv, batch.max_total_len, current_device_sm_count());
   const TcArgs a = attn::make_decode_args<TcArgs>(q, k16, v16, cache, batch, num_heads, window, out,
-                                                  workspace, keys);
+                                                  workspace, keys,
+                                                  /*cached_splits=*/true);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
   attn::dispatch_decode_geometry(cache.format, d,
                                  [&]<KvFormat F, int D>() { launch_tc<F, D>(a, ns, nh, stream); });

@@ -26,8 +26,11 @@
 // pipe (see its comment: a per-pair certificate, the fp16 product by __hmul2_rn for fp16
 // inputs, the codes without a conversion instruction), and 512 threads per row (4 per column
 // group) at every batch size without the per-token sum; with it, 512 threads up to 4 rows per SM
-// (the sum formed from the staged values, since 2026-11-30, fifth session) and 128 (one per column
-// group, the sum in registers: forced:: split 1) above.
+// (the sum formed from the staged values, since 2026-11-30, fifth session) and, above that,
+// silu_mul_quant_cols4_kernel (since 2026-11-30, sixth session: 256 threads per row, 4 columns
+// each, the values and the sum in registers, no staging; see its comment). Above 4 rows per SM
+// the with-sum kernel was the v2 kernel with 128 threads per row (one per column group, the sum
+// in registers) until then: forced:: split 1.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -40,6 +43,7 @@
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
 #include "backend/cuda/quant_device.cuh"
+#include "core/error.h"
 #include "quant/block_reduce.h"
 
 namespace qserve::cuda {
@@ -424,8 +428,9 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
 //  - fp32 inputs keep the vec kernel's per-element arithmetic (the certificate aside).
 // The repair rounds work per pair (bit 4m + i of `pend`: pair i of chunk slot m). kSplit x 128
 // threads per row as in the vec kernel: kSplit = 4 (512 threads, at most 4 chunks per thread)
-// without the sum, and with it up to 4 rows per SM; with the sum above that kSplit = 1 (kSplit = 2
-// only for bench_fused's comparison).
+// without the sum, and with it up to 4 rows per SM (above that the dispatch runs the cols4
+// kernel; kSplit = 1, its with-sum kernel there until 2026-11-30, sixth session, and kSplit = 2
+// remain for bench_fused's comparison).
 //
 // The per-token sum (kSum, the per-channel W4A8 down projection) with kSplit > 1: the
 // reference's sum of logical thread 8p + k runs over the chunks of column group p in chunk order,
@@ -434,7 +439,8 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
 // cost 2.5-14 us on the H200 (bench_fused 2026-11-30: 13.0 / 31.8 / 102.1 / 193.8 us against 10.4
 // / 29.4 / 94.0 / 179.5 without it). Now the sum is formed after the amax barrier from the staged
 // values in shared memory (sum_from_staged): no other barrier, no extra global traffic. The
-// dispatch takes it up to 4 rows per SM and kSplit = 1 above (see silu_mul_quant_impl).
+// dispatch takes it up to 4 rows per SM and silu_mul_quant_cols4_kernel above (kSplit = 1 until
+// 2026-11-30, sixth session; see silu_mul_quant_impl).
 __device__ __forceinline__ float fmaf_rd(float a, float b, float c) {
   return __fmaf_rd(a, b, c);
 }
@@ -689,6 +695,245 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
   }
 }
 
+// ---- The register-resident kernel (silu_mul_quant_cols4_kernel, 2026-11-30, sixth session) --
+//
+// The dispatch's with-sum kernel above 4 rows per SM. The v2 kernel's arithmetic (pair
+// certificate, __hmul2_rn product for fp16 inputs, magic-number codes; the same bits) with
+// another split of a row over threads: thread t (256 per row) owns the 4 consecutive columns
+// [4t, 4t + 4) of every 1024-column chunk, i.e. it plays the reference quantizer's logical
+// threads 4t .. 4t + 3 entirely (all their chunks). So:
+//  - the per-token sum stays in registers in the reference's order (logical thread L adds its
+//    chunks in chunk order, from 0) with 256 threads per row: the v2 kernel has to choose
+//    between one thread per column group (split 1, 128 threads, the sum in registers: 16 warps
+//    per SM, 14 chunks of serial work per thread) and the staged sum of split 4 (a shared load
+//    and two conversions per pair more);
+//  - a thread's values (14 chunks x 4 fp16 values for Llama-3-8B: 28 registers) stay in
+//    registers: no shared-memory staging at all (the v2 kernel stores and reloads them twice),
+//    only the two 32-float exchanges remain in shared memory, so occupancy is set by registers
+//    alone (256 threads x <= 64 registers: 4 rows, 32 warps per SM);
+//  - the price: 8-byte loads for fp16 inputs (a warp still reads 256 contiguous bytes per
+//    access) and 4-byte code stores.
+// The first level of the sum's tree on this layout: logical lane L % 32 = 4 (t % 8) + c, so the
+// reference's masks 16, 8, 4 flip physical lane bits (lane XOR mask / 4, a shuffle) and masks 2
+// and 1 flip c inside the thread; logical warp L / 32 = t / 8 (32 per row), published for
+// logical_block_total as in the v2 kernel. Without the sum the kernel is forced:: only: split 4
+// stays ahead there (bench_fused, 256 / 1024 tokens: 11.0 / 30.1 us against 10.4 / 29.5).
+constexpr int kCols = 4;                                 // columns per thread and chunk
+constexpr int kColsThreads = detail::kVecChunk / kCols;  // threads per row
+
+// 4 consecutive elements as loaded (one 8-byte access for fp16, one 16-byte access for fp32).
+template <typename T>
+struct Raw4 {
+  static constexpr int kWords = kCols * static_cast<int>(sizeof(T)) / 4;
+  static_assert(kWords == 2 || kWords == 4, "8- or 16-byte accesses");
+  uint32_t w[kWords];
+  __device__ __forceinline__ void load(const T* p) {
+    if constexpr (kWords == 2) {
+      const uint2 v = *reinterpret_cast<const uint2*>(p);
+      w[0] = v.x, w[1] = v.y;
+    } else {
+      const uint4 v = *reinterpret_cast<const uint4*>(p);
+      w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    }
+  }
+  __device__ __forceinline__ float operator[](int k) const {
+    if constexpr (sizeof(T) == 2) {
+      return k % 2 == 0 ? detail::h2f_lo(w[k / 2]) : detail::h2f_hi(w[k / 2]);
+    } else {
+      return __uint_as_float(w[k]);
+    }
+  }
+};
+
+// The v2 kernel's per-pair step: the packed fp16 SiLU·mul of elements (2i, 2i + 1) and whether
+// the pair must be repaired (an uncertain SiLU, or for fp16 inputs a non-finite product).
+template <typename T>
+__device__ __forceinline__ uint32_t silu_mul_pair(const Raw4<T>& g, const Raw4<T>& u, int i,
+                                                  bool& bad) {
+  uint32_t unc;
+  const uint32_t h = silu2_f16_cert(g[2 * i], g[2 * i + 1], unc);
+  if constexpr (sizeof(T) == 2) {
+    const uint32_t uw = u.w[i];
+    const __half2 prod =
+        __hmul2_rn(*reinterpret_cast<const __half2*>(&h), *reinterpret_cast<const __half2*>(&uw));
+    // fma(prod, 0, +0): +0 for a finite half, NaN for an infinite or NaN one.
+    const __half2 z =
+        __hfma2(prod, __half2half2(__ushort_as_half(0)), __half2half2(__ushort_as_half(0)));
+    bad = (unc | *reinterpret_cast<const uint32_t*>(&z)) != 0;
+    return *reinterpret_cast<const uint32_t*>(&prod);
+  } else {
+    bad = unc != 0;
+    return detail::f2h2(__fmul_rn(detail::h2f_lo(h), u[2 * i]),
+                        __fmul_rn(detail::h2f_hi(h), u[2 * i + 1]));
+  }
+}
+
+// The definition's pair (the repair path): silu_f16_ref and the fp32 product, for elements
+// gate[0], gate[1] / up[0], up[1].
+template <typename T>
+__device__ __forceinline__ uint32_t silu_mul_pair_ref(const T* gate, const T* up) {
+  const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[0]))), load_f(up[0])));
+  const uint16_t o1 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[1]))), load_f(up[1])));
+  return static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
+}
+
+template <typename T, bool kSum>
+__global__ void __launch_bounds__(kColsThreads, 2048 / kColsThreads / 2)
+    silu_mul_quant_cols4_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
+                                uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
+                                uint16_t* __restrict__ out) {
+  constexpr int kC = detail::kVecChunk;
+  constexpr int kP = kCols / 2;  // pairs per chunk
+  constexpr int kM = kVecMaxChunks;
+  constexpr int kSlots = kM * kP;
+  static_assert(kSlots <= 32, "one pending bit per pair slot in 32 bits");
+  constexpr int kWarps = kColsThreads / detail::kWarp;
+  // Chunks per load group: 32 (fp16) or 16 (fp32) bytes of gate and up loads each in flight per
+  // thread.
+  constexpr int kLoadGroup = sizeof(T) == 2 ? 4 : 1;
+  __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  const int t = threadIdx.x;
+  const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + t * kCols;
+  const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + t * kCols;
+  const T* up = gate + inter;
+  auto valid = [&](int m) { return m * kC + t * kCols < inter; };
+
+  uint32_t o[kSlots];
+  uint32_t pend = 0;  // bit s: pair slot s (chunk s / kP, pair s % kP) to repair
+#pragma unroll
+  for (int m0 = 0; m0 < kM; m0 += kLoadGroup) {
+    Raw4<T> g[kLoadGroup], u[kLoadGroup];
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      if (valid(m0 + mm)) {
+        g[mm].load(gate + (m0 + mm) * kC);
+        u[mm].load(up + (m0 + mm) * kC);
+      }
+    }
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      const int m = m0 + mm;
+#pragma unroll
+      for (int i = 0; i < kP; ++i) {
+        o[m * kP + i] = 0;
+        if (valid(m)) {
+          bool bad;
+          o[m * kP + i] = silu_mul_pair(g[mm], u[mm], i, bad);
+          if (bad) pend |= 1u << (m * kP + i);
+        }
+      }
+    }
+  }
+
+  int8_t* const q_row = q + row_off;
+  uint16_t* const out_row = out != nullptr ? out + row_off : nullptr;
+  uint16_t* const scale_out = scale + blockIdx.x;
+  uint16_t* const sum_out = kSum ? sum + blockIdx.x : nullptr;
+
+  // Repair rounds: each lane with a pair left recomputes its lowest one per round, as in the v2
+  // kernel; o[] is selected by an unrolled compare, so it stays in registers.
+  bool mine = pend != 0;
+  while (__any_sync(detail::kFullMask, mine)) {
+    if (mine) {
+      const int s = __ffs(static_cast<int>(pend)) - 1;
+      pend &= pend - 1;
+      const int off = (s / kP) * kC + 2 * (s % kP);
+      const uint32_t w = silu_mul_pair_ref(gate + off, up + off);
+#pragma unroll
+      for (int k = 0; k < kSlots; ++k) {
+        if (k == s) o[k] = w;
+      }
+      mine = pend != 0;
+    }
+  }
+
+  // amax, NaN-propagating first; the reference's NaN-ignoring max for a special row.
+  {
+    __half2 m2 = __half2half2(__ushort_as_half(0));
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      if (valid(k / kP)) m2 = __hmax2_nan(m2, __habs2(*reinterpret_cast<const __half2*>(&o[k])));
+    }
+    const float lo = __low2float(m2), hi = __high2float(m2);
+    // A NaN becomes +inf, which no finite amax exceeds (fmaxf would drop the NaN).
+    const float mx = detail::warp_max(isnan(lo) || isnan(hi) ? INFINITY : fmaxf(lo, hi));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+  }
+  __syncthreads();
+  float amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  const bool plain = amax > 0.0f && amax < INFINITY;  // block-uniform
+  if (!plain) {
+    __syncthreads();  // every warp has read ex_max
+    __half2 m2 = __half2half2(__ushort_as_half(0));
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      if (valid(k / kP)) m2 = __hmax2(m2, __habs2(*reinterpret_cast<const __half2*>(&o[k])));
+    }
+    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+    __syncthreads();
+    amax = ex_max[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  }
+  // As quantize_row_block: 127 * rcp(amax) rounded to fp32; amax = 0 gives NaN -> code 0.
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+
+  float ps[kCols] = {};
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    if (!valid(m)) continue;
+    uint32_t codes[kP];
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const uint32_t w = o[m * kP + i];
+      const float v0 = detail::h2f_lo(w), v1 = detail::h2f_hi(w);
+      if (plain) {
+        codes[i] = __byte_perm(rni_bits(__fmul_rn(v0, r)), rni_bits(__fmul_rn(v1, r)), 0x0040);
+      } else {
+        codes[i] = __byte_perm(detail::cvt_s8_bits(__fmul_rn(v0, r)),
+                               detail::cvt_s8_bits(__fmul_rn(v1, r)), 0x0040);
+      }
+      if constexpr (kSum) {
+        ps[2 * i] = __fadd_rn(ps[2 * i], v0);
+        ps[2 * i + 1] = __fadd_rn(ps[2 * i + 1], v1);
+      }
+    }
+    *reinterpret_cast<uint32_t*>(q_row + m * kC) = __byte_perm(codes[0], codes[1], 0x5410);
+    if (out_row != nullptr) {
+      *reinterpret_cast<uint2*>(out_row + m * kC) = make_uint2(o[2 * m], o[2 * m + 1]);
+    }
+  }
+  constexpr float kInv127 = 1.0f / 127.0f;
+  if (t == 0) *scale_out = f2h(__fmul_rn(amax, kInv127));
+  if constexpr (kSum) {
+    constexpr int kGroupLanes = detail::kWarp / kCols;  // physical lanes per logical warp
+#pragma unroll
+    for (int mask = 16; mask >= kCols; mask /= 2) {
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        ps[c] = __fadd_rn(ps[c], __shfl_xor_sync(detail::kFullMask, ps[c], mask / kCols));
+      }
+    }
+#pragma unroll
+    for (int mask = kCols / 2; mask >= 1; mask /= 2) {
+      float n[kCols];
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) n[c] = __fadd_rn(ps[c], ps[c ^ mask]);
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) ps[c] = n[c];
+    }
+    if (t % kGroupLanes == 0) ex_sum[t / kGroupLanes] = ps[0];
+    __syncthreads();
+    if (t < detail::kWarp) {
+      const float total = detail::logical_block_total(ex_sum);
+      if (t == 0) *sum_out = f2h(total);
+    }
+  }
+}
+
 std::string shape(int64_t rows, int64_t inter) {
   return "rows=" + std::to_string(rows) + " inter=" + std::to_string(inter);
 }
@@ -721,10 +966,11 @@ void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t i
 }
 
 // Which kernel runs: the dispatch (kAuto), the previous dispatch (kPrev: the vec kernel), the
-// first kernels (kBaseline), or the v2 kernel with a forced split (kV2Split1: one thread per
-// column group, with a sum only, the dispatch's with-sum kernel until 2026-11-30 (fifth session);
-// without a sum it runs the dispatch's choice).
-enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split1, kV2Split2, kV2Split4 };
+// first kernels (kBaseline), the v2 kernel with a forced split (kV2Split1: one thread per column
+// group, with a sum only, the dispatch's with-sum kernel above 4 rows per SM until 2026-11-30
+// (sixth session); without a sum it runs the dispatch's choice), or silu_mul_quant_cols4_kernel
+// (kCols4: with a sum, the dispatch's kernel above 4 rows per SM since then).
+enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split1, kV2Split2, kV2Split4, kCols4 };
 
 template <typename T>
 void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t inter, int8_t* q,
@@ -752,20 +998,26 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
             <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
       }
     } else if (sum != nullptr) {
-      // With the sum: 4 threads per column group (sum_from_staged) up to two waves of its 2
-      // blocks per SM, one thread per column group (the sum in registers) above. On the H200
-      // (bench_fused, inter 14336; split 4 / split 1) 256 tokens 11.4 / 12.9 us, 1024 32.3 /
-      // 31.8, 4096 105.6 / 102.5, 8192 202.5 / 194.8: the staged sum's extra instructions
-      // (a shared load and two conversions per pair of values, which split 1 shares with the
-      // codes) cost more than the longer per-thread chains once the GPU is full. Forming the
-      // same sum before the amax exchange (so that blocks end with their code stores) measured
-      // no better than split 4 (11.2 / 32.6 / 105.7 / 203.4 us) and was removed.
+      // With the sum: 4 threads per column group of the v2 kernel (sum_from_staged) up to two
+      // waves of its 2 blocks per SM (4 rows per SM), the cols4 kernel (4 columns per thread,
+      // the values and the sum in registers) above. On the H200 (bench_fused 2026-11-30, sixth
+      // session, inter 14336; split 4 / cols4 / split 1) 256 tokens 11.3 / 11.5 / 12.8 us, 1024
+      // 32.1 / 31.0 / 32.0, 4096 105.2 / 96.0 / 102.3, 8192 201.5 / 178.9 / 194.0: at 256
+      // tokens (2 rows per SM) split 4's 512-thread blocks spread a row over more warps; once
+      // the GPU is full, cols4 saves the shared-memory staging and split 1's long per-thread
+      // chains (our reading, not profiled). Split 1 (the v2 kernel's sum in registers) was the
+      // with-sum kernel above 4 rows per SM until then (forced:: split 1). Forming the staged sum
+      // before the amax exchange measured no better than split 4 (11.2 / 32.6 / 105.7 / 203.4 us,
+      // fifth session) and was removed.
       SiluPath p = path;
       if (p == SiluPath::kAuto) {
         p = rows <= 4 * static_cast<int64_t>(current_device_sm_count()) ? SiluPath::kV2Split4
-                                                                        : SiluPath::kV2Split1;
+                                                                        : SiluPath::kCols4;
       }
-      if (p == SiluPath::kV2Split1) {
+      if (p == SiluPath::kCols4) {
+        silu_mul_quant_cols4_kernel<T, true>
+            <<<grid, kColsThreads, 0, stream>>>(gate_up, in, q, scale, sum, out);
+      } else if (p == SiluPath::kV2Split1) {
         silu_mul_quant_v2_kernel<T, true, 1>
             <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
       } else if (p == SiluPath::kV2Split2) {
@@ -779,7 +1031,10 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
       // 4 threads per column group (512 per row) at every size: on the H200 (bench_fused,
       // 2026-11-30, inter 14336; split 4 / split 2) 256 tokens 10.3 / 10.9 us, 1024 29.6 /
       // 32.8, 4096 94.6 / 105.1, 8192 179.8 / 199.0.
-      if (path != SiluPath::kV2Split2) {
+      if (path == SiluPath::kCols4) {  // forced:: only: 11.0 / 30.1 us at 256 / 1024 tokens
+        silu_mul_quant_cols4_kernel<T, false>
+            <<<grid, kColsThreads, 0, stream>>>(gate_up, in, q, scale, sum, out);
+      } else if (path != SiluPath::kV2Split2) {
         silu_mul_quant_v2_kernel<T, false, 4>
             <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
       } else {
@@ -888,6 +1143,30 @@ void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_
                       split == 1   ? SiluPath::kV2Split1
                       : split == 2 ? SiluPath::kV2Split2
                                    : SiluPath::kV2Split4);
+}
+
+namespace {
+SiluPath silu_form_path(SiluForm form) {
+  switch (form) {
+    case SiluForm::kCols4:
+      return SiluPath::kCols4;
+  }
+  throw Error("forced::silu_mul_quant: unknown form " + std::to_string(static_cast<int>(form)));
+}
+}  // namespace
+
+void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        SiluForm form) {
+  silu_mul_quant_impl("forced::silu_mul_quant_f16", gate_up, rows, inter, q, scale, sum, out,
+                      stream, silu_form_path(form));
+}
+
+void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_t* q,
+                        uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
+                        SiluForm form) {
+  silu_mul_quant_impl("forced::silu_mul_quant_f32", gate_up, rows, inter, q, scale, sum, out,
+                      stream, silu_form_path(form));
 }
 
 }  // namespace forced
