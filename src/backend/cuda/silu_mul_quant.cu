@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/act_quant_device.cuh"
 #include "backend/cuda/cuda_check.h"
@@ -404,6 +405,50 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, 4 / kSplit)
   }
 }
 
+// max(m2, |w|) per half: NaN-propagating (kNan, __hmax2_nan) or NaN-ignoring (__hmax2).
+template <bool kNan>
+__device__ __forceinline__ __half2 habs_max2(__half2 m2, uint32_t w) {
+  const __half2 a = __habs2(*reinterpret_cast<const __half2*>(&w));
+  if constexpr (kNan) {
+    return __hmax2_nan(m2, a);
+  } else {
+    return __hmax2(m2, a);
+  }
+}
+
+// A row's amax over a block of kWarps warps (every thread calls it; ex_max: kWarps floats of
+// shared memory). thread_max(std::bool_constant<kNan>) returns the thread's max |v| over its
+// values as a __half2 (habs_max2<kNan>). First NaN-propagating, so a NaN row is recognisable
+// (a NaN becomes +inf, which no finite amax exceeds; fmaxf would drop it); plain = amax finite
+// and > 0 (block-uniform). Otherwise (a NaN, an infinity or all zeros) the reference's
+// NaN-ignoring max again, for the scale and r; the callers' codes then use the conversion
+// instruction.
+template <int kWarps, class ThreadMax>
+__device__ __forceinline__ float row_amax(ThreadMax thread_max, float* ex_max, int t, bool& plain) {
+  {
+    const __half2 m2 = thread_max(std::true_type{});
+    const float lo = __low2float(m2), hi = __high2float(m2);
+    const float mx = detail::warp_max(isnan(lo) || isnan(hi) ? INFINITY : fmaxf(lo, hi));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+  }
+  __syncthreads();
+  float amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  plain = amax > 0.0f && amax < INFINITY;
+  if (!plain) {
+    __syncthreads();  // every warp has read ex_max
+    const __half2 m2 = thread_max(std::false_type{});
+    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
+    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
+    __syncthreads();
+    amax = ex_max[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  }
+  return amax;
+}
+
 // ---- The leaner fused kernel (silu_mul_quant_v2_kernel) ------------------------------------
 //
 // The vec kernel's structure (16-byte loads, values staged in shared memory, uncertain elements
@@ -600,52 +645,21 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     }
   }
 
-  // amax = max |v| with NaN propagated (__hmax2_nan): a NaN row is then recognisable, and the
-  // special-row path below recomputes the reference's NaN-ignoring max.
-  {
-    __half2 m2 = __half2half2(__ushort_as_half(0));
+  bool plain;
+  const float amax = row_amax<kWarps>(
+      [&](auto nan) {
+        __half2 m2 = __half2half2(__ushort_as_half(0));
 #pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (!valid(m)) continue;
-      const uint4 o = vals[chunk(m) * kGroups + p];
-      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+        for (int m = 0; m < kM; ++m) {
+          if (!valid(m)) continue;
+          const uint4 o = vals[chunk(m) * kGroups + p];
+          const uint32_t w[4] = {o.x, o.y, o.z, o.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        m2 = __hmax2_nan(m2, __habs2(*reinterpret_cast<const __half2*>(&w[i])));
-      }
-    }
-    const float lo = __low2float(m2), hi = __high2float(m2);
-    // A NaN becomes +inf, which no finite amax exceeds (fmaxf would drop the NaN).
-    const float mx = detail::warp_max(isnan(lo) || isnan(hi) ? INFINITY : fmaxf(lo, hi));
-    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
-  }
-  __syncthreads();
-  float amax = ex_max[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  const bool plain = amax > 0.0f && amax < INFINITY;  // block-uniform
-  if (!plain) {
-    // A NaN, an infinity or all zeros: the reference's max (NaN ignored) again, for the scale
-    // and r; the codes below then use the conversion instruction.
-    __syncthreads();  // every warp has read ex_max
-    __half2 m2 = __half2half2(__ushort_as_half(0));
-#pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      if (!valid(m)) continue;
-      const uint4 o = vals[chunk(m) * kGroups + p];
-      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        m2 = __hmax2(m2, __habs2(*reinterpret_cast<const __half2*>(&w[i])));
-      }
-    }
-    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
-    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
-    __syncthreads();
-    amax = ex_max[0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  }
+          for (int i = 0; i < 4; ++i) m2 = habs_max2<decltype(nan)::value>(m2, w[i]);
+        }
+        return m2;
+      },
+      ex_max, t, plain);
   // As quantize_row_block: 127 * rcp(amax) rounded to fp32; amax = 0 gives NaN -> code 0.
   const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
 
@@ -847,37 +861,17 @@ __global__ void __launch_bounds__(kColsThreads, 2048 / kColsThreads / 2)
     }
   }
 
-  // amax, NaN-propagating first; the reference's NaN-ignoring max for a special row.
-  {
-    __half2 m2 = __half2half2(__ushort_as_half(0));
+  bool plain;
+  const float amax = row_amax<kWarps>(
+      [&](auto nan) {
+        __half2 m2 = __half2half2(__ushort_as_half(0));
 #pragma unroll
-    for (int k = 0; k < kSlots; ++k) {
-      if (valid(k / kP)) m2 = __hmax2_nan(m2, __habs2(*reinterpret_cast<const __half2*>(&o[k])));
-    }
-    const float lo = __low2float(m2), hi = __high2float(m2);
-    // A NaN becomes +inf, which no finite amax exceeds (fmaxf would drop the NaN).
-    const float mx = detail::warp_max(isnan(lo) || isnan(hi) ? INFINITY : fmaxf(lo, hi));
-    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
-  }
-  __syncthreads();
-  float amax = ex_max[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  const bool plain = amax > 0.0f && amax < INFINITY;  // block-uniform
-  if (!plain) {
-    __syncthreads();  // every warp has read ex_max
-    __half2 m2 = __half2half2(__ushort_as_half(0));
-#pragma unroll
-    for (int k = 0; k < kSlots; ++k) {
-      if (valid(k / kP)) m2 = __hmax2(m2, __habs2(*reinterpret_cast<const __half2*>(&o[k])));
-    }
-    const float mx = detail::warp_max(fmaxf(__low2float(m2), __high2float(m2)));
-    if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = mx;
-    __syncthreads();
-    amax = ex_max[0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  }
+        for (int k = 0; k < kSlots; ++k) {
+          if (valid(k / kP)) m2 = habs_max2<decltype(nan)::value>(m2, o[k]);
+        }
+        return m2;
+      },
+      ex_max, t, plain);
   // As quantize_row_block: 127 * rcp(amax) rounded to fp32; amax = 0 gives NaN -> code 0.
   const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
 
