@@ -12,6 +12,7 @@
 #include "engine/kv_sizing.h"
 #include "engine_cuda/decode_buckets.h"
 #include "engine_cuda/executor_impl.h"
+#include "engine_cuda/memory_plan.h"
 
 namespace qserve::cuda {
 
@@ -92,10 +93,12 @@ CudaExecutor::CudaExecutor(const LlamaModel& model, const PagesFn& pages_for, in
   w_ = upload_llama(model, stream_);
   format_ = kv_format(precision_.kv);
   page_bytes_ = kv_page_bytes(format_, cfg_.num_kv_heads, cfg_.head_dim);
-  size_t free_b = 0, total_b = 0;
-  cuda_check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
-  num_pages_ = pages_for(static_cast<int64_t>(free_b), static_cast<int64_t>(total_b),
-                         page_bytes_ * 2 * cfg_.num_layers);
+  // Free memory after returning the caching allocator's idle blocks to the driver: a previous
+  // engine's KV pools (sized from memory too) stay cached after it is destroyed, and cudaMemGetInfo
+  // alone then left the next engine of the process no room for a single page (2026-11-30:
+  // `qserve bench --ifb --max-num-seqs 512`, whose warm-up engine had taken ~90% of the GPU).
+  const DeviceMemory mem = device_memory();
+  num_pages_ = pages_for(mem.free, mem.total, page_bytes_ * 2 * cfg_.num_layers);
   check(num_pages_ > 0, "cuda executor: no room for a single KV page");
   check(num_pages_ < (int64_t{1} << 31) - 1, "cuda executor: too many KV pages for int32 ids");
   // One page more than the engine is told about: padding rows of bucketed decode steps append

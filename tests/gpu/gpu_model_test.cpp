@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "engine/sampling.h"
 #include "engine_cuda/cuda_executor.h"
+#include "engine_cuda/memory_plan.h"
 #include "eval/perplexity.h"
 #include "formats/safetensors.h"
 #include "model/llama_model.h"
@@ -269,6 +270,32 @@ TEST(GpuEngine, ThousandRequestsLeakNothing) {
       static_cast<long long>(engine->stats().preemptions));
   EXPECT_EQ(second.bytes_in_use, first.bytes_in_use);
   EXPECT_LE(second.peak_in_use, first.peak_in_use);
+}
+
+// KV pages sized from free memory ignore what the caching allocator holds idle: after a
+// previous engine's pools (here a buffer standing in for them: all but 20 GB of the free memory)
+// go back to the cache, a new engine still gets every slot at full length. Before, the executor
+// measured cudaMemGetInfo without trimming the cache, so the second engine of `qserve bench --ifb
+// --max-num-seqs 512` (its warm-up engine had taken ~90% of the GPU) found no room for a page.
+TEST(GpuEngine, MemorySizedPagesIgnoreTheAllocatorCache) {
+  SKIP_WITHOUT_GPU();
+  auto model = load("doc-llama-22m", "w4a8kv4");
+  EngineConfig cfg;
+  cfg.max_num_seqs = 4096;  // 4096 x 2048 tokens: ~13.6 GB of KV4 pages
+  cfg.max_num_batched_tokens = 4096;
+  cfg.max_model_len = 2048;
+  const int64_t want = engine_full_pages(cfg, cfg.max_model_len);
+  {
+    const cuda::DeviceMemory mem = cuda::device_memory();
+    const int64_t hog = mem.free - (int64_t{20} << 30);
+    ASSERT_GT(hog, int64_t{0}) << "needs a GPU with more than 20 GB free";
+    cuda::DeviceBuffer<uint8_t> held(static_cast<size_t>(hog));
+  }  // back in the allocator's cache, not freed to the driver
+  ASSERT_GT(cuda::DeviceAllocator::global().stats().bytes_cached, size_t{1} << 30);
+  auto engine = create_cuda_engine(*model, nullptr, cfg);
+  std::printf("GPU-MODEL memory-sized KV pages after a cached hog: %lld of %lld\n",
+              static_cast<long long>(engine->blocks().num_pages()), static_cast<long long>(want));
+  EXPECT_EQ(engine->blocks().num_pages(), want);
 }
 
 // Sampling on the GPU (execute_rows' kDevice rows): a seeded request gives the same tokens
