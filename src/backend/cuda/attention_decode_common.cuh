@@ -323,9 +323,13 @@ struct SplitRange {
   int kend;  // cached positions [k_lo, kend)
   int k_hi;  // kend, or ctx + 1 when this split also holds the current token
 };
+// Splits of a sequence with cached positions [lo, ctx) that hold keys (>= 1: the current token).
+__device__ __forceinline__ int used_splits(int ctx, int lo, int split_keys) {
+  return max(1, (ctx - lo + split_keys - 1) / split_keys);
+}
 __device__ __forceinline__ SplitRange split_range(int ctx, int lo, int split, int split_keys) {
   SplitRange r;
-  r.used = max(1, (ctx - lo + split_keys - 1) / split_keys);
+  r.used = used_splits(ctx, lo, split_keys);
   r.k_lo = lo + split * split_keys;
   r.kend = min(ctx, r.k_lo + split_keys);
   r.k_hi = split == r.used - 1 ? ctx + 1 : r.kend;
@@ -344,7 +348,7 @@ __global__ void decode_split_merge_kernel(const float* part_o, const float* part
   };
   const int h = blockIdx.x, seq = blockIdx.y;
   const int ctx = context_len[seq];
-  const int used = split_range(ctx, first_key(ctx, window), 0, split_keys).used;
+  const int used = used_splits(ctx, first_key(ctx, window), split_keys);
   const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
   float M = -INFINITY;
   for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);

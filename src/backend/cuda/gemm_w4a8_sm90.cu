@@ -362,17 +362,6 @@ W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name) {
   throw Error("unknown W4A8 sm90 variant '" + name + "' (expected one of: " + names + ")");
 }
 
-// From bench_gemm --tune-large-m on the H200 (bench/results/2026-11-30-gemm-large-m-tune-h200.json,
-// Llama-3-8B shapes, M = 65..4096):
-//  - The 2x1 clusters pair M tiles: an odd count of them (M = 384 with 128-row tiles, M = 192
-//    with 64-row ones) leaves half a cluster idle and costs up to 1.4x; avoid odd counts.
-//  - M >= 512: the 128x128 ping-pong kernel wins on every shape (64-row tiles lose 10-30% once
-//    every SM has two tiles).
-//  - M < 512, K >= 2N (down): the swapped stream-K kernel (the long K split over the SMs) wins
-//    up to 1.5x (M = 256: 28.0 vs 40.4 us).
-//  - M < 512 otherwise: 64-row ping-pong tiles (twice the tiles, both consumer warp groups busy):
-//    o M = 256 12.5 vs 17.2 us, gate_up M = 128 37.0 vs 63.9 us; within 5% of the best at
-//    M = 256 on qkv and gate_up; with an odd count of 64-row tiles the swapped kernel.
 namespace {
 
 // QSERVE_W4A8_SM90_LARGE=<variant name> (w4a8_sm90_variant_name, e.g.
@@ -386,6 +375,17 @@ std::optional<W4A8Sm90Variant> large_m_env_override() {
 
 }  // namespace
 
+// From bench_gemm --tune-large-m on the H200 (bench/results/2026-11-30-gemm-large-m-tune-h200.json,
+// Llama-3-8B shapes, M = 65..4096):
+//  - The 2x1 clusters pair M tiles: an odd count of them (M = 384 with 128-row tiles, M = 192
+//    with 64-row ones) leaves half a cluster idle and costs up to 1.4x; avoid odd counts.
+//  - M >= 512: the 128x128 ping-pong kernel wins on every shape (64-row tiles lose 10-30% once
+//    every SM has two tiles).
+//  - M < 512, K >= 2N (down): the swapped stream-K kernel (the long K split over the SMs) wins
+//    up to 1.5x (M = 256: 28.0 vs 40.4 us).
+//  - M < 512 otherwise: 64-row ping-pong tiles (twice the tiles, both consumer warp groups busy):
+//    o M = 256 12.5 vs 17.2 us, gate_up M = 128 37.0 vs 63.9 us; within 5% of the best at
+//    M = 256 on qkv and gate_up; with an odd count of 64-row tiles the swapped kernel.
 //  - 129..256 tokens on 70B-class linears (N and K >= 8192, 67-470 MB of 1-byte codes): the
 //    128x128 kernel. One 2x1 cluster of 128-row tiles covers all the tokens, so each weight tile
 //    is read from HBM once (multicast) while the 64-row and swapped kernels read it several
