@@ -1,6 +1,6 @@
 // Fused elementwise kernels of the decode/prefill loop at Llama-3-8B sizes (hidden 4096,
-// intermediate 14336, 32/8 heads x 128), 256 .. 8192 tokens, beside the device-to-device copy
-// bandwidth:
+// intermediate 14336, 32/8 heads x 128), 256 .. 8192 tokens (512: the b512 decode step), beside the
+// device-to-device copy bandwidth:
 //   - residual add + RMSNorm + per-token int8 quant (add_residual_norm_quant_f16delta: fp32
 //     residual += fp16 GEMM output, written back; int8 q + fp16 scale out);
 //     the same with the per-token sum (rows "add_residual_rmsnorm_quant_sum": the engine's case
@@ -9,6 +9,8 @@
 //     and with the per-token sum ("silu_mul_quant_sum");
 //   - RoPE + fp16 rounding + KV4 quantization + paged append (rope_kv_append_f16: fp16 QKV in,
 //     fp32 q, fp16 k/v and the KV4 page bytes out; 256-token sequences, shuffled pages);
+//   - per-token int8 quant of fp32 rows (quantize_per_token_f32: the attention output before the
+//     o projection, 4096 wide, with the per-token sum as the per-channel W4A8 o GEMM needs);
 //   - GPU sampling of a decode step (128,256 vocabulary, batch 64 and 256): microseconds.
 //
 //   build/bench_fused [--check] [--json bench/results/FILE.json] [--iters N] [--no-sampling]
@@ -23,7 +25,8 @@
 // ("<kernel>_baseline", cuda::baseline), and each variant forced at every size (cuda::forced:
 // where the dispatch thresholds belong): norm and SiLU "<kernel>_split2" / "_split4", SiLU with
 // the sum "_split1" (its dispatch above 4 rows per SM until 2026-11-30 (sixth session)), SiLU
-// "_cols4" (with and without the sum; the with-sum dispatch above 4 rows per SM since then), RoPE
+// "_cols4" (with and without the sum; the with-sum dispatch above 4 rows per SM since then, above 2
+// since the seventh session), RoPE
 // "_spread" / "_token"; all in backend/cuda/fused_baseline.h. After them, a device-to-device
 // copy of the same bytes (a cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row
 // "memcpy_d2d_same_bytes",
@@ -65,6 +68,7 @@
 #include "backend/cuda/ops_cuda_attention.h"
 #include "bench_common.cuh"
 #include "core/half.h"
+#include "quant/act_quant.h"
 #include "quant/kv_cache.h"
 #include "quant/norm_quant.h"
 #include "quant/silu_mul_quant.h"
@@ -731,6 +735,49 @@ bool check_rope() {
   return ok && check_rope_vs_baseline();
 }
 
+// quantize_per_token_f32 vs quant::quantize_per_token (bit-exact) on 7 rows of 4096 (a zero
+// row and an outlier row among them), then the current kernel vs the baseline on 512 rows of
+// 4096 and 37 rows of 3000 (a ragged last chunk), every output.
+bool check_quant() {
+  bool ok = true;
+  for (const auto& [rows, cols] :
+       {std::pair<int64_t, int64_t>{7, kHidden}, {512, kHidden}, {37, 3000}}) {
+    std::mt19937_64 rng(91 + static_cast<uint64_t>(rows));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(rows * cols));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 977 == 5 ? 500.0f : 2.0f);
+    std::fill(x.begin() + cols, x.begin() + 2 * cols, 0.0f);  // row 1: amax = 0
+    const std::string shape = "T=" + std::to_string(rows) + " cols=" + std::to_string(cols);
+    DeviceBuffer<float> d_x = qserve::cuda::to_device(x);
+    auto run = [&](bool base) {
+      DeviceBuffer<int8_t> d_q(x.size());
+      DeviceBuffer<uint16_t> d_s(static_cast<size_t>(rows)), d_sum(static_cast<size_t>(rows));
+      d_q.fill_bytes(0xFF, nullptr);
+      d_s.fill_bytes(0xFF, nullptr);
+      d_sum.fill_bytes(0xFF, nullptr);
+      (base ? qserve::cuda::baseline::quantize_per_token_f32
+            : qserve::cuda::quantize_per_token_f32)(d_x.data(), rows, cols, d_q.data(), d_s.data(),
+                                                    d_sum.data(), nullptr);
+      return std::make_tuple(qserve::cuda::to_host(d_q), qserve::cuda::to_host(d_s),
+                             qserve::cuda::to_host(d_sum));
+    };
+    const auto [q, sc, sm] = run(false);
+    if (rows == 7) {
+      std::vector<int8_t> wq(x.size());
+      std::vector<uint16_t> ws(static_cast<size_t>(rows)), wsum(static_cast<size_t>(rows));
+      qserve::quant::quantize_per_token(x.data(), rows, cols, wq.data(), ws.data(), wsum.data());
+      ok &= report_exact("quantize_per_token q " + shape, q, wq);
+      ok &= report_exact("quantize_per_token scale " + shape, sc, ws);
+      ok &= report_exact("quantize_per_token sum " + shape, sm, wsum);
+    }
+    const auto [bq, bsc, bsm] = run(true);
+    ok &= report_exact("quantize_per_token q " + shape, q, bq, "baseline");
+    ok &= report_exact("quantize_per_token scale " + shape, sc, bsc, "baseline");
+    ok &= report_exact("quantize_per_token sum " + shape, sm, bsm, "baseline");
+  }
+  return ok;
+}
+
 // ---- benchmarks ---------------------------------------------------------------------------
 void emit(json& results, const std::string& kernel, const std::string& shape, int64_t tokens,
           const char* precision, double us, double bytes) {
@@ -937,6 +984,29 @@ void bench_silu(int64_t T, json& results) {
                  {"_cols4", form_sum(SiluForm::kCols4)}});
 }
 
+// Bytes: x fp32 read (4), q int8 written (1) per element; fp16 scale and sum per row.
+void bench_quant(int64_t T, json& results) {
+  const int64_t cols = kHidden;
+  DeviceBuffer<float> x(static_cast<size_t>(T * cols));
+  DeviceBuffer<int8_t> q(static_cast<size_t>(T * cols));
+  DeviceBuffer<uint16_t> s(static_cast<size_t>(T)), sum(static_cast<size_t>(T));
+  fill_f32_kernel<<<kFillGrid, kFillBlock>>>(x.data(), x.size(), 81, -3.0f, 3.0f);
+  qserve::cuda::check_launch("bench fill quant inputs");
+  const double bytes = static_cast<double>(T) * cols * (4 + 1) + T * 4.0;
+  // "": the dispatch (the vectorized kernel at this width, 2026-11-30, seventh session);
+  // "_baseline": the scalar two-pass kernel (the engine's until then).
+  emit_variants(results, "quantize_per_token_sum", "cols=4096", T, "fp32-in,int8-out,sum", bytes,
+                {{"",
+                  [&] {
+                    qserve::cuda::quantize_per_token_f32(x.data(), T, cols, q.data(), s.data(),
+                                                         sum.data(), nullptr);
+                  }},
+                 {"_baseline", [&] {
+                    qserve::cuda::baseline::quantize_per_token_f32(x.data(), T, cols, q.data(),
+                                                                   s.data(), sum.data(), nullptr);
+                  }}});
+}
+
 // Bytes: QKV fp16 read (T * 6144 * 2); q fp32 (T * 4096 * 4), k16/v16 fp16 (T * 1024 * 2 * 2)
 // and the KV4 page bytes (T * 8 * (64 + 4) * 2) written.
 void bench_rope(int64_t T, json& results) {
@@ -1059,7 +1129,8 @@ int main(int argc, char** argv) {
   };
   const Kernel kernels[] = {{"add_residual_rmsnorm_quant", &check_norm, &bench_norm},
                             {"silu_mul_quant", &check_silu, &bench_silu},
-                            {"rope_kv4_append", &check_rope, &bench_rope}};
+                            {"rope_kv4_append", &check_rope, &bench_rope},
+                            {"quantize_per_token", &check_quant, &bench_quant}};
   for (const Kernel& k : kernels) {
     bool ok = true;
     if (check) {
@@ -1074,7 +1145,7 @@ int main(int argc, char** argv) {
       std::printf("SKIP %s: failed --check, not timed\n", k.name);
       continue;
     }
-    for (int64_t T : {256, 1024, 4096, 8192}) {
+    for (int64_t T : {256, 512, 1024, 4096, 8192}) {
       try {
         k.bench(T, results);
       } catch (const std::exception& e) {

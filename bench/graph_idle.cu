@@ -2,7 +2,11 @@
 // (issue 8: <= 5% of the step with graphs at batch 64), measured with CUPTI activity tracing.
 //
 //   build/bench_graph_idle [--model synthetic:llama-3-8b] [--precision w4a8kv4] [--batch 64[,8..]]
-//                          [--context 1024] [--steps 20] [--warmup 3] [--json F]
+//                          [--context 1024] [--steps 20] [--warmup 3] [--kernels] [--json F]
+//
+// --kernels adds a table of the graph-mode steps per kernel (launches and GPU time per step,
+// mean time per launch; template arguments dropped so each kernel template is one row): what
+// each kernel of a replayed step really costs, without the profiler's per-op events.
 //
 // The CUDA executor runs pure-decode steps of `batch` sequences whose contexts lie in
 // (context - 64, context] (one context bucket for the whole run), once with CUDA graphs and once
@@ -26,10 +30,12 @@
 #include <cuda_runtime.h>
 #include <cupti.h>
 
+#include <cxxabi.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
@@ -59,7 +65,9 @@ void cupti_check(CUptiResult r, const char* what) {
 struct Interval {
   uint64_t start = 0, end = 0;
   bool kernel = false;
+  std::string name;  // kernels only, and only with --kernels (mangled, as CUPTI reports it)
 };
+bool g_names = false;
 std::mutex g_mu;
 std::vector<Interval> g_intervals;
 uint64_t g_dropped = 0;
@@ -81,17 +89,18 @@ void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t* buffer, 
       case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
       case CUPTI_ACTIVITY_KIND_KERNEL: {
         const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(r);
-        g_intervals.push_back({k->start, k->end, true});
+        g_intervals.push_back(
+            {k->start, k->end, true, g_names && k->name != nullptr ? k->name : std::string()});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMCPY: {
         const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(r);
-        g_intervals.push_back({m->start, m->end, false});
+        g_intervals.push_back({m->start, m->end, false, {}});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(r);
-        g_intervals.push_back({m->start, m->end, false});
+        g_intervals.push_back({m->start, m->end, false, {}});
         break;
       }
       default:
@@ -152,6 +161,85 @@ StepTime analyze(std::vector<Interval> v, uint64_t host_begin, uint64_t host_end
   return t;
 }
 
+// ---- per-kernel table (--kernels) ---------------------------------------------------------
+// A kernel's name without its template arguments and parameter list, so that every
+// instantiation of one kernel template is one row (CUTLASS's device kernels would otherwise be
+// one line of several kilobytes).
+std::string short_kernel_name(const std::string& mangled) {
+  int status = 0;
+  char* d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
+  const bool ok = status == 0 && d != nullptr;
+  std::string n = ok ? d : mangled;
+  std::free(d);
+  if (!ok && mangled.find("cutlass") != std::string::npos) {
+    // CUTLASS's kernel names defeat the demangler (and c++filt): name them by the markers of
+    // their configuration instead (schedule, wgmma atom, tile scheduler).
+    std::string label = "cutlass_gemm";
+    for (const char* m : {"Pingpong", "Cooperative", "StreamKScheduler", "PersistentScheduler"}) {
+      if (mangled.find(m) != std::string::npos) label += std::string("_") + m;
+    }
+    const size_t a = mangled.find("MMA_64x");
+    if (a != std::string::npos) label += "_" + mangled.substr(a, mangled.find('_', a + 4) - a);
+    return label;
+  }
+  std::string out;
+  int depth = 0;
+  for (char c : n) {
+    if (c == '<' || c == '(') {
+      if (depth++ == 0) out += c == '<' ? "<>" : "";
+      continue;
+    }
+    if (c == '>' || c == ')') {
+      depth = std::max(0, depth - 1);
+      continue;
+    }
+    if (depth == 0) out += c;
+  }
+  const size_t ns = out.rfind("::");  // drop leading namespaces, keep the kernel's own name
+  if (ns != std::string::npos && ns + 2 < out.size()) out = out.substr(ns + 2);
+  return out;
+}
+
+// Per kernel name over the traced steps: launches and GPU time per step, mean time per launch.
+void kernel_table(const std::vector<std::vector<Interval>>& steps, const char* mode, int64_t batch,
+                  json& results) {
+  struct Row {
+    int64_t launches = 0;
+    double us = 0;
+  };
+  std::map<std::string, Row> rows;
+  for (const auto& st : steps) {
+    for (const Interval& i : st) {
+      if (!i.kernel) continue;
+      Row& r = rows[short_kernel_name(i.name)];
+      ++r.launches;
+      r.us += static_cast<double>(i.end - i.start) * 1e-3;
+    }
+  }
+  std::vector<std::pair<std::string, Row>> sorted(rows.begin(), rows.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.us > b.second.us; });
+  const double n = static_cast<double>(std::max<size_t>(1, steps.size()));
+  double total = 0;
+  for (const auto& [name, r] : sorted) total += r.us / n;
+  std::printf("KERNELS %s batch=%lld: %.1f us of kernels per step\n", mode,
+              static_cast<long long>(batch), total);
+  std::printf("  %10s %7s %9s %10s  %s\n", "us/step", "share", "launches", "us/launch", "kernel");
+  for (const auto& [name, r] : sorted) {
+    const double per_step = r.us / n;
+    std::printf("  %10.1f %6.1f%% %9.1f %10.2f  %s\n", per_step, 100.0 * per_step / total,
+                static_cast<double>(r.launches) / n, r.us / static_cast<double>(r.launches),
+                name.c_str());
+    results.push_back({{"kind", "kernel"},
+                       {"mode", mode},
+                       {"batch", batch},
+                       {"kernel", name},
+                       {"us_per_step", per_step},
+                       {"launches_per_step", static_cast<double>(r.launches) / n},
+                       {"us_per_launch", r.us / static_cast<double>(r.launches)}});
+  }
+}
+
 // ---- the decode steps -----------------------------------------------------------------------
 struct Seq {
   int64_t ctx = 0;
@@ -182,6 +270,7 @@ struct Options {
   std::vector<int64_t> batches = {64};
   int64_t context = 1024;
   int steps = 20, warmup = 3;
+  bool kernels = false;  // --kernels: the per-kernel table of the graph-mode steps
 };
 
 constexpr int kMemorySteps = 7;  // extra graphs captured for the memory figure
@@ -237,6 +326,7 @@ json run_mode(const qserve::LlamaModel& model, const Options& o, int64_t batch, 
 
   const char* mode = graphs ? "graphs" : "eager";
   std::vector<StepTime> times;
+  std::vector<std::vector<Interval>> per_step;
   {
     std::lock_guard<std::mutex> lock(g_mu);
     for (size_t w = 0; w < windows.size(); ++w) {
@@ -244,9 +334,11 @@ json run_mode(const qserve::LlamaModel& model, const Options& o, int64_t batch, 
       for (const Interval& i : g_intervals) {
         if (i.start >= windows[w].first && i.start <= windows[w].second) mine.push_back(i);
       }
-      times.push_back(analyze(std::move(mine), windows[w].first, windows[w].second));
+      times.push_back(analyze(mine, windows[w].first, windows[w].second));
+      per_step.push_back(std::move(mine));
     }
   }
+  if (o.kernels && graphs) kernel_table(per_step, mode, batch, results);
   std::printf("%-7s %5s %10s %10s %10s %7s %8s %9s %8s %8s\n", "mode", "step", "span_us", "busy_us",
               "idle_us", "idle%", "kernels", "host_ms", "pre_us", "post_us");
   StepTime mean;
@@ -373,10 +465,12 @@ int main(int argc, char** argv) {
         o.warmup = std::stoi(next());
       } else if (a == "--json") {
         o.json_path = next();
+      } else if (a == "--kernels") {
+        o.kernels = true;
       } else {
         std::fprintf(stderr,
                      "usage: %s [--model synthetic:NAME] [--precision P] [--batch N[,N...]] "
-                     "[--context N] [--steps N] [--warmup N] [--json F]\n",
+                     "[--context N] [--steps N] [--warmup N] [--kernels] [--json F]\n",
                      argv[0]);
         return 2;
       }
@@ -407,6 +501,7 @@ int main(int argc, char** argv) {
     std::printf("model %s %s (weights made on the GPU by the executor) ready in %.1f s\n",
                 o.model.c_str(), o.precision.c_str(),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    g_names = o.kernels;
     cupti_check(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed), "callbacks");
 
     json results = json::array();

@@ -40,8 +40,11 @@ struct RowShape {
 // rest the baseline kernel: 1032 and 5120 end in a partial 1024-column chunk.
 const std::vector<RowShape> kNormShapes = {{1, 4096}, {7, 4096}, {133, 4096}, {5, 100},  {3, 2049},
                                            {2, 8192}, {4, 1},    {64, 1024},  {3, 1032}, {5, 5120}};
+// 4096 / 8192 / 1032 / 3000 take the vectorized kernel (act_quant.cu; 1032 and 3000 with a
+// ragged last chunk), 14336 (14 chunks) and the rest the scalar one.
 const std::vector<RowShape> kQuantShapes = {{1, 4096}, {7, 14336}, {133, 4096}, {3, 100},
-                                            {2, 1500}, {4, 1},     {64, 33}};
+                                            {2, 1500}, {4, 1},     {64, 33},    {9, 8192},
+                                            {5, 1032}, {6, 3000},  {512, 4096}};
 
 std::string rc(const RowShape& s) {
   return shape_str({{"rows", s.rows}, {"cols", s.cols}});
@@ -489,6 +492,18 @@ TEST(ParityActQuant, F32AndF16MatchCpuBitExact) {
                                      d.sum.data(), nullptr);
       }
       expect_quant_equal(op, rc(s), d, q, scale, &sum);
+      // The scalar kernel (cuda::baseline::) at every shape gives the same bits.
+      QuantDev db(s);
+      if (f16) {
+        auto dx = to_device(xh);
+        cuda::baseline::quantize_per_token_f16(dx.data(), s.rows, s.cols, db.q.data(),
+                                               db.scale.data(), db.sum.data(), nullptr);
+      } else {
+        auto dx = to_device(xf);
+        cuda::baseline::quantize_per_token_f32(dx.data(), s.rows, s.cols, db.q.data(),
+                                               db.scale.data(), db.sum.data(), nullptr);
+      }
+      expect_quant_equal("baseline::" + op, rc(s), db, q, scale, &sum);
       // sum == nullptr must leave the rest unchanged and not touch the sum buffer.
       QuantDev d2(s);
       if (f16) {

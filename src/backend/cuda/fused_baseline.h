@@ -29,6 +29,12 @@ void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_
 void silu_mul_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, uint16_t* out,
                   cudaStream_t stream);
 
+// act_quant.cu: one block of min(cols, 1024) threads per row, two passes, scalar accesses.
+void quantize_per_token_f32(const float* x, int64_t rows, int64_t cols, int8_t* q, uint16_t* scale,
+                            uint16_t* sum, cudaStream_t stream);
+void quantize_per_token_f16(const uint16_t* x, int64_t rows, int64_t cols, int8_t* q,
+                            uint16_t* scale, uint16_t* sum, cudaStream_t stream);
+
 // rope_kv.cu: one 128-thread block per token, scalar loads and stores.
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                         int64_t num_heads, int64_t kv_heads, int64_t head_dim,

@@ -25,8 +25,9 @@
 // two thirds of the instructions per element and a third fewer on the 16-per-SM conversion/MUFU
 // pipe (see its comment: a per-pair certificate, the fp16 product by __hmul2_rn for fp16
 // inputs, the codes without a conversion instruction), and 512 threads per row (4 per column
-// group) at every batch size without the per-token sum; with it, 512 threads up to 4 rows per SM
-// (the sum formed from the staged values, since 2026-11-30, fifth session) and, above that,
+// group) at every batch size without the per-token sum; with it, 512 threads up to 2 rows per SM
+// (4 until the seventh session; the sum formed from the staged values, since 2026-11-30, fifth
+// session) and, above that,
 // silu_mul_quant_cols4_kernel (since 2026-11-30, sixth session: 256 threads per row, 4 columns
 // each, the values and the sum in registers, no staging; see its comment). Above 4 rows per SM
 // the with-sum kernel was the v2 kernel with 128 threads per row (one per column group, the sum
@@ -473,7 +474,7 @@ __device__ __forceinline__ float row_amax(ThreadMax thread_max, float* ex_max, i
 //  - fp32 inputs keep the vec kernel's per-element arithmetic (the certificate aside).
 // The repair rounds work per pair (bit 4m + i of `pend`: pair i of chunk slot m). kSplit x 128
 // threads per row as in the vec kernel: kSplit = 4 (512 threads, at most 4 chunks per thread)
-// without the sum, and with it up to 4 rows per SM (above that the dispatch runs the cols4
+// without the sum, and with it up to 2 rows per SM (above that the dispatch runs the cols4
 // kernel; kSplit = 1, its with-sum kernel there until 2026-11-30, sixth session, and kSplit = 2
 // remain for bench_fused's comparison).
 //
@@ -484,7 +485,7 @@ __device__ __forceinline__ float row_amax(ThreadMax thread_max, float* ex_max, i
 // cost 2.5-14 us on the H200 (bench_fused 2026-11-30: 13.0 / 31.8 / 102.1 / 193.8 us against 10.4
 // / 29.4 / 94.0 / 179.5 without it). Now the sum is formed after the amax barrier from the staged
 // values in shared memory (sum_from_staged): no other barrier, no extra global traffic. The
-// dispatch takes it up to 4 rows per SM and silu_mul_quant_cols4_kernel above (kSplit = 1 until
+// dispatch takes it up to 2 rows per SM and silu_mul_quant_cols4_kernel above (kSplit = 1 until
 // 2026-11-30, sixth session; see silu_mul_quant_impl).
 __device__ __forceinline__ float fmaf_rd(float a, float b, float c) {
   return __fmaf_rd(a, b, c);
@@ -711,11 +712,11 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
 
 // ---- The register-resident kernel (silu_mul_quant_cols4_kernel, 2026-11-30, sixth session) --
 //
-// The dispatch's with-sum kernel above 4 rows per SM. The v2 kernel's arithmetic (pair
-// certificate, __hmul2_rn product for fp16 inputs, magic-number codes; the same bits) with
-// another split of a row over threads: thread t (256 per row) owns the 4 consecutive columns
-// [4t, 4t + 4) of every 1024-column chunk, i.e. it plays the reference quantizer's logical
-// threads 4t .. 4t + 3 entirely (all their chunks). So:
+// The dispatch's with-sum kernel above 2 rows per SM (4 until the seventh session). The v2
+// kernel's arithmetic (pair certificate, __hmul2_rn product for fp16 inputs, magic-number codes;
+// the same bits) with another split of a row over threads: thread t (256 per row) owns the 4
+// consecutive columns [4t, 4t + 4) of every 1024-column chunk, i.e. it plays the reference
+// quantizer's logical threads 4t .. 4t + 3 entirely (all their chunks). So:
 //  - the per-token sum stays in registers in the reference's order (logical thread L adds its
 //    chunks in chunk order, from 0) with 256 threads per row: the v2 kernel has to choose
 //    between one thread per column group (split 1, 128 threads, the sum in registers: 16 warps
@@ -963,7 +964,8 @@ void silu_mul_f16_impl(const char* op, const T* gate_up, int64_t rows, int64_t i
 // first kernels (kBaseline), the v2 kernel with a forced split (kV2Split1: one thread per column
 // group, with a sum only, the dispatch's with-sum kernel above 4 rows per SM until 2026-11-30
 // (sixth session); without a sum it runs the dispatch's choice), or silu_mul_quant_cols4_kernel
-// (kCols4: with a sum, the dispatch's kernel above 4 rows per SM since then).
+// (kCols4: with a sum, the dispatch's kernel above 4 rows per SM since then, above 2 since the
+// seventh session).
 enum class SiluPath { kAuto, kPrev, kBaseline, kV2Split1, kV2Split2, kV2Split4, kCols4 };
 
 template <typename T>
@@ -992,8 +994,8 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
             <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
       }
     } else if (sum != nullptr) {
-      // With the sum: 4 threads per column group of the v2 kernel (sum_from_staged) up to two
-      // waves of its 2 blocks per SM (4 rows per SM), the cols4 kernel (4 columns per thread,
+      // With the sum: 4 threads per column group of the v2 kernel (sum_from_staged) up to one
+      // wave of its 2 blocks per SM (2 rows per SM), the cols4 kernel (4 columns per thread,
       // the values and the sum in registers) above. On the H200 (bench_fused 2026-11-30, sixth
       // session, inter 14336; split 4 / cols4 / split 1) 256 tokens 11.3 / 11.5 / 12.8 us, 1024
       // 32.1 / 31.0 / 32.0, 4096 105.2 / 96.0 / 102.3, 8192 201.5 / 178.9 / 194.0: at 256
@@ -1002,10 +1004,12 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
       // chains (our reading, not profiled). Split 1 (the v2 kernel's sum in registers) was the
       // with-sum kernel above 4 rows per SM until then (forced:: split 1). Forming the staged sum
       // before the amax exchange measured no better than split 4 (11.2 / 32.6 / 105.7 / 203.4 us,
-      // fifth session) and was removed.
+      // fifth session) and was removed. The threshold moved from 4 to 2 rows per SM on the
+      // seventh session's run with 512 tokens (the b512 decode step; split 4 / cols4 17.4 / 16.0
+      // us; 256 tokens 11.4 / 11.5, 1024 32.2 / 31.1; 2026-11-30-fused-h200-s7.json).
       SiluPath p = path;
       if (p == SiluPath::kAuto) {
-        p = rows <= 4 * static_cast<int64_t>(current_device_sm_count()) ? SiluPath::kV2Split4
+        p = rows <= 2 * static_cast<int64_t>(current_device_sm_count()) ? SiluPath::kV2Split4
                                                                         : SiluPath::kCols4;
       }
       if (p == SiluPath::kCols4) {
