@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -474,10 +475,10 @@ TEST(ParityGemmFastW4A8, LargeMEveryVariantBitExact) {
       ASSERT_EQ(p.sync, cudaSuccess);
       const std::vector<uint16_t>& want = p.want;
       DeviceBuffer<uint16_t> y(static_cast<size_t>(m * n));
-      for (const auto v :
-           {cuda::W4A8Sm90Variant::kAuto, cuda::W4A8Sm90Variant::kLargeM,
-            cuda::W4A8Sm90Variant::kPingpong64, cuda::W4A8Sm90Variant::kSwapStreamK,
-            cuda::W4A8Sm90Variant::kCoop256x128, cuda::W4A8Sm90Variant::kCoop128x256}) {
+      std::vector<cuda::W4A8Sm90Variant> variants = {cuda::W4A8Sm90Variant::kAuto};
+      variants.insert(variants.end(), std::begin(cuda::kW4A8Sm90Variants),
+                      std::end(cuda::kW4A8Sm90Variants));
+      for (const auto v : variants) {
         const std::string base = mnk({m, n, k}) + ",variant=" + cuda::w4a8_sm90_variant_name(v);
         poison(y.data(), y.bytes());
         ASSERT_TRUE(cuda::gemm_w4a8_per_channel_sm90(p.q.data(), p.scale.data(), p.sum.data(), m,
@@ -518,7 +519,8 @@ TEST(ParityGemmFastW4A8, LargeMChoiceRules) {
   EXPECT_EQ(cuda::w4a8_sm90_choose(256, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
   EXPECT_EQ(cuda::w4a8_sm90_choose(192, 4096, 4096), cuda::W4A8Sm90Variant::kSwapStreamK);
   EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 14336), cuda::W4A8Sm90Variant::kLargeM);
-  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096, 200), cuda::W4A8Sm90Variant::kPingpong64);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(640, 4096, 4096), cuda::W4A8Sm90Variant::kCoop128x192);
   EXPECT_EQ(cuda::w4a8_sm90_choose(4096, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w4a8_sm90_choose(65536, 28672, 4096), cuda::W4A8Sm90Variant::kCoop128x256);
   // 70B-class linears at 129..256 tokens: one cluster of 128-row tiles (weights read once).
@@ -526,6 +528,16 @@ TEST(ParityGemmFastW4A8, LargeMChoiceRules) {
   EXPECT_EQ(cuda::w4a8_sm90_choose(240, 8192, 28672), cuda::W4A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w4a8_sm90_choose(263, 57344, 8192), cuda::W4A8Sm90Variant::kSwapStreamK);
   EXPECT_EQ(cuda::w4a8_sm90_choose(240, 28672, 4096), cuda::W4A8Sm90Variant::kPingpong64);
+  // 128x192 tiles where 128x128 ones need more than one wave and they fit in one (132 SMs):
+  // qkv at 384 and 512 tokens, o / down at 768; not o at 512 (128 tiles of 128x128: one wave),
+  // not gate_up (many waves either way), not on a device with more SMs.
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 6144, 4096), cuda::W4A8Sm90Variant::kCoop128x192);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(384, 6144, 4096), cuda::W4A8Sm90Variant::kCoop128x192);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(768, 4096, 4096), cuda::W4A8Sm90Variant::kCoop128x192);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(768, 4096, 14336), cuda::W4A8Sm90Variant::kCoop128x192);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 4096, 4096), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 28672, 4096), cuda::W4A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w4a8_sm90_choose(512, 6144, 4096, 200), cuda::W4A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kCoop128x256).swizzle, 8);
   EXPECT_EQ(cuda::w4a8_sm90_tile_order(cuda::W4A8Sm90Variant::kLargeM).swizzle, 1);
   // W8A8 (and g128 on its expanded weights): the same 128x256 kernel for prefill-sized steps.

@@ -488,11 +488,27 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(WgArgs a) {
     const int R = wr0 + row, j = R / G, h = R - j * G;
     return a.q + ((static_cast<int64_t>(tok0) + j) * a.num_heads + kvh * G + h) * kD;
   };
-  float qmax = 0.0f;
-  for (int idx = wtid; idx < rows_valid * 16; idx += 128) {
+  // The warpgroup's 64 x 128 fp32 slice in registers (8 chunks of 8 values per thread), every
+  // load issued before any use: one DRAM round trip per CTA instead of a dependent chain of
+  // loads and a second pass over the slice (at 1,024-token sequences each CTA has ~4.5 key
+  // tiles of work, so this prologue was a large share of it).
+  constexpr int kQChunks = kWgRows * 16 / 128;
+  float4 qx[kQChunks], qy[kQChunks];
+#pragma unroll
+  for (int i = 0; i < kQChunks; ++i) {
+    const int idx = wtid + 128 * i;
     const int row = idx >> 4, c = idx & 15;
-    const float4* p = reinterpret_cast<const float4*>(q_src(row) + 8 * c);
-    const float4 x = p[0], y = p[1];
+    qx[i] = qy[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (row < rows_valid) {
+      const float4* p = reinterpret_cast<const float4*>(q_src(row) + 8 * c);
+      qx[i] = p[0];
+      qy[i] = p[1];
+    }
+  }
+  float qmax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kQChunks; ++i) {
+    const float4 x = qx[i], y = qy[i];
     qmax = fmaxf(qmax, fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
     qmax = fmaxf(qmax, fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w))));
   }
@@ -510,14 +526,13 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(WgArgs a) {
     e = min(max(15 - ex, -120), 120);
   }
   const float q_mul = scalbnf(1.0f, e);
-#pragma unroll 2
-  for (int i = 0; i < kWgRows * 16 / 128; ++i) {
+#pragma unroll
+  for (int i = 0; i < kQChunks; ++i) {
     const int idx = wtid + 128 * i;
     const int row = idx >> 4, c = idx & 15;
     uint4 v = make_uint4(0, 0, 0, 0);  // padding rows: q = 0 (finite scores, never stored)
     if (row < rows_valid) {
-      const float4* p = reinterpret_cast<const float4*>(q_src(row) + 8 * c);
-      const float4 x = p[0], y = p[1];
+      const float4 x = qx[i], y = qy[i];
       v.x = pack_h2(__fmul_rn(x.x, q_mul), __fmul_rn(x.y, q_mul));
       v.y = pack_h2(__fmul_rn(x.z, q_mul), __fmul_rn(x.w, q_mul));
       v.z = pack_h2(__fmul_rn(y.x, q_mul), __fmul_rn(y.y, q_mul));

@@ -113,15 +113,20 @@ enum class W4A8Sm90Variant : uint8_t {
   kCoop256x128,  // 256x128x128, 2x1, cooperative, persistent: prefill-sized M (fewer operand
                  // bytes from shared memory per MMA than 128x128)
   kCoop128x256,  // 128x256x128, 2x1, cooperative, persistent (n256 wgmmas)
+  kCoop128x192,  // 128x192x128, 2x1, cooperative, persistent: M = 512 qkv (N = 6144) in one
+                 // wave of 128 tiles instead of 1.45 waves of 128x128 ones
+  kCoopStreamK,  // 128x128x128, 1x1, cooperative, stream-K: the tiles' K loops spread evenly
 };
 // Every concrete variant (all but kAuto): name lookups, the tuning benchmark, the parity tests.
 inline constexpr W4A8Sm90Variant kW4A8Sm90Variants[] = {
-    W4A8Sm90Variant::kLargeM, W4A8Sm90Variant::kPingpong64, W4A8Sm90Variant::kSwapStreamK,
-    W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256};
+    W4A8Sm90Variant::kLargeM,      W4A8Sm90Variant::kPingpong64,  W4A8Sm90Variant::kSwapStreamK,
+    W4A8Sm90Variant::kCoop256x128, W4A8Sm90Variant::kCoop128x256, W4A8Sm90Variant::kCoop128x192,
+    W4A8Sm90Variant::kCoopStreamK};
 const char* w4a8_sm90_variant_name(W4A8Sm90Variant v);
 // The variant of a w4a8_sm90_variant_name (not "auto"); throws qserve::Error listing the names.
 W4A8Sm90Variant w4a8_sm90_variant_from_name(const std::string& name);
-W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k);
+// sms: the device's SM count (the 128x192 rule counts waves; 132 on the H100 SXM and H200).
+W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k, int64_t sms = 132);
 // The tile order a variant runs with when the caller names none (before the
 // QSERVE_SM90_TILE_ORDER override).
 Sm90TileOrder w4a8_sm90_tile_order(W4A8Sm90Variant v);

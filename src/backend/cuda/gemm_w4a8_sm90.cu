@@ -199,6 +199,12 @@ using Coop256x128 = Config<
 using Coop128x256 = Config<
     Shape<_128, _256, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
     cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
+using Coop128x192 = Config<
+    Shape<_128, _192, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler, false>;
+using CoopStreamK = Config<
+    Shape<_128, _128, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler, false>;
 
 template <typename Stride>
 Stride packed_stride(int rows, int cols) {
@@ -349,6 +355,10 @@ const char* w4a8_sm90_variant_name(W4A8Sm90Variant v) {
       return "sm90_256x128x128_coop_2x1";
     case W4A8Sm90Variant::kCoop128x256:
       return "sm90_128x256x128_coop_2x1";
+    case W4A8Sm90Variant::kCoop128x192:
+      return "sm90_128x192x128_coop_2x1";
+    case W4A8Sm90Variant::kCoopStreamK:
+      return "sm90_128x128x128_coop_streamk";
   }
   return "?";
 }
@@ -402,12 +412,25 @@ std::optional<W4A8Sm90Variant> large_m_env_override() {
 //    up to 20% with the GPU's power state between runs of identical configurations, so the rule
 //    follows the sustained end-to-end figure; 4k-16k rows stay on the 128x128 kernel (mixed
 //    single-GEMM results: 128x256 faster on gate_up / down, slower on qkv / o at 16k).
-W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k) {
+//  - 257..1023 tokens where 128x128 tiles need more than one wave on the SMs and 128x192 tiles
+//    fit in one: the 128x192 cooperative kernel (seventh session, bench_gemm --tune-large-m
+//    --m 256,384,512,768,1024, 2026-11-30-gemm-large-m-tune-h200-s7.json; us, best other /
+//    128x192): qkv M = 384 24.8 / 23.1, qkv M = 512 27.1 / 22.8 (the b512 decode step),
+//    o and down M = 768 27.1 / 22.9 and 74.6 / 57.6; where 128x128 tiles already fit one wave
+//    (o M = 512: 18.1 / 22.4) or neither fits (gate_up) it loses. Not measured on 70B-class
+//    shapes (the rule starts above 256 tokens, past their weights-once case above).
+W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k, int64_t sms) {
   const auto even_tiles = [m](int64_t rows) { return ((m + rows - 1) / rows) % 2 == 0; };
   if (m >= 4096) {
     if (const std::optional<W4A8Sm90Variant> v = large_m_env_override()) return *v;
   }
   if (m >= kSm90WideTileMinRows) return W4A8Sm90Variant::kCoop128x256;
+  if (m > 256 && m < 1024) {
+    const int64_t row_tiles = (m + 127) / 128;
+    if (row_tiles * ((n + 127) / 128) > sms && row_tiles * ((n + 191) / 192) <= sms) {
+      return W4A8Sm90Variant::kCoop128x192;
+    }
+  }
   if (m >= 512) {
     if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
     return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;
@@ -438,7 +461,9 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
     return 0;
   }
   if (!device_info(device).sm90) return 0;
-  if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, n, k);
+  if (variant == W4A8Sm90Variant::kAuto) {
+    variant = w4a8_sm90_choose(m, n, k, device_info(device).sm_count);
+  }
   switch (variant) {
     case W4A8Sm90Variant::kPingpong64:
       return config_workspace_bytes<Pingpong64>(m, n, k, device);
@@ -448,6 +473,10 @@ size_t w4a8_per_channel_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k,
       return config_workspace_bytes<Coop256x128>(m, n, k, device);
     case W4A8Sm90Variant::kCoop128x256:
       return config_workspace_bytes<Coop128x256>(m, n, k, device);
+    case W4A8Sm90Variant::kCoop128x192:
+      return config_workspace_bytes<Coop128x192>(m, n, k, device);
+    case W4A8Sm90Variant::kCoopStreamK:
+      return config_workspace_bytes<CoopStreamK>(m, n, k, device);
     default:
       return config_workspace_bytes<LargeM>(m, n, k, device);
   }
@@ -465,7 +494,9 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
 #else
   int device = 0;
   cuda_check(cudaGetDevice(&device), "gemm_w4a8_per_channel_sm90");
-  if (variant == W4A8Sm90Variant::kAuto) variant = w4a8_sm90_choose(m, w.n, w.k);
+  if (variant == W4A8Sm90Variant::kAuto) {
+    variant = w4a8_sm90_choose(m, w.n, w.k, device_info(device).sm_count);
+  }
   const Sm90TileOrder o =
       order != nullptr ? *order : sm90_tile_order_or_env(w4a8_sm90_tile_order(variant));
   switch (variant) {
@@ -480,6 +511,12 @@ bool gemm_w4a8_per_channel_sm90(const int8_t* aq, const uint16_t* a_scale, const
                                      o);
     case W4A8Sm90Variant::kCoop128x256:
       return run_config<Coop128x256>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                     o);
+    case W4A8Sm90Variant::kCoop128x192:
+      return run_config<Coop128x192>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
+                                     o);
+    case W4A8Sm90Variant::kCoopStreamK:
+      return run_config<CoopStreamK>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws, variant,
                                      o);
     default:
       return run_config<LargeM>(aq, a_scale, a_sum, m, w, y, stream, device, user_ws,
