@@ -506,7 +506,7 @@ std::string ours_path(Ours kind, const Operands& o, int64_t m) {
     return qserve::cuda::gemm_w4a8_g128_path(o.aq.data(), o.a_scale.data(), m, o.w4g(),
                                              o.y16.data());
   if (qserve::cuda::w8a8_sm90_applicable(o.aq.data(), o.a_scale.data(), m, o.w8v(), o.y16.data()))
-    return qserve::cuda::w8a8_sm90_variant_name(qserve::cuda::w8a8_sm90_choose(m));
+    return qserve::cuda::w8a8_sm90_variant_name(qserve::cuda::w8a8_sm90_choose(m, o.n));
   return "simple_dp4a";
 }
 

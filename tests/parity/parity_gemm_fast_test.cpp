@@ -135,6 +135,7 @@ void run_case(const Shape& s, const quant::W8PerChannel& w, const cuda::W8PerCha
   const Run runs[] = {{"swapab_streamk", false, W8A8Sm90Variant::kSmallMSwapAB},
                       {"large_m", false, W8A8Sm90Variant::kLargeM},
                       {"coop_128x256", false, W8A8Sm90Variant::kCoop128x256},
+                      {"coop_128x192", false, W8A8Sm90Variant::kCoop128x192},
                       {"dispatch", true, W8A8Sm90Variant::kAuto}};
   for (const Run& run : runs) {
     poison(y.data(), y.bytes());

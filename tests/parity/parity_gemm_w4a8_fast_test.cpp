@@ -544,6 +544,9 @@ TEST(ParityGemmFastW4A8, LargeMChoiceRules) {
   EXPECT_EQ(cuda::w8a8_sm90_choose(64), cuda::W8A8Sm90Variant::kSmallMSwapAB);
   EXPECT_EQ(cuda::w8a8_sm90_choose(1024), cuda::W8A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w8a8_sm90_choose(65536), cuda::W8A8Sm90Variant::kCoop128x256);
+  EXPECT_EQ(cuda::w8a8_sm90_choose(512, 6144), cuda::W8A8Sm90Variant::kCoop128x192);
+  EXPECT_EQ(cuda::w8a8_sm90_choose(512), cuda::W8A8Sm90Variant::kLargeM);
+  EXPECT_EQ(cuda::w8a8_sm90_choose(512, 4096), cuda::W8A8Sm90Variant::kLargeM);
   EXPECT_EQ(cuda::w8a8_sm90_tile_order(cuda::W8A8Sm90Variant::kCoop128x256).swizzle, 8);
   EXPECT_EQ(cuda::w8a8_sm90_tile_order(cuda::W8A8Sm90Variant::kLargeM).swizzle, 1);
 }

@@ -30,6 +30,16 @@ struct Sm90TileOrder {
 constexpr int64_t kSm90WideTileMinRows = 32768;
 constexpr Sm90TileOrder kSm90WideTileOrder{8, Sm90TileOrder::Raster::kAlongN};
 
+// The decode-sized rule for the 128x192 cooperative kernels (W4A8 per-channel kCoop128x192,
+// W8A8 kCoop128x192): 257..1023 tokens where 128x128 tiles need more than one wave on `sms` SMs
+// and 128x192 tiles fit in one (Llama-3-8B qkv at 384 / 512 tokens, o / down at 768; measured
+// in gemm_w4a8_sm90.cu, w4a8_sm90_choose).
+constexpr bool sm90_one_wave_128x192(int64_t m, int64_t n, int64_t sms) {
+  if (m <= 256 || m >= 1024) return false;
+  const int64_t row_tiles = (m + 127) / 128;
+  return row_tiles * ((n + 127) / 128) > sms && row_tiles * ((n + 191) / 192) <= sms;
+}
+
 // "<swizzle 1|2|4|8>,<m|n|h>" (raster along M, along N, CUTLASS's heuristic; ",h" may be left
 // out) as an order; throws qserve::Error naming the expected form on anything else.
 Sm90TileOrder parse_sm90_tile_order(const std::string& text);

@@ -425,12 +425,7 @@ W4A8Sm90Variant w4a8_sm90_choose(int64_t m, int64_t n, int64_t k, int64_t sms) {
     if (const std::optional<W4A8Sm90Variant> v = large_m_env_override()) return *v;
   }
   if (m >= kSm90WideTileMinRows) return W4A8Sm90Variant::kCoop128x256;
-  if (m > 256 && m < 1024) {
-    const int64_t row_tiles = (m + 127) / 128;
-    if (row_tiles * ((n + 127) / 128) > sms && row_tiles * ((n + 191) / 192) <= sms) {
-      return W4A8Sm90Variant::kCoop128x192;
-    }
-  }
+  if (sm90_one_wave_128x192(m, n, sms)) return W4A8Sm90Variant::kCoop128x192;
   if (m >= 512) {
     if (m >= 1024 || even_tiles(128)) return W4A8Sm90Variant::kLargeM;
     return even_tiles(64) ? W4A8Sm90Variant::kPingpong64 : W4A8Sm90Variant::kLargeM;

@@ -59,16 +59,20 @@ const char* w8a8_sm90_variant_name(W8A8Sm90Variant v) {
       return "sm90_wgmma_swapab_128x64x128_streamk";
     case W8A8Sm90Variant::kCoop128x256:
       return "sm90_wgmma_128x256x128_coop";
+    case W8A8Sm90Variant::kCoop128x192:
+      return "sm90_wgmma_128x192x128_coop";
   }
   return "?";
 }
 
-W8A8Sm90Variant w8a8_sm90_choose(int64_t m) {
+W8A8Sm90Variant w8a8_sm90_choose(int64_t m, int64_t n, int64_t sms) {
   // Up to two 64-token tiles the swapped kernel reads each weight tile at most twice (mostly
   // from L2) and keeps all SMs busy through stream-K; beyond that the 128x128 tiles win, up to
-  // prefill-sized steps, where 128x256 tiles with a swizzled walk do (as for W4A8 per-channel,
-  // whose main loop this is: gemm_w4a8_sm90.cu, w4a8_sm90_choose).
+  // prefill-sized steps, where 128x256 tiles with a swizzled walk do, and except where 128x192
+  // tiles fit one wave and 128x128 ones do not (as for W4A8 per-channel, whose main loop this
+  // is: gemm_w4a8_sm90.cu, w4a8_sm90_choose).
   if (m <= 128) return W8A8Sm90Variant::kSmallMSwapAB;
+  if (n > 0 && sm90_one_wave_128x192(m, n, sms)) return W8A8Sm90Variant::kCoop128x192;
   return m >= kSm90WideTileMinRows ? W8A8Sm90Variant::kCoop128x256 : W8A8Sm90Variant::kLargeM;
 }
 
@@ -199,6 +203,12 @@ using LargeM =
                cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
 using Coop128x256 =
     GemmConfig<Shape<_128, _256, _128>, Shape<_2, _1, _1>, cutlass::layout::RowMajor,
+               cutlass::layout::ColumnMajor, cutlass::layout::RowMajor,
+               cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+               cutlass::epilogue::TmaWarpSpecializedCooperative,
+               cutlass::gemm::PersistentScheduler>;
+using Coop128x192 =
+    GemmConfig<Shape<_128, _192, _128>, Shape<_2, _1, _1>, cutlass::layout::RowMajor,
                cutlass::layout::ColumnMajor, cutlass::layout::RowMajor,
                cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                cutlass::epilogue::TmaWarpSpecializedCooperative,
@@ -356,7 +366,7 @@ bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
   int device = 0;
   cuda_check(cudaGetDevice(&device), "gemm_w8a8_sm90");
   const DeviceInfo info = current_device_info();
-  if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
+  if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m, w.n, info.sm_count);
   if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
     return run_config<SmallMSwapAB, true>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws,
                                           Sm90TileOrder{}, variant);
@@ -365,6 +375,10 @@ bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m, const 
       order != nullptr ? *order : sm90_tile_order_or_env(w8a8_sm90_tile_order(variant));
   if (variant == W8A8Sm90Variant::kCoop128x256) {
     return run_config<Coop128x256, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws,
+                                          o, variant);
+  }
+  if (variant == W8A8Sm90Variant::kCoop128x192) {
+    return run_config<Coop128x192, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws,
                                           o, variant);
   }
   return run_config<LargeM, false>(aq, a_scale, m, w, y, stream, device, info.sm_count, ws, o,
@@ -384,12 +398,15 @@ size_t gemm_w8a8_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, W8A8Sm90V
   if (!info.sm90 || m < 1 || n < 1 || k < 1) return 0;
   int device = 0;
   cuda_check(cudaGetDevice(&device), "gemm_w8a8_sm90_workspace_bytes");
-  if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m);
+  if (variant == W8A8Sm90Variant::kAuto) variant = w8a8_sm90_choose(m, n, info.sm_count);
   if (variant == W8A8Sm90Variant::kSmallMSwapAB) {
     return config_workspace_bytes<SmallMSwapAB, true>(m, n, k, device, info.sm_count);
   }
   if (variant == W8A8Sm90Variant::kCoop128x256) {
     return config_workspace_bytes<Coop128x256, false>(m, n, k, device, info.sm_count);
+  }
+  if (variant == W8A8Sm90Variant::kCoop128x192) {
+    return config_workspace_bytes<Coop128x192, false>(m, n, k, device, info.sm_count);
   }
   return config_workspace_bytes<LargeM, false>(m, n, k, device, info.sm_count);
 #else

@@ -26,14 +26,16 @@
 
 namespace qserve::cuda {
 
-// The two kernel configurations (each one CUTLASS instantiation).
+// The kernel configurations (each one CUTLASS instantiation).
 enum class W8A8Sm90Variant : uint8_t {
-  kAuto,             // pick by M (see w8a8_sm90_choose)
-  kLargeM,           // y = aq * W^T, 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
-  kSmallMSwapAB,     // y^T = W * aq^T (weights on wgmma's 64/128-row side, tokens on the narrow
-                     // side), 128x64x128 tiles, cooperative, stream-K over K to fill the SMs
-  kCoop128x256,      // y = aq * W^T, 128x256x128 tiles, 2x1, cooperative, persistent, 8-wide
-                     // swizzle along N: prefill-sized M (>= 32k rows)
+  kAuto,          // pick by M (see w8a8_sm90_choose)
+  kLargeM,        // y = aq * W^T, 128x128x128 tiles, 2x1 cluster, ping-pong, persistent
+  kSmallMSwapAB,  // y^T = W * aq^T (weights on wgmma's 64/128-row side, tokens on the narrow
+                  // side), 128x64x128 tiles, cooperative, stream-K over K to fill the SMs
+  kCoop128x256,   // y = aq * W^T, 128x256x128 tiles, 2x1, cooperative, persistent, 8-wide
+                  // swizzle along N: prefill-sized M (>= 32k rows)
+  kCoop128x192,   // y = aq * W^T, 128x192x128 tiles, 2x1, cooperative, persistent: one wave
+                  // where 128x128 tiles need more (sm90_one_wave_128x192)
 };
 const char* w8a8_sm90_variant_name(W8A8Sm90Variant v);
 
@@ -47,8 +49,9 @@ bool w8a8_sm90_compiled();
 bool w8a8_sm90_applicable(const int8_t* aq, const uint16_t* a_scale, int64_t m,
                           const W8PerChannelView& w, const uint16_t* y);
 
-// The variant kAuto picks for m tokens.
-W8A8Sm90Variant w8a8_sm90_choose(int64_t m);
+// The variant kAuto picks for m tokens and n output channels on a device of `sms` SMs (n = 0:
+// not known, no 128x192 rule).
+W8A8Sm90Variant w8a8_sm90_choose(int64_t m, int64_t n = 0, int64_t sms = 132);
 // The tile order a variant runs with when the caller names none (before the
 // QSERVE_SM90_TILE_ORDER override).
 Sm90TileOrder w8a8_sm90_tile_order(W8A8Sm90Variant v);
@@ -62,8 +65,8 @@ Sm90TileOrder w8a8_sm90_tile_order(W8A8Sm90Variant v);
 // ws->bytes below gemm_w8a8_sm90_workspace_bytes() throws. `order` (null: CUTLASS's, or the
 // QSERVE_SM90_TILE_ORDER override) is the tile walk of the large-M kernel
 // (gemm_sm90_tile_order.h; no order measured faster end to end for this kernel).
-bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m,
-                    const W8PerChannelView& w, uint16_t* y, cudaStream_t stream,
+bool gemm_w8a8_sm90(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8PerChannelView& w,
+                    uint16_t* y, cudaStream_t stream,
                     W8A8Sm90Variant variant = W8A8Sm90Variant::kAuto,
                     const GemmWorkspace* ws = nullptr, const Sm90TileOrder* order = nullptr);
 // Workspace bytes of the variant (kAuto: the one picked for m) for an m x n x k problem on the
