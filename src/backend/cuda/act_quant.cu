@@ -79,23 +79,7 @@ __global__ void __launch_bounds__(detail::kVecRowThreads)
   if (t % detail::kWarp == 0) ex_max[t / detail::kWarp] = m;
   if (sum != nullptr) detail::publish_logical_warp_sum(detail::logical_warp_sum8(p), ex_sum);
   __syncthreads();
-  amax = ex_max[0];
-#pragma unroll
-  for (int w = 1; w < detail::kVecRowWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  // As quantize_row_block: amax = 0 gives r = inf, 0 * inf = NaN, code 0.
-  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    if (valid(j)) detail::store_codes8(q + base + j * detail::kVecChunk, xv[j], r);
-  }
-  if (t < detail::kWarp) {
-    constexpr float kInv127 = 1.0f / 127.0f;
-    const float total = sum != nullptr ? detail::logical_block_total(ex_sum) : 0.0f;
-    if (t == 0) {
-      scale[blockIdx.x] = detail::f2h(__fmul_rn(amax, kInv127));
-      if (sum != nullptr) sum[blockIdx.x] = detail::f2h(total);
-    }
-  }
+  detail::vec_row_codes_scale_sum(xv, valid, ex_max, ex_sum, q, base, scale, sum);
 }
 
 // The vec kernel's shapes: the logical block is exactly 1024 threads (cols >= 1024), whole

@@ -279,22 +279,7 @@ __global__ void __launch_bounds__(detail::kVecRowThreads)
     }
   }
   __syncthreads();
-  amax = ex_max[0];
-#pragma unroll
-  for (int w = 1; w < detail::kVecRowWarps; ++w) amax = fmaxf(amax, ex_max[w]);
-  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    if (valid(j)) detail::store_codes8(out.q + base + j * detail::kVecChunk, xv[j], r);
-  }
-  if (t < detail::kWarp) {
-    constexpr float kInv127 = 1.0f / 127.0f;
-    const float total = out.sum != nullptr ? detail::logical_block_total(ex_sum) : 0.0f;
-    if (t == 0) {
-      out.scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
-      if (out.sum != nullptr) out.sum[blockIdx.x] = f2h(total);
-    }
-  }
+  detail::vec_row_codes_scale_sum(xv, valid, ex_max, ex_sum, out.q, base, out.scale, out.sum);
 }
 
 // ---- The split kernel (small batches) ---------------------------------------------------------

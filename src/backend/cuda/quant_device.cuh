@@ -215,6 +215,38 @@ __device__ __forceinline__ void store_codes8(int8_t* p, const float (&v)[kVecPer
   *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
 }
 
+// The ending shared by the one-pass vectorized row kernels (norm_quant_vec_kernel,
+// quantize_per_token_vec_kernel), after the barrier that published ex_max (each warp's max of
+// |value|) and, when sum is non-null, ex_sum (publish_logical_warp_sum): the row's amax, the
+// codes of the thread's chunks j with valid(j) (values xv, codes at q + base + j * 1024), then
+// thread 0 writes the row's fp16 scale and sum. Why one function: the two kernels must give
+// the reference's bits the same way; their last steps are the same steps.
+template <int kChunks, typename Valid>
+__device__ __forceinline__ void vec_row_codes_scale_sum(const float (&xv)[kChunks][kVecPerThread],
+                                                        Valid valid, const float* ex_max,
+                                                        const float* ex_sum, int8_t* q,
+                                                        int64_t base, uint16_t* scale,
+                                                        uint16_t* sum) {
+  float amax = ex_max[0];
+#pragma unroll
+  for (int w = 1; w < kVecRowWarps; ++w) amax = fmaxf(amax, ex_max[w]);
+  // amax = 0 gives r = inf, 0 * inf = NaN, code 0 (as the reference).
+  const float r = __fmul_rn(127.0f, __fdiv_rn(1.0f, amax));
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (valid(j)) store_codes8(q + base + j * kVecChunk, xv[j], r);
+  }
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < kWarp) {
+    constexpr float kInv127 = 1.0f / 127.0f;
+    const float total = sum != nullptr ? logical_block_total(ex_sum) : 0.0f;
+    if (t == 0) {
+      scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+      if (sum != nullptr) sum[blockIdx.x] = f2h(total);
+    }
+  }
+}
+
 // Whether p is aligned to `bytes` (the vectorized kernels check their pointers on the host).
 inline bool aligned_to(const void* p, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
