@@ -382,5 +382,26 @@ TEST(ParityPrefillWgmma, DeterminismAndSupport) {
                Error);
 }
 
+// QSERVE_PREFILL_WGMMA's names (host code: runs without a GPU too). An unknown name throws, so
+// a mistyped A/B override cannot silently time the default.
+TEST(ParityPrefillWgmma, VariantNamesParse) {
+  const cuda::PrefillWgmmaVariant d = cuda::parse_prefill_wgmma_variant("bn128s3");
+  EXPECT_EQ(d.block_n, 128);
+  EXPECT_EQ(d.stages, 3);
+  EXPECT_FALSE(d.pingpong);
+  const cuda::PrefillWgmmaVariant pp = cuda::parse_prefill_wgmma_variant("bn128s2pp");
+  EXPECT_EQ(pp.block_n, 128);
+  EXPECT_EQ(pp.stages, 2);
+  EXPECT_TRUE(pp.pingpong);
+  const cuda::PrefillWgmmaVariant b64 = cuda::parse_prefill_wgmma_variant("bn64s4");
+  EXPECT_EQ(b64.block_n, 64);
+  EXPECT_EQ(b64.stages, 4);
+  EXPECT_EQ(cuda::parse_prefill_wgmma_variant("bn128s3pp").pingpong, true);
+  EXPECT_EQ(cuda::parse_prefill_wgmma_variant("bn128s2").stages, 2);
+  for (const char* bad : {"", "bn128", "bn128s4", "BN128S2", "bn64s4pp", " bn128s2"}) {
+    EXPECT_THROW(cuda::parse_prefill_wgmma_variant(bad), Error) << "'" << bad << "'";
+  }
+}
+
 }  // namespace
 }  // namespace qserve

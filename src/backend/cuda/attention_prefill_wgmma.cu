@@ -68,6 +68,7 @@
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/attention_prefill_common.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
 
@@ -773,29 +774,34 @@ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
-struct Variant {
-  int block_n = 128;
-  int stages = 3;
-  bool pingpong = false;
-};
-
-// The default variant, or the one QSERVE_PREFILL_WGMMA names (read once).
-Variant default_variant() {
-  static const Variant v = [] {
-    Variant r;
-    const char* env = std::getenv("QSERVE_PREFILL_WGMMA");
-    if (env == nullptr) return r;
-    const std::string s(env);
-    if (s == "bn128s2") r = Variant{128, 2, false};
-    if (s == "bn128s3pp") r = Variant{128, 3, true};
-    if (s == "bn128s2pp") r = Variant{128, 2, true};
-    if (s == "bn64s4") r = Variant{64, 4, false};
-    return r;
-  }();
+// The default variant, or the one QSERVE_PREFILL_WGMMA names (read once; an unknown name
+// throws, naming the variable).
+PrefillWgmmaVariant default_variant() {
+  static const PrefillWgmmaVariant v =
+      sm90_env_override("QSERVE_PREFILL_WGMMA", parse_prefill_wgmma_variant)
+          .value_or(PrefillWgmmaVariant{});
   return v;
 }
 
 }  // namespace
+
+PrefillWgmmaVariant parse_prefill_wgmma_variant(const std::string& name) {
+  struct Named {
+    const char* name;
+    PrefillWgmmaVariant v;
+  };
+  static constexpr Named kNamed[] = {{"bn128s3", {128, 3, false}},
+                                     {"bn128s2", {128, 2, false}},
+                                     {"bn128s3pp", {128, 3, true}},
+                                     {"bn128s2pp", {128, 2, true}},
+                                     {"bn64s4", {64, 4, false}}};
+  std::string names;
+  for (const Named& n : kNamed) {
+    if (name == n.name) return n.v;
+    names += std::string(names.empty() ? "" : ", ") + n.name;
+  }
+  throw Error("unknown prefill wgmma variant '" + name + "' (expected one of: " + names + ")");
+}
 
 bool prefill_attention_wgmma_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
                                        int64_t head_dim) {
@@ -890,7 +896,7 @@ void prefill_attention_wgmma_variant(const float* q, const uint16_t* k16, const 
 void prefill_attention_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16,
                              const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                              int64_t num_heads, int64_t window, float* out, cudaStream_t stream) {
-  const Variant v = default_variant();
+  const PrefillWgmmaVariant v = default_variant();
   prefill_attention_wgmma_variant(q, k16, v16, cache, batch, num_heads, window, out, v.block_n,
                                   v.stages, v.pingpong, stream);
 }

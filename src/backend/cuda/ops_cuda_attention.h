@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace qserve::cuda {
 
@@ -279,12 +280,21 @@ void prefill_attention_wgmma(const float* q, const uint16_t* k16, const uint16_t
 // tile, stages = depth of the shared-memory ring, pingpong = the two consumer warpgroups take
 // turns issuing wgmmas. Accepted: block_n 128 with 2 or 3 stages (pingpong on or off), block_n
 // 64 with 4 stages (pingpong off); throws otherwise. prefill_attention_wgmma uses (128, 3, off)
-// unless the environment variable QSERVE_PREFILL_WGMMA (read once) names another:
-// bn128s2, bn128s2pp, bn128s3pp, bn64s4. Same contract and bound for all.
+// unless the environment variable QSERVE_PREFILL_WGMMA (read once; for A/B runs) names another
+// (parse_prefill_wgmma_variant). Same contract and bound for all.
 void prefill_attention_wgmma_variant(const float* q, const uint16_t* k16, const uint16_t* v16,
                                      const PagedKvDevice& cache, const VarlenBatchDevice& batch,
                                      int64_t num_heads, int64_t window, float* out, int block_n,
                                      int stages, bool pingpong, cudaStream_t stream);
+// A variant by name: bn128s3 (the default), bn128s2, bn128s3pp, bn128s2pp, bn64s4 (keys per
+// tile, stages, "pp" = pingpong). Throws qserve::Error listing the names on anything else (an
+// unknown QSERVE_PREFILL_WGMMA is an error, not the default). Host code.
+struct PrefillWgmmaVariant {
+  int block_n = 128;
+  int stages = 3;
+  bool pingpong = false;
+};
+PrefillWgmmaVariant parse_prefill_wgmma_variant(const std::string& name);
 
 // ---------------------------------------------------------------------------------------------
 // Logits gather and sampling (sampling.cu)
