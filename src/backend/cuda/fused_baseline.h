@@ -88,8 +88,9 @@ void norm_quant_f16(const uint16_t* x, const uint16_t* gamma, float eps, int64_t
                     quant::NormKind kind, const NormQuantOut& out, cudaStream_t stream, int split);
 // split: threads per column group of silu_mul_quant_v2_kernel, 1, 2 or 4. 1 only with a sum (one
 // thread per column group; without a sum split 1 runs the dispatch's choice). The dispatch takes
-// 4 without the sum; with it, 4 up to 4 rows per SM and SiluForm::kCols4 above (split 1 there
-// until 2026-11-30, sixth session: forced split 1 is that previous with-sum kernel).
+// 4 without the sum; with it, 4 up to 2 rows per SM (4 until the seventh session) and
+// SiluForm::kCols4 above (split 1 there until 2026-11-30, sixth session: forced split 1 is that
+// previous with-sum kernel).
 void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,
                         int split);
@@ -99,7 +100,7 @@ void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_
 // kCols4 = silu_mul_quant_cols4_kernel (2026-11-30, sixth session), with and without the sum, at
 // every size: each thread owns 4 columns of every 1024-column chunk (256 threads per row, the
 // values and the sum in registers, no shared-memory staging), fp16 and fp32 inputs. The
-// dispatch's with-sum kernel above 4 rows per SM; without the sum the dispatch keeps split 4.
+// dispatch's with-sum kernel above 2 rows per SM; without the sum the dispatch keeps split 4.
 enum class SiluForm { kCols4 };
 void silu_mul_quant_f16(const uint16_t* gate_up, int64_t rows, int64_t inter, int8_t* q,
                         uint16_t* scale, uint16_t* sum, uint16_t* out, cudaStream_t stream,

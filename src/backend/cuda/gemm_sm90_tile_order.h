@@ -52,8 +52,9 @@ Sm90TileOrder sm90_tile_order_or_env(const Sm90TileOrder& choice);
 // "along_n" etc., for bench output and error messages.
 const char* sm90_raster_name(Sm90TileOrder::Raster r);
 
-// The A/B overrides of the sm90 GEMMs' choices (QSERVE_SM90_TILE_ORDER here,
-// QSERVE_W4A8_SM90_LARGE in gemm_w4a8_sm90.cu): environment variable `name` parsed by `parse`;
+// The A/B overrides of the sm90 kernels' choices (QSERVE_SM90_TILE_ORDER here,
+// QSERVE_W4A8_SM90_LARGE in gemm_w4a8_sm90.cu, QSERVE_PREFILL_WGMMA in
+// attention_prefill_wgmma.cu): environment variable `name` parsed by `parse`;
 // nullopt when unset or empty; a value `parse` rejects throws qserve::Error naming the variable.
 // Callers keep the result in a function-local static (read once per process).
 template <typename T>
