@@ -14,6 +14,7 @@
 
 #include "backend/cuda/cuda_device.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/pdl.h"
 #include "engine/engine.h"
 #include "engine_cuda/cuda_executor.h"
 #include "engine_cuda/decode_buckets.h"
@@ -176,9 +177,17 @@ TEST_P(GpuCudaGraphs, EngineGivesIdenticalTokensWithAndWithoutGraphs) {
     const MixRun a = run_mix(*model, mix, on);
     const MixRun b = run_mix(*model, mix, few);
     const MixRun c = run_mix(*model, mix, off);
+    // Programmatic dependent launch off (backend/cuda/pdl.h): a kernel that touched its
+    // predecessor's output before griddepcontrol.wait would read stale data in the runs above.
+    cuda::set_pdl_override(0);
+    const MixRun d = run_mix(*model, mix, on);
+    const MixRun e = run_mix(*model, mix, off);
+    cuda::set_pdl_override(-1);
     const std::string tag = precision + " mix of " + std::to_string(n);
     expect_same(a, c, tag + ": graphs vs eager");
     expect_same(b, c, tag + ": 3 graphs kept vs eager");
+    expect_same(a, d, tag + ": graphs vs graphs without PDL");
+    expect_same(c, e, tag + ": eager vs eager without PDL");
     print_stats("graphs", tag, a.stats);
     print_stats("3-kept", tag, b.stats);
     print_stats("eager", tag, c.stats);

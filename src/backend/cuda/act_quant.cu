@@ -25,6 +25,8 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "backend/cuda/quant_device.cuh"
 #include "quant/block_reduce.h"
 
@@ -54,6 +56,8 @@ __global__ void __launch_bounds__(detail::kVecRowThreads)
                                   uint16_t* __restrict__ scale, uint16_t* __restrict__ sum) {
   constexpr int kV = detail::kVecPerThread;
   __shared__ float ex_max[detail::kVecRowWarps], ex_sum[detail::kWarp];
+  pdl_wait();  // x is the previous kernel's output (pdl.h)
+  pdl_trigger();
   const int t = threadIdx.x;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols + t * kV;
   auto valid = [&](int j) { return j * detail::kVecChunk + t * kV < cols; };
@@ -93,9 +97,10 @@ bool vec_applies(const T* x, int64_t cols, const int8_t* q) {
 template <typename T, int kChunks>
 void launch_vec(const T* x, int64_t rows, int64_t cols, int8_t* q, uint16_t* scale, uint16_t* sum,
                 cudaStream_t stream) {
-  quantize_per_token_vec_kernel<T, kChunks>
-      <<<static_cast<unsigned>(rows), detail::kVecRowThreads, 0, stream>>>(
-          x, static_cast<int>(cols), q, scale, sum);
+  cuda_check(
+      launch_pdl(quantize_per_token_vec_kernel<T, kChunks>, dim3(static_cast<unsigned>(rows)),
+                 dim3(detail::kVecRowThreads), 0, stream, x, static_cast<int>(cols), q, scale, sum),
+      "quantize_per_token (vec)");
 }
 
 template <typename T>

@@ -19,6 +19,8 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_device.h"
 #include "backend/cuda/ops_cuda_attention.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "core/error.h"
 
 namespace qserve::cuda::attn {
@@ -350,6 +352,8 @@ __global__ void decode_split_merge_kernel(const float* part_o, const float* part
   const int ctx = context_len[seq];
   const int used = used_splits(ctx, first_key(ctx, window), split_keys);
   const int64_t base = (static_cast<int64_t>(seq) * num_heads + h) * splits;
+  pdl_wait();  // the partials are the previous kernel's output (pdl.h)
+  pdl_trigger();
   float M = -INFINITY;
   for (int j = 0; j < used; ++j) M = fmaxf(M, part_ml[(base + j) * 2]);
   float L = 0.0f;
@@ -455,10 +459,10 @@ void launch_split_merge(const DecodeArgs& a, const VarlenBatchDevice& batch, int
                         cudaStream_t stream, const char* what, const std::string& shape) {
   if (a.splits <= 1) return;
   const dim3 grid(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(batch.num_seqs));
-  decode_split_merge_kernel<kLog2><<<grid, 128, 0, stream>>>(
-      a.part_o, a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
-      static_cast<int>(head_dim), a.splits, a.split_keys, a.window, a.out);
-  check_launch(what, shape);
+  cuda_check(launch_pdl(decode_split_merge_kernel<kLog2>, grid, dim3(128), 0, stream, a.part_o,
+                        a.part_ml, batch.token_offset, batch.context_len, a.num_heads,
+                        static_cast<int>(head_dim), a.splits, a.split_keys, a.window, a.out),
+             what, shape);
 }
 
 }  // namespace qserve::cuda::attn

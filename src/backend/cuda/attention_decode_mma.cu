@@ -44,6 +44,8 @@
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda_attention.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "core/error.h"
 
 namespace qserve::cuda {
@@ -229,7 +231,12 @@ __device__ __forceinline__ float h2f(uint16_t b) {
   return __half2float(__ushort_as_half(b));
 }
 
-template <KvFormat F, int D>
+// kPrewaitKv (the default, decode_prewait_kv()): the first ring stages are issued before
+// griddepcontrol.wait (pdl.h), where the kernel may still overlap the previous one: the cached
+// keys' pages were written by earlier steps (the stages' masked slots may hold the current
+// token's bytes half written; masked keys' bytes are never used). Otherwise they are issued
+// after the q staging.
+template <KvFormat F, int D, bool kPrewaitKv>
 __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_kernel(Args a) {
   using Geo = Geom<F, D>;
   constexpr int RB = Geo::RB, NS = Geo::kStages, KW = Geo::kKWords;
@@ -247,12 +254,28 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   const int ctx = a.context_len[seq];
   const attn::SplitRange range =
       attn::split_range(ctx, first_key(ctx, a.window), split, a.split_keys);
-  if (split >= range.used) return;  // unused split; the merge does not read it
+  if (split >= range.used) {  // unused split; the merge does not read it
+    pdl_wait();               // pdl.h: no block exits before the previous kernel has completed
+    return;
+  }
   const int k_lo = range.k_lo, k_hi = range.k_hi;
   const int kend = range.kend;  // cached keys of this split: [k_lo, kend)
   const int64_t q_row = a.token_offset[seq];
   const int32_t* bt = a.block_table + static_cast<int64_t>(seq) * a.block_stride;
   const int64_t pb = a.geom.page_bytes;
+  // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
+  using Swz = PayloadSwizzleFor<F, D>;
+  const attn::WarpKvStream<Geo, kWarps, kBlk, Swz> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp,
+                                                      lane);
+  auto issue = [&](int i) { ks.issue(a, i); };  // a lambda, not direct calls: see WarpKvStream
+  if constexpr (kPrewaitKv) {
+#pragma unroll
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+  }
+  // Above: the step's metadata and cached keys only. q (and the current token's K/V) are the
+  // previous kernel's output (pdl.h).
+  pdl_wait();
+  pdl_trigger();
 
   // ---- q: fp32 in shared memory (current token), a power of two keeping fp16 q normal -----
   // Heads G..7 are staged as zeros: the B fragments below read all 8.
@@ -293,10 +316,6 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   const float qoff[2] = {1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t) * 4),
                          1024.0f * __shfl_sync(0xffffffffu, qoff_part, (2 * t + 1) * 4)};
 
-  // ---- per-warp stream of 32-key blocks through a cp.async ring -----------------------------
-  using Swz = PayloadSwizzleFor<F, D>;
-  const attn::WarpKvStream<Geo, kWarps, kBlk, Swz> ks(smem, a.geom, bt, pb, kvh, k_lo, kend, warp,
-                                                      lane);
   // This lane's K row (key g of each 8) and V rows (keys 2t, 2t + 1 of each 16-key step) in a
   // stage; keys + 8 and + 16 are 8 RB and 16 RB further, offsets the swizzle leaves alone.
   const int k_off = Swz::apply(g * RB + t * Geo::kKBytes);
@@ -312,9 +331,10 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
   float z_part[2] = {0.0f, 0.0f};           // this lane's share of sum p s z (V zero term)
   float w_part[2] = {0.0f, 0.0f};           // this lane's share of sum fp16(p s) (V offset)
 
-  auto issue = [&](int i) { ks.issue(a, i); };  // a lambda, not direct calls: see WarpKvStream
+  if constexpr (!kPrewaitKv) {
 #pragma unroll
-  for (int i = 0; i < NS - 1; ++i) issue(i);
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+  }
 
   for (int i = 0; i < ks.nblk; ++i) {
     cp_async_wait<NS - 2>();
@@ -490,16 +510,35 @@ __global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_k
       a, red_o, red_ml, q_s, misc, G, q_row, kvh, seq, split, ctx, k_lo, k_hi, tid, lane, warp);
 }
 
+// Whether the kPrewaitKv kernel runs: yes unless QSERVE_DECODE_PREWAIT_KV=0 (an A/B switch;
+// anything but 0 or 1 is an error). Read once per process. With PDL on, the H200 measured
+// (bench_attention, 2026-11-30, eighth session) KV4 256 x 1536 / 32 x 8192 3.533 / 3.335 TB/s
+// against 3.482 / 3.319 with the stages issued after the q staging, KV8 3.928 / 3.845 against
+// 3.889 / 3.796 (the fourth session measured the pre-wait order 1% slower without PDL).
+bool decode_prewait_kv() {
+  static const bool on = env_switch("QSERVE_DECODE_PREWAIT_KV", true);
+  return on;
+}
+
 template <KvFormat F, int D>
 void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
   constexpr int smem = Geom<F, D>::kSmemBytes;
   // Idempotent and cheap; needed once per instantiation for > 48 KiB of dynamic smem.
-  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D>,
+  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D, true>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                     "decode_attention_mma smem attribute");
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(num_seqs));
-  decode_mma_kernel<F, D><<<grid, kThreads, smem, stream>>>(a);
+  if (!decode_prewait_kv()) {
+    QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                      "decode_attention_mma smem attribute");
+    cuda_check(launch_pdl(decode_mma_kernel<F, D, false>, grid, dim3(kThreads), smem, stream, a),
+               "decode_attention_mma");
+    return;
+  }
+  cuda_check(launch_pdl(decode_mma_kernel<F, D, true>, grid, dim3(kThreads), smem, stream, a),
+             "decode_attention_mma");
 }
 
 // Resident CTAs per SM of one instantiation (registers and shared memory decide), asked once.
@@ -508,10 +547,10 @@ int ctas_per_sm() {
   static const int n = [] {
     constexpr int smem = Geom<F, D>::kSmemBytes;
     int blocks = 0;
-    if (cudaFuncSetAttribute(decode_mma_kernel<F, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<F, D>, kThreads,
-                                                      smem) != cudaSuccess ||
+    if (cudaFuncSetAttribute(decode_mma_kernel<F, D, true>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<F, D, true>,
+                                                      kThreads, smem) != cudaSuccess ||
         blocks <= 0) {
       (void)cudaGetLastError();
       return Geom<F, D>::kMinBlocks;

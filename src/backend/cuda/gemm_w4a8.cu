@@ -189,6 +189,7 @@ void make_fast_layouts(W4PerChannelOnDevice& d, cudaStream_t stream) {
     d.q_packed = DeviceBuffer<uint8_t>(static_cast<size_t>(d.n * d.k / 2));
     w4a8_pack_codes(d.q.data(), d.n, d.k, d.q_packed.data(), stream);
   }
+  cuda_check(cudaStreamSynchronize(stream), "make_fast_layouts(W4PerChannel)");
 }
 
 void make_fast_layouts(W4G128OnDevice& d, cudaStream_t stream) {
@@ -200,6 +201,7 @@ void make_fast_layouts(W4G128OnDevice& d, cudaStream_t stream) {
     d.w8 = DeviceBuffer<int8_t>(static_cast<size_t>(d.n * d.k));
     w4a8_g128_expand(d.view(), d.w8.data(), stream);
   }
+  cuda_check(cudaStreamSynchronize(stream), "make_fast_layouts(W4G128)");
 }
 
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream) {

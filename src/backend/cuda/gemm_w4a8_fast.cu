@@ -25,6 +25,8 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gemm_w4a8_epilogue.cuh"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "quant/weights.h"
 
 namespace qserve::cuda {
@@ -307,6 +309,10 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
     cp_async_commit();
   }
 
+  // The weights (written at load time) are in flight; the activations, their scales and sums
+  // are the previous kernel's output (pdl.h).
+  pdl_wait();
+  pdl_trigger();
   epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, p.m);
 
   // The CTA's activation slice [token][K blocks kb0..kb1), staged once (every token's B
@@ -437,13 +443,15 @@ void launch_clusters(Kernel kernel, const SmallMParams& p, const Epilogue& epi, 
   cfg.blockDim = dim3(static_cast<unsigned>(threads), 1, 1);
   cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = static_cast<unsigned>(p.splits);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
   cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), what, shape(p.m, p.n, p.k));
 }
 

@@ -168,6 +168,9 @@ __global__ void __launch_bounds__(256, 2) w4a8_small_m_wgmma_kernel(SmallMParams
   for (int u = 0; u < kU; ++u)
     if (tile_ok && kb0 + u < kb1) ring[u] = ld_stream(wp + (kb0 + u) * 32);
 
+  // As w4a8_small_m_kernel: weights in flight, then wait for the activations (pdl.h).
+  pdl_wait();
+  pdl_trigger();
   epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, p.m);
 
   // Activation staging, one K block at a time: thread q < 4 N moves token q / 4, 16-byte part

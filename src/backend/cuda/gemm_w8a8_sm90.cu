@@ -31,8 +31,17 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/gemm_sm90_tile_order.h"
+#include "backend/cuda/pdl.h"
 
 #if defined(QSERVE_HAVE_CUTLASS)
+// Programmatic dependent launch (pdl.h): CUTLASS_GDC_ENABLED compiles the kernels' waits
+// (griddepcontrol.wait before the producers' first loads), so they may be launched while the
+// kernel before them finishes. Not CUTLASS_ENABLE_GDC_FOR_SM90, which would also let the next
+// kernel launch from their last tile: with it, CUTLASS 4.2's stream-K scheduler does not
+// compile (is_last_tile, a const member, passes a member to a non-const reference).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CUTLASS_GDC_ENABLED 1
+#endif
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -321,7 +330,7 @@ bool run_config(const int8_t* aq, const uint16_t* a_scale, int64_t m, const W8Pe
   const cutlass::Status init = gemm.initialize(args, ws, stream);
   check(init == cutlass::Status::kSuccess,
         "gemm_w8a8_sm90: initialize failed (" + detail + "): " + cutlassGetStatusString(init));
-  const cutlass::Status run = gemm.run(stream);
+  const cutlass::Status run = gemm.run(stream, /*cuda_adapter=*/nullptr, pdl_enabled());
   check(run == cutlass::Status::kSuccess,
         "gemm_w8a8_sm90: launch failed (" + detail + "): " + cutlassGetStatusString(run));
   check_launch("gemm_w8a8_sm90", detail);

@@ -34,6 +34,8 @@
 #include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "backend/cuda/quant_device.cuh"
 #include "core/half.h"
 #include "quant/block_reduce.h"
@@ -164,6 +166,8 @@ __global__ void __launch_bounds__(detail::kVecRowThreads)
   // One exchange buffer per reduction, so no barrier is needed before reusing one.
   __shared__ float ex_mean[detail::kWarp], ex_var[detail::kWarp], ex_sum[detail::kWarp];
   __shared__ float ex_max[detail::kVecRowWarps];
+  pdl_wait();  // every input (x or the residual, delta) is the previous kernel's output
+  pdl_trigger();
   const int t = threadIdx.x;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols + t * kV;
   const float n = static_cast<float>(cols);
@@ -307,6 +311,8 @@ __global__ void __launch_bounds__(detail::kVecRowThreads* kS)
   constexpr int kWarps = detail::kVecRowWarps * kS;
   __shared__ float ex_mean[detail::kWarp], ex_var[detail::kWarp], ex_sum[detail::kWarp];
   __shared__ float ex_max[kWarps];
+  pdl_wait();  // as norm_quant_vec_kernel
+  pdl_trigger();
   const int t = threadIdx.x, phase = t % kS, p = t / kS;
   const int lane = t % detail::kWarp, lane0 = lane - phase;  // the group's first lane
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols + p * kV;
@@ -476,9 +482,11 @@ template <typename TX, typename TG, Residual kRes, int kChunks>
 void launch_vec(const TX* x, float* residual, const void* delta, const TG* gamma, float eps,
                 int64_t rows, int64_t cols, bool subtract_mean, float amax_floor,
                 const NormQuantOut& out, cudaStream_t stream) {
-  norm_quant_vec_kernel<TX, TG, kRes, kChunks>
-      <<<static_cast<unsigned>(rows), detail::kVecRowThreads, 0, stream>>>(
-          x, residual, delta, gamma, eps, static_cast<int>(cols), subtract_mean, amax_floor, out);
+  cuda_check(
+      launch_pdl(norm_quant_vec_kernel<TX, TG, kRes, kChunks>, dim3(static_cast<unsigned>(rows)),
+                 dim3(detail::kVecRowThreads), 0, stream, x, residual, delta, gamma, eps,
+                 static_cast<int>(cols), subtract_mean, amax_floor, out),
+      "norm_quant (vec)", shape("", rows, cols));
 }
 
 // Whether the vectorized kernel applies: the logical block is exactly 1024 threads, rows split
@@ -496,9 +504,11 @@ template <typename TX, typename TG, Residual kRes, int kS, int kM>
 void launch_split(const TX* x, float* residual, const void* delta, const TG* gamma, float eps,
                   int64_t rows, int64_t cols, bool subtract_mean, float amax_floor,
                   const NormQuantOut& out, cudaStream_t stream) {
-  norm_quant_split_kernel<TX, TG, kRes, kS, kM>
-      <<<static_cast<unsigned>(rows), detail::kVecRowThreads * kS, 0, stream>>>(
-          x, residual, delta, gamma, eps, static_cast<int>(cols), subtract_mean, amax_floor, out);
+  cuda_check(
+      launch_pdl(norm_quant_split_kernel<TX, TG, kRes, kS, kM>, dim3(static_cast<unsigned>(rows)),
+                 dim3(detail::kVecRowThreads * kS), 0, stream, x, residual, delta, gamma, eps,
+                 static_cast<int>(cols), subtract_mean, amax_floor, out),
+      "norm_quant (split)", shape("", rows, cols));
 }
 
 // Which kernel runs: the dispatch (kAuto), or one forced (bench_fused and the parity tests; a

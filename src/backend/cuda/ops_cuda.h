@@ -174,8 +174,10 @@ struct W8PerChannelOnDevice {
 };
 W4PerChannelOnDevice upload(const quant::W4PerChannel& w, cudaStream_t stream = nullptr);
 // The fast paths' layouts derived from d.q (gemm_w4a8_fast.h): q_packed when (n, k) is packable
-// and, for g128, the expanded int8 w8 when k % 128 == 0. Asynchronous on `stream`. upload() and
-// the GPU-synthesized weights both call these, so every W4 weight carries the same buffers.
+// and, for g128, the expanded int8 w8 when k % 128 == 0. Runs on `stream` and synchronizes it
+// before returning: the small-M kernels load q_packed before their griddepcontrol.wait, which
+// pdl.h allows only for data written before the previous kernel. upload() and the
+// GPU-synthesized weights both call these, so every W4 weight carries the same buffers.
 void make_fast_layouts(W4PerChannelOnDevice& d, cudaStream_t stream);
 void make_fast_layouts(W4G128OnDevice& d, cudaStream_t stream);
 W4G128OnDevice upload(const quant::W4G128& w, cudaStream_t stream = nullptr);

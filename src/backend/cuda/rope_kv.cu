@@ -41,6 +41,8 @@
 #include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda_attention.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "core/error.h"
 
 namespace qserve::cuda {
@@ -534,7 +536,10 @@ __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
   // The exit test reads all three loads (context_len and token_offset are never negative; `|`,
   // not `||`, so that it is one branch): with a test of n alone, ptxas sinks the other two loads
   // below the exit, which makes them a second round trip before the qkv loads.
-  if ((j >= n) | ((ctx | first) < 0)) return;
+  if ((j >= n) | ((ctx | first) < 0)) {
+    pdl_wait();  // pdl.h: no block exits before the previous kernel has completed
+    return;
+  }
   const int pos = ctx + j;
   const int64_t row = static_cast<int64_t>(first) + j;
   // Round trip 2: the page number and this block's inputs, all in flight before the cos/sin.
@@ -542,6 +547,10 @@ __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
       a.k_pool != nullptr
           ? ld_issue(a.block_table + static_cast<int64_t>(seq) * a.block_stride + pos / kPage)
           : 0;
+  // Everything above reads the step's metadata (uploaded before the step's first kernel); qkv
+  // is the previous kernel's output, and the pages' slots may be read by it (pdl.h).
+  pdl_wait();
+  pdl_trigger();
   const int tasks = (a.num_heads + 2 * a.kv_heads) * L;
   const In* src = qkv + row * a.qkv_stride;
   Raw8<In> r1[kR], r2[kR];
@@ -680,13 +689,12 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
                     static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(parts));
     const size_t smem = static_cast<size_t>(head_dim) * sizeof(float);
     dispatch_kv_format(fmt, [&]<KvFormat F>() {
-      if (form == RopePath::kSpread) {
-        rope_kv_v2_kernel<F, In, 1, kRopeSpreadBlocks>
-            <<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
-      } else {
-        rope_kv_v2_kernel<F, In, kRopeMaxTasks, kRopeBlocksPerSm>
-            <<<grid, kRopeThreads, smem, stream>>>(qkv, a, static_cast<int>(parts));
-      }
+      auto kernel = form == RopePath::kSpread
+                        ? rope_kv_v2_kernel<F, In, 1, kRopeSpreadBlocks>
+                        : rope_kv_v2_kernel<F, In, kRopeMaxTasks, kRopeBlocksPerSm>;
+      cuda_check(launch_pdl(kernel, grid, dim3(kRopeThreads), smem, stream, qkv, a,
+                            static_cast<int>(parts)),
+                 op, shape);
     });
     check_launch(op, shape);
     return;

@@ -44,6 +44,8 @@
 #include "backend/cuda/cuda_device.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda.h"
+#include "backend/cuda/pdl.h"
+#include "backend/cuda/pdl_device.cuh"
 #include "backend/cuda/quant_device.cuh"
 #include "core/error.h"
 #include "quant/block_reduce.h"
@@ -577,6 +579,8 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
   static_assert(4 * kM <= 64, "4 pair bits per chunk slot in a 64-bit mask");
   extern __shared__ uint4 vals[];  // [chunk][column group]: 8 fp16 SiLU·mul values each
   __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  pdl_wait();  // gate_up is the previous kernel's output (pdl.h)
+  pdl_trigger();
   const int t = threadIdx.x, p = t % kGroups, phase = t / kGroups;
   const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + p * kV;
   const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + p * kV;
@@ -807,6 +811,8 @@ __global__ void __launch_bounds__(kColsThreads, 2048 / kColsThreads / 2)
   // thread.
   constexpr int kLoadGroup = sizeof(T) == 2 ? 4 : 1;
   __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  pdl_wait();  // gate_up is the previous kernel's output (pdl.h)
+  pdl_trigger();
   const int t = threadIdx.x;
   const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + t * kCols;
   const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + t * kCols;
@@ -985,6 +991,12 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
     const size_t smem = static_cast<size_t>(chunks) * detail::kVecRowThreads * sizeof(uint4);
     const auto grid = static_cast<unsigned>(rows);
     const auto in = static_cast<int>(inter);
+    // The v2 and cols4 kernels keep pdl.h's contract; the vec kernel (kPrev) does not.
+    auto launch = [&](auto kernel, unsigned threads, size_t bytes) {
+      cuda_check(launch_pdl(kernel, dim3(grid), dim3(threads), bytes, stream, gate_up, in, q, scale,
+                            sum, out),
+                 op, shape(rows, inter));
+    };
     if (path == SiluPath::kPrev) {
       if (sum != nullptr) {
         silu_mul_quant_vec_kernel<T, true, 1>
@@ -1013,31 +1025,24 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
                                                                         : SiluPath::kCols4;
       }
       if (p == SiluPath::kCols4) {
-        silu_mul_quant_cols4_kernel<T, true>
-            <<<grid, kColsThreads, 0, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_cols4_kernel<T, true>, kColsThreads, 0);
       } else if (p == SiluPath::kV2Split1) {
-        silu_mul_quant_v2_kernel<T, true, 1>
-            <<<grid, detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_v2_kernel<T, true, 1>, detail::kVecRowThreads, smem);
       } else if (p == SiluPath::kV2Split2) {
-        silu_mul_quant_v2_kernel<T, true, 2>
-            <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_v2_kernel<T, true, 2>, 2 * detail::kVecRowThreads, smem);
       } else {
-        silu_mul_quant_v2_kernel<T, true, 4>
-            <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_v2_kernel<T, true, 4>, 4 * detail::kVecRowThreads, smem);
       }
     } else {
       // 4 threads per column group (512 per row) at every size: on the H200 (bench_fused,
       // 2026-11-30, inter 14336; split 4 / split 2) 256 tokens 10.3 / 10.9 us, 1024 29.6 /
       // 32.8, 4096 94.6 / 105.1, 8192 179.8 / 199.0.
       if (path == SiluPath::kCols4) {  // forced:: only: 11.0 / 30.1 us at 256 / 1024 tokens
-        silu_mul_quant_cols4_kernel<T, false>
-            <<<grid, kColsThreads, 0, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_cols4_kernel<T, false>, kColsThreads, 0);
       } else if (path != SiluPath::kV2Split2) {
-        silu_mul_quant_v2_kernel<T, false, 4>
-            <<<grid, 4 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_v2_kernel<T, false, 4>, 4 * detail::kVecRowThreads, smem);
       } else {
-        silu_mul_quant_v2_kernel<T, false, 2>
-            <<<grid, 2 * detail::kVecRowThreads, smem, stream>>>(gate_up, in, q, scale, sum, out);
+        launch(silu_mul_quant_v2_kernel<T, false, 2>, 2 * detail::kVecRowThreads, smem);
       }
     }
     check_launch(op, shape(rows, inter));
