@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -179,10 +180,14 @@ TEST_P(GpuCudaGraphs, EngineGivesIdenticalTokensWithAndWithoutGraphs) {
     const MixRun c = run_mix(*model, mix, off);
     // Programmatic dependent launch off (backend/cuda/pdl.h): a kernel that touched its
     // predecessor's output before griddepcontrol.wait would read stale data in the runs above.
-    cuda::set_pdl_override(0);
+    struct PdlOff {  // back to QSERVE_PDL even if a run throws
+      PdlOff() { cuda::set_pdl_override(0); }
+      ~PdlOff() { cuda::set_pdl_override(-1); }
+    };
+    std::optional<PdlOff> pdl_off(std::in_place);
     const MixRun d = run_mix(*model, mix, on);
     const MixRun e = run_mix(*model, mix, off);
-    cuda::set_pdl_override(-1);
+    pdl_off.reset();
     const std::string tag = precision + " mix of " + std::to_string(n);
     expect_same(a, c, tag + ": graphs vs eager");
     expect_same(b, c, tag + ": 3 graphs kept vs eager");

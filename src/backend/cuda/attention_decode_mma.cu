@@ -523,22 +523,14 @@ bool decode_prewait_kv() {
 template <KvFormat F, int D>
 void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
   constexpr int smem = Geom<F, D>::kSmemBytes;
+  const auto kernel =
+      decode_prewait_kv() ? decode_mma_kernel<F, D, true> : decode_mma_kernel<F, D, false>;
   // Idempotent and cheap; needed once per instantiation for > 48 KiB of dynamic smem.
-  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D, true>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+  QSERVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                     "decode_attention_mma smem attribute");
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(num_seqs));
-  if (!decode_prewait_kv()) {
-    QSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<F, D, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                      "decode_attention_mma smem attribute");
-    cuda_check(launch_pdl(decode_mma_kernel<F, D, false>, grid, dim3(kThreads), smem, stream, a),
-               "decode_attention_mma");
-    return;
-  }
-  cuda_check(launch_pdl(decode_mma_kernel<F, D, true>, grid, dim3(kThreads), smem, stream, a),
-             "decode_attention_mma");
+  cuda_check(launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a), "decode_attention_mma");
 }
 
 // Resident CTAs per SM of one instantiation (registers and shared memory decide), asked once.

@@ -448,10 +448,9 @@ void launch_clusters(Kernel kernel, const SmallMParams& p, const Epilogue& epi, 
   attr[0].val.clusterDim.x = static_cast<unsigned>(p.splits);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  cfg.numAttrs = 1;
+  add_pdl_attribute(cfg, attr);
   cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), what, shape(p.m, p.n, p.k));
 }
 

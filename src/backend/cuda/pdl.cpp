@@ -2,8 +2,8 @@
 #include "backend/cuda/pdl.h"
 
 #include <atomic>
-#include <cstdlib>
 
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "core/error.h"
 
 namespace qserve::cuda {
@@ -43,13 +43,7 @@ bool parse_pdl_setting(const std::string& text) {
 }
 
 bool env_switch(const char* name, bool unset_value) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return unset_value;
-  try {
-    return parse_pdl_setting(v);
-  } catch (const Error& e) {
-    throw Error(std::string(name) + ": " + e.what());
-  }
+  return sm90_env_override(name, &parse_pdl_setting).value_or(unset_value);
 }
 
 bool pdl_enabled() {

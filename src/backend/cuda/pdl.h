@@ -42,6 +42,16 @@ bool pdl_enabled();
 // against concurrent launches; call between steps.
 void set_pdl_override(int mode);
 
+// Appends programmatic stream serialization to cfg's attributes (`attrs`, which cfg.attrs
+// points to, with room for one more) when pdl_enabled(): for launches that carry other
+// attributes too (the small-M GEMMs' cluster dimension).
+inline void add_pdl_attribute(cudaLaunchConfig_t& cfg, cudaLaunchAttribute* attrs) {
+  if (!pdl_enabled()) return;
+  cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
+  a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  a.val.programmaticStreamSerializationAllowed = 1;
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization when
 // pdl_enabled(). Returns the launch's error (the caller checks it, as check_launch would).
 template <typename... Params, typename... Args>
@@ -53,10 +63,9 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = 0;
+  add_pdl_attribute(cfg, attr);
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 

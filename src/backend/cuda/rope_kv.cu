@@ -696,7 +696,6 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
                             static_cast<int>(parts)),
                  op, shape);
     });
-    check_launch(op, shape);
     return;
   }
   if (vec) {
