@@ -5,7 +5,8 @@
 // Llama-3-8B geometry (32 query heads, 8 KV heads, head_dim 128), beside the device-to-device
 // copy bandwidth.
 //
-//   build/bench_attention [--check] [--prefill-only] [--json bench/results/FILE.json] [--iters N]
+//   build/bench_attention [--check] [--prefill-only | --decode-only]
+//                         [--json bench/results/FILE.json] [--iters N]
 //
 // Decode reports effective bandwidth: the bytes the step must move (KV payload + fp16
 // scales/zeros of every cached token, the current token's fp16 K/V, q, the block table, and
@@ -325,6 +326,22 @@ void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, const std::string& kerne
   qserve::cuda::DeviceAllocator::global().trim();
 }
 
+// decode_attention_mma with the warps per CTA forced (the plan's choice is the plain row).
+void decode_mma_w4(const float* q, const uint16_t* k16, const uint16_t* v16,
+                   const qserve::cuda::PagedKvDevice& cache,
+                   const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads, int64_t window,
+                   float* out, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  qserve::cuda::decode_attention_mma_warps(q, k16, v16, cache, batch, num_heads, window, out, ws,
+                                           ws_bytes, stream, 4);
+}
+void decode_mma_w8(const float* q, const uint16_t* k16, const uint16_t* v16,
+                   const qserve::cuda::PagedKvDevice& cache,
+                   const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads, int64_t window,
+                   float* out, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  qserve::cuda::decode_attention_mma_warps(q, k16, v16, cache, batch, num_heads, window, out, ws,
+                                           ws_bytes, stream, 8);
+}
+
 // --split-sweep: decode_attention_mma at forced keys per split (DecodeFn has no context
 // argument, hence the file-scope value).
 int64_t g_split_keys = 0;
@@ -594,6 +611,7 @@ int main(int argc, char** argv) {
   bool check = false;
   bool prefill_only = false;  // skip the decode section (GPU time is scarce)
   bool split_sweep_only = false;
+  bool decode_only = false;  // skip the prefill section
   const std::string command = qserve::bench::command_line(argc, argv);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -603,6 +621,8 @@ int main(int argc, char** argv) {
       check = true;
     } else if (a == "--prefill-only") {
       prefill_only = true;
+    } else if (a == "--decode-only") {
+      decode_only = true;
     } else if (a == "--split-sweep") {
       split_sweep_only = true;
     } else if (a == "--iters" && i + 1 < argc) {
@@ -610,7 +630,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(
           stderr,
-          "usage: %s [--check] [--prefill-only] [--split-sweep] [--json PATH] [--iters N>=30]\n",
+          "usage: %s [--check] [--prefill-only | --decode-only] [--split-sweep] [--json PATH] "
+          "[--iters N>=30]\n",
           argv[0]);
       return 2;
     }
@@ -640,6 +661,14 @@ int main(int argc, char** argv) {
     if (!mma_ok) {
       std::printf("SKIP decode_attention_mma_%s: failed --check, not timed\n", fmt_name(fmt));
     }
+    // 8-warp CTAs (KV4 only): checked on their own at every case (forced), then timed forced at
+    // both shapes beside the forced 4-warp form.
+    const bool w8 = fmt == KvFormat::kv4;
+    const bool w8_ok =
+        w8 && (!check || run_checks(fmt, "decode_attention_mma_w8", &decode_mma_w8, true, true));
+    if (w8 && !w8_ok) {
+      std::printf("SKIP decode_attention_mma_w8_%s: failed --check, not timed\n", fmt_name(fmt));
+    }
     const bool tc_ok =
         !check || run_checks(fmt, "decode_attention_tc", &qserve::cuda::decode_attention_tc, true);
     if (!tc_ok) {
@@ -654,7 +683,9 @@ int main(int argc, char** argv) {
       if (mma_ok) {
         bench_decode(fmt, S, ctx, "decode_attention_mma", &qserve::cuda::decode_attention_mma,
                      results);
+        if (w8) bench_decode(fmt, S, ctx, "decode_attention_mma_w4", &decode_mma_w4, results);
       }
+      if (w8_ok) bench_decode(fmt, S, ctx, "decode_attention_mma_w8", &decode_mma_w8, results);
       if (tc_ok) {
         bench_decode(fmt, S, ctx, "decode_attention_tc", &qserve::cuda::decode_attention_tc,
                      results);
@@ -667,7 +698,7 @@ int main(int argc, char** argv) {
                    &qserve::cuda::decode_attention_baseline, results);
     }
   }
-  bench_prefill_all(check, results);
+  if (!decode_only) bench_prefill_all(check, results);
 
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

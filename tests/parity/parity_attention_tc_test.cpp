@@ -53,8 +53,10 @@ struct AttnCase {
   uint64_t seed = 1;
 };
 
-enum class DecodeKernel { kTc, kMma };
-const DecodeKernel kKernels[] = {DecodeKernel::kTc, DecodeKernel::kMma};
+// kMmaW8: decode_attention_mma with 8-warp CTAs forced (KV4 only; other formats skip it) at
+// its own split, so its merge of 8 warp streams and its split path are both covered.
+enum class DecodeKernel { kTc, kMma, kMmaW8 };
+const DecodeKernel kKernels[] = {DecodeKernel::kTc, DecodeKernel::kMma, DecodeKernel::kMmaW8};
 
 // Code, scale and zero of channel ch of (page, head, slot) in a KV4/KV8 pool (QServe's layout,
 // ops_cuda_attention.h kv_page_bytes).
@@ -77,6 +79,7 @@ PageCode page_code(const std::vector<uint8_t>& pool, KvFormat fmt, int64_t page_
 // decode: use decode_attention (all seqs must have num_tokens == 1); else prefill_attention.
 void run_case(const AttnCase& c, KvFormat fmt, bool decode,
               DecodeKernel kernel = DecodeKernel::kTc) {
+  if (kernel == DecodeKernel::kMmaW8 && fmt != KvFormat::kv4) return;
   parity::ParityRng rng(c.seed * 1000 + static_cast<uint64_t>(fmt) + (decode ? 7 : 0));
   const int64_t S = static_cast<int64_t>(c.seqs.size());
   const int64_t hq = c.hq, hkv = c.hkv, d = c.d, kvd = hkv * d, qd = hq * d;
@@ -217,9 +220,12 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode,
     if (kernel == DecodeKernel::kTc) {
       cuda::decode_attention_tc(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
                                 d_out.data(), d_ws.data(), ws, stream);
-    } else {
+    } else if (kernel == DecodeKernel::kMma) {
       cuda::decode_attention_mma(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
                                  d_out.data(), d_ws.data(), ws, stream);
+    } else {
+      cuda::decode_attention_mma_warps(d_q.data(), d_k.data(), d_v.data(), kv, b, hq, c.window,
+                                       d_out.data(), d_ws.data(), ws, stream, 8);
     }
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   } else {
@@ -235,9 +241,11 @@ void run_case(const AttnCase& c, KvFormat fmt, bool decode,
   const float kq = kmax * 1.1f, vq = vmax * 1.1f;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const double B = scale * static_cast<double>(d) * max_abs(q) * kq;
-  const bool mma = decode && kernel == DecodeKernel::kMma;
+  const bool mma = decode && kernel != DecodeKernel::kTc;
   const std::string op =
-      std::string(decode ? (mma ? "decode_attention_mma_" : "decode_attention_tc_")
+      std::string(decode ? (kernel == DecodeKernel::kMmaW8 ? "decode_attention_mma_w8_"
+                            : mma                          ? "decode_attention_mma_"
+                                                           : "decode_attention_tc_")
                          : "prefill_attention_") +
       fmt_name(fmt);
   double tol = vq * (3e-5 + std::ldexp(1.0, -21) * B);
@@ -498,6 +506,46 @@ TEST(ParityAttentionTc, SupportAndRejects) {
   kv.format = KvFormat::kv4;  // supported, but no workspace
   EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
                                          16, nullptr),
+               Error);
+}
+
+// The mma kernel's plan (host only): 8-warp CTAs where they remove splits at the same fill,
+// 4-warp CTAs everywhere else; the forced warp count is validated.
+TEST(ParityAttentionTc, MmaPlan) {
+  // 32 x 8192 on 132 SMs (4 / 2 resident CTAs): two 4096-key splits of 4-warp CTAs (512 of 528
+  // slots) or one split of 8-warp CTAs (256 of 264): the 8-warp CTAs.
+  cuda::DecodeMmaPlan p = cuda::decode_attention_mma_plan(32, 8, 8193, 132, 4, 2);
+  EXPECT_EQ(p.warps, 8);
+  EXPECT_EQ(p.split_keys, 8192);
+  EXPECT_EQ(cuda::decode_attention_mma_split_keys(32, 8, 8193, 132, 4), 4096);
+  // Without 8-warp CTAs (KV8): the 4-warp split.
+  p = cuda::decode_attention_mma_plan(32, 8, 8193, 132, 4, 0);
+  EXPECT_EQ(p.warps, 4);
+  EXPECT_EQ(p.split_keys, 4096);
+  // One split already (256 x 1536, and the engine's large batches): unchanged.
+  for (int64_t s : {256, 1024}) {
+    p = cuda::decode_attention_mma_plan(s, 8, 1537, 132, 4, 2);
+    EXPECT_EQ(p.warps, 4);
+    EXPECT_EQ(p.split_keys, cuda::decode_attention_mma_split_keys(s, 8, 1537, 132, 4));
+  }
+  // Batch 1: 8-warp CTAs would need as many splits to fill the GPU: 4-warp CTAs.
+  p = cuda::decode_attention_mma_plan(1, 8, 1025, 132, 4, 2);
+  EXPECT_EQ(p.warps, 4);
+  EXPECT_EQ(p.split_keys % 64, 0);
+
+  cuda::PagedKvDevice kv;
+  kv.format = KvFormat::kv8;
+  kv.kv_heads = 8;
+  kv.head_dim = 128;
+  cuda::VarlenBatchDevice b;
+  b.num_seqs = 0;
+  b.max_total_len = 100;
+  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
+                                                nullptr, 0, nullptr, 8),  // 8 warps need KV4
+               Error);
+  kv.format = KvFormat::kv4;
+  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
+                                                nullptr, 0, nullptr, 6),
                Error);
 }
 

@@ -60,22 +60,28 @@ using attn::kPage;
 using attn::lds_words;
 using attn::PageGeom;
 
-constexpr int kThreads = 128;  // 4 warps, each an independent key stream
-constexpr int kWarps = kThreads / 32;
 constexpr int kBlk = 32;  // keys per warp step (half a page; never straddles a page)
 constexpr int kMinSplitKeys = 256;
 
-// KV4 runs a 3-stage ring at 4 CTAs per SM; a 2-stage ring at 5 CTAs per SM (more warps per
-// scheduler, 102 registers) measured 25% slower on the H200 (2.35 vs 3.13 TB/s at 256 x 1536).
-template <KvFormat F, int D>
+// W warps per CTA, each an independent key stream: 4 (the default), or 8 for KV4 where a
+// (sequence, KV head) would otherwise be split across CTAs only to fill the GPU (long contexts
+// at small batch, e.g. 32 x 8192): twice the warps per CTA at half the CTAs per SM keeps the
+// SM's 16 streams and replaces the split-KV partials and their merge kernel by the in-CTA merge
+// (decode_attention_mma_plan).
+// KV4 runs a 3-stage ring at 4 CTAs (of 4 warps) per SM; a 2-stage ring at 5 CTAs per SM (more
+// warps per scheduler, 102 registers) measured 25% slower on the H200 (2.35 vs 3.13 TB/s at
+// 256 x 1536).
+template <KvFormat F, int D, int W = 4>
 struct Geom {
+  static_assert(W == 4 || (W == 8 && F == KvFormat::kv4), "4 warps, or 8 for KV4");
+  static constexpr int kThreads = 32 * W;
   static constexpr bool kKv4 = F == KvFormat::kv4;
   static constexpr int RB = kKv4 ? D / 2 : D;                // payload bytes per key
   static constexpr int kStages = kKv4 ? 3 : 2;               // ring depth per warp
-  static constexpr int kMinBlocks = kKv4 ? 4 : 3;            // CTAs per SM
+  static constexpr int kMinBlocks = (kKv4 ? 16 : 12) / W;    // CTAs per SM
   static constexpr int kPayload = kBlk * RB;                 // bytes of K (or V) per block
   static constexpr int kStageBytes = 2 * kPayload + 4 * 64;  // + K s, K z, V s, V z
-  static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+  static constexpr int kRingBytes = W * kStages * kStageBytes;
   static constexpr int kChunks = D / 16;  // k-chunks of the S MMA
   static constexpr int kMTiles = D / 16;  // m-tiles (16 channels) of the O MMA
   static constexpr int kKBytes = RB / 4;  // K bytes of one key a lane unpacks
@@ -83,7 +89,7 @@ struct Geom {
   static constexpr int kVBytes = RB / 8;  // V bytes of one key a lane unpacks
   static constexpr int kVWords = kVBytes / 4;
   // Merge scratch (aliases the ring after the loop): per warp 8 heads x D outputs + (m, l).
-  static constexpr int kMergeBytes = kWarps * 8 * (D + 2) * 4;
+  static constexpr int kMergeBytes = W * 8 * (D + 2) * 4;
   static constexpr int kQBytes = 8 * D * 4;  // fp32 q of the group (current token)
   static constexpr int kSmemBytes =
       (kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes) + kQBytes + 64;
@@ -236,9 +242,11 @@ __device__ __forceinline__ float h2f(uint16_t b) {
 // keys' pages were written by earlier steps (the stages' masked slots may hold the current
 // token's bytes half written; masked keys' bytes are never used). Otherwise they are issued
 // after the q staging.
-template <KvFormat F, int D, bool kPrewaitKv>
-__global__ void __launch_bounds__(kThreads, Geom<F, D>::kMinBlocks) decode_mma_kernel(Args a) {
-  using Geo = Geom<F, D>;
+template <KvFormat F, int D, bool kPrewaitKv, int W>
+__global__ void __launch_bounds__(Geom<F, D, W>::kThreads, Geom<F, D, W>::kMinBlocks)
+    decode_mma_kernel(Args a) {
+  using Geo = Geom<F, D, W>;
+  constexpr int kWarps = W, kThreads = Geo::kThreads;
   constexpr int RB = Geo::RB, NS = Geo::kStages, KW = Geo::kKWords;
   constexpr int VW = Geo::kVWords < 1 ? 1 : Geo::kVWords;
   constexpr int NKP = 2 * Geo::kChunks;                    // K pairs per key and lane
@@ -520,36 +528,78 @@ bool decode_prewait_kv() {
   return on;
 }
 
-template <KvFormat F, int D>
+template <KvFormat F, int D, int W>
 void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
-  constexpr int smem = Geom<F, D>::kSmemBytes;
+  using Geo = Geom<F, D, W>;
+  constexpr int smem = Geo::kSmemBytes;
   const auto kernel =
-      decode_prewait_kv() ? decode_mma_kernel<F, D, true> : decode_mma_kernel<F, D, false>;
+      decode_prewait_kv() ? decode_mma_kernel<F, D, true, W> : decode_mma_kernel<F, D, false, W>;
   // Idempotent and cheap; needed once per instantiation for > 48 KiB of dynamic smem.
   QSERVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                     "decode_attention_mma smem attribute");
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(num_seqs));
-  cuda_check(launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a), "decode_attention_mma");
+  cuda_check(launch_pdl(kernel, grid, dim3(Geo::kThreads), smem, stream, a),
+             "decode_attention_mma");
 }
 
 // Resident CTAs per SM of one instantiation (registers and shared memory decide), asked once.
-template <KvFormat F, int D>
+template <KvFormat F, int D, int W>
 int ctas_per_sm() {
   static const int n = [] {
-    constexpr int smem = Geom<F, D>::kSmemBytes;
+    using Geo = Geom<F, D, W>;
+    constexpr int smem = Geo::kSmemBytes;
     int blocks = 0;
-    if (cudaFuncSetAttribute(decode_mma_kernel<F, D, true>,
+    if (cudaFuncSetAttribute(decode_mma_kernel<F, D, true, W>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<F, D, true>,
-                                                      kThreads, smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<F, D, true, W>,
+                                                      Geo::kThreads, smem) != cudaSuccess ||
         blocks <= 0) {
       (void)cudaGetLastError();
-      return Geom<F, D>::kMinBlocks;
+      return Geo::kMinBlocks;
     }
     return blocks;
   }();
   return n;
+}
+
+// Calls fn.template operator()<F, D, W>() for the geometry and warp count (W = 8 only for KV4).
+template <class Fn>
+void dispatch_warps(KvFormat format, int64_t head_dim, int warps, Fn&& fn) {
+  attn::dispatch_decode_geometry(format, head_dim, [&]<KvFormat F, int D>() {
+    if constexpr (F == KvFormat::kv4) {
+      if (warps == 8) {
+        fn.template operator()<F, D, 8>();
+        return;
+      }
+    }
+    fn.template operator()<F, D, 4>();
+  });
+}
+
+// Split efficiency of keys-per-split choices for one CTA size: the best (keys, splits, fill).
+struct SplitChoice {
+  int64_t keys = 0, splits = 0;
+  double eff = 0.0;
+};
+SplitChoice best_split(int64_t base, int64_t total, int64_t slots) {
+  const auto keys_for = [&](int64_t splits) {
+    int64_t keys = (total + splits - 1) / splits;
+    keys = (keys + kPage - 1) / kPage * kPage;
+    return std::max<int64_t>(kMinSplitKeys, keys);
+  };
+  SplitChoice best{keys_for(1), 1, 0.0};
+  const int64_t max_splits = std::min<int64_t>((total + kMinSplitKeys - 1) / kMinSplitKeys,
+                                               std::max<int64_t>(1, 4 * slots / base + 1));
+  for (int64_t want = 1; want <= max_splits; ++want) {
+    const int64_t keys = keys_for(want);
+    const int64_t splits = (total + keys - 1) / keys;
+    const int64_t n = base * splits;
+    const int64_t waves = (n + slots - 1) / slots;
+    const double eff = static_cast<double>(n) / static_cast<double>(waves * slots);
+    if (eff > best.eff + 1e-9) best = {keys, splits, eff};
+  }
+  return best;
 }
 
 }  // namespace
@@ -570,59 +620,71 @@ int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int6
   // Every (sequence, KV head) is one CTA per split. Pick the split count whose CTAs fill the
   // resident slots best (the last wave of a 2.4-wave grid runs 40% full), among splits of at
   // least 256 keys (the shared workspace is sized for 256-key splits); ties go to fewer splits.
+  // Splits cut the cached keys (the current token joins the last split: attn::split_range).
   const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
   const int64_t slots = std::max<int64_t>(1, num_sms) * std::max<int64_t>(1, slots_per_sm);
-  // Splits cut the cached keys (the current token joins the last split: attn::split_range).
+  return best_split(base, std::max<int64_t>(1, max_total_len - 1), slots).keys;
+}
+
+DecodeMmaPlan decode_attention_mma_plan(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                        int64_t num_sms, int64_t slots_w4, int64_t slots_w8) {
+  const int64_t base = std::max<int64_t>(1, num_seqs * kv_heads);
   const int64_t total = std::max<int64_t>(1, max_total_len - 1);
-  const auto keys_for = [&](int64_t splits) {
-    int64_t keys = (total + splits - 1) / splits;
-    keys = (keys + kPage - 1) / kPage * kPage;
-    return std::max<int64_t>(kMinSplitKeys, keys);
-  };
-  int64_t best_keys = keys_for(1);
-  double best_eff = 0.0;
-  const int64_t max_splits = std::min<int64_t>((total + kMinSplitKeys - 1) / kMinSplitKeys,
-                                               std::max<int64_t>(1, 4 * slots / base + 1));
-  for (int64_t want = 1; want <= max_splits; ++want) {
-    const int64_t keys = keys_for(want);
-    const int64_t n = base * ((total + keys - 1) / keys);
-    const int64_t waves = (n + slots - 1) / slots;
-    const double eff = static_cast<double>(n) / static_cast<double>(waves * slots);
-    if (eff > best_eff + 1e-9) {
-      best_eff = eff;
-      best_keys = keys;
-    }
+  const int64_t sms = std::max<int64_t>(1, num_sms);
+  const SplitChoice w4 = best_split(base, total, sms * std::max<int64_t>(1, slots_w4));
+  if (w4.splits > 1 && slots_w8 > 0) {
+    // 8-warp CTAs cover a split with twice the streams: take them when they need fewer splits
+    // for at least the same fill (32 x 8192 KV4: 2 splits of 4-warp CTAs fill 512 of 528 slots,
+    // one split of 8-warp CTAs 256 of 264).
+    const SplitChoice w8 = best_split(base, total, sms * slots_w8);
+    if (w8.splits < w4.splits && w8.eff + 1e-9 >= w4.eff) return {w8.keys, 8};
   }
-  return best_keys;
+  return {w4.keys, 4};
 }
 
 namespace {
 
-// split_keys <= 0: the split the occupancy picker chooses.
+// split_keys <= 0: the plan's split and warp count; warps 0: the plan's warp count.
 void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
                      const PagedKvDevice& cache, const VarlenBatchDevice& batch, int64_t num_heads,
                      int64_t window, float* out, void* workspace, size_t workspace_bytes,
-                     cudaStream_t stream, int64_t split_keys) {
+                     cudaStream_t stream, int64_t split_keys, int warps) {
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, S = batch.num_seqs;
   const std::string shape = attn::check_decode_call(
       "decode_attention_mma", decode_attention_mma_supported(cache.format, num_heads, hkv, d), q,
       k16, v16, cache, batch, num_heads, workspace, workspace_bytes);
+  check(warps == 0 || warps == 4 || (warps == 8 && cache.format == KvFormat::kv4),
+        "decode_attention_mma: warps must be 4, or 8 with a KV4 cache, got " +
+            std::to_string(warps) + " (" + shape + ")");
   if (S == 0) return;
 
   int64_t keys = split_keys;
-  if (keys <= 0) {
-    int per_sm = 0;
-    attn::dispatch_decode_geometry(cache.format, d,
-                                   [&]<KvFormat F, int D>() { per_sm = ctas_per_sm<F, D>(); });
-    keys = decode_attention_mma_split_keys(S, hkv, batch.max_total_len, current_device_sm_count(),
-                                           per_sm);
+  int w = warps;
+  if (keys <= 0 || w == 0) {
+    int per_sm4 = 0, per_sm8 = 0;
+    attn::dispatch_decode_geometry(cache.format, d, [&]<KvFormat F, int D>() {
+      per_sm4 = ctas_per_sm<F, D, 4>();
+      if constexpr (F == KvFormat::kv4) per_sm8 = ctas_per_sm<F, D, 8>();
+    });
+    const int64_t sms = current_device_sm_count();
+    if (keys <= 0) {
+      const DecodeMmaPlan plan =
+          w == 0 ? decode_attention_mma_plan(S, hkv, batch.max_total_len, sms, per_sm4, per_sm8)
+                 : DecodeMmaPlan{decode_attention_mma_split_keys(S, hkv, batch.max_total_len, sms,
+                                                                 w == 8 ? per_sm8 : per_sm4),
+                                 w};
+      keys = plan.split_keys;
+      w = plan.warps;
+    } else {
+      w = 4;  // a forced split size without a warp count: the 4-warp CTAs, as before
+    }
   }
   const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
                                               workspace, keys,
                                               /*cached_splits=*/true);
   const int ns = static_cast<int>(S), nh = static_cast<int>(hkv);
-  attn::dispatch_decode_geometry(cache.format, d,
-                                 [&]<KvFormat F, int D>() { launch<F, D>(a, ns, nh, stream); });
+  dispatch_warps(cache.format, d, w,
+                 [&]<KvFormat F, int D, int W>() { launch<F, D, W>(a, ns, nh, stream); });
   check_launch("decode_attention_mma split", shape);
   attn::launch_split_merge<true>(a, batch, d, stream, "decode_attention_mma merge", shape);
 }
@@ -634,7 +696,7 @@ void decode_attention_mma(const float* q, const uint16_t* k16, const uint16_t* v
                           int64_t num_heads, int64_t window, float* out, void* workspace,
                           size_t workspace_bytes, cudaStream_t stream) {
   decode_mma_impl(q, k16, v16, cache, batch, num_heads, window, out, workspace, workspace_bytes,
-                  stream, 0);
+                  stream, 0, 0);
 }
 
 void decode_attention_mma_split(const float* q, const uint16_t* k16, const uint16_t* v16,
@@ -645,7 +707,17 @@ void decode_attention_mma_split(const float* q, const uint16_t* k16, const uint1
         "decode_attention_mma_split: split_keys must be a multiple of 64 and >= 256, got " +
             std::to_string(split_keys));
   decode_mma_impl(q, k16, v16, cache, batch, num_heads, window, out, workspace, workspace_bytes,
-                  stream, split_keys);
+                  stream, split_keys, 0);
+}
+
+void decode_attention_mma_warps(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream, int warps) {
+  check(warps == 4 || warps == 8,
+        "decode_attention_mma_warps: warps must be 4 or 8, got " + std::to_string(warps));
+  decode_mma_impl(q, k16, v16, cache, batch, num_heads, window, out, workspace, workspace_bytes,
+                  stream, 0, warps);
 }
 
 }  // namespace qserve::cuda

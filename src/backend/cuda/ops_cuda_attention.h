@@ -195,6 +195,23 @@ void decode_attention_mma_split(const float* q, const uint16_t* k16, const uint1
 // (sequence, KV head, split) CTAs fill num_sms * slots_per_sm resident slots best.
 int64_t decode_attention_mma_split_keys(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
                                         int64_t num_sms, int64_t slots_per_sm = 4);
+// What decode_attention_mma runs: CTAs of 4 warps at decode_attention_mma_split_keys' split
+// (slots_w4 resident CTAs per SM), or - KV4 only, slots_w8 > 0 - CTAs of 8 warps when those
+// need fewer splits for at least the same fill of the slots_w8 resident 8-warp CTAs per SM
+// (32 x 8192: one split of 8-warp CTAs instead of two of 4-warp ones and their merge kernel).
+struct DecodeMmaPlan {
+  int64_t split_keys;
+  int warps;
+};
+DecodeMmaPlan decode_attention_mma_plan(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
+                                        int64_t num_sms, int64_t slots_w4, int64_t slots_w8);
+// decode_attention_mma with the warps per CTA given (4, or 8 with a KV4 cache; the split is the
+// picker's for that CTA size): bench_attention's A/B rows and the parity tests. Throws on
+// other values.
+void decode_attention_mma_warps(const float* q, const uint16_t* k16, const uint16_t* v16,
+                                const PagedKvDevice& cache, const VarlenBatchDevice& batch,
+                                int64_t num_heads, int64_t window, float* out, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream, int warps);
 
 // Prefill (varlen, causal; chunked prefill with cached context; also correct for decode rows):
 // token j of sequence s (row token_offset[s] + j, position context_len[s] + j) attends to
