@@ -14,7 +14,7 @@
 //   - GPU sampling of a decode step (128,256 vocabulary, batch 64 and 256): microseconds.
 //
 //   build/bench_fused [--check] [--json bench/results/FILE.json] [--iters N] [--no-sampling]
-//                     [--host-gaps]
+//                     [--host-gaps] [--only KERNEL] [--tokens N[,N...]]
 //
 // Effective bandwidth = bytes each kernel must read and write (listed per kernel below) over
 // the median of >= 30 event-timed runs after warm-up; inputs random and non-zero. Each fused
@@ -27,11 +27,11 @@
 // the sum "_split1" (its dispatch above 4 rows per SM until 2026-11-30 (sixth session)), SiLU
 // "_cols4" (with and without the sum; the with-sum dispatch above 4 rows per SM since then, above 2
 // since the seventh session), RoPE
-// "_spread" / "_token"; all in backend/cuda/fused_baseline.h. After them, a device-to-device
-// copy of the same bytes (a cudaMemcpyAsync of bytes / 2, read + write = the kernel's bytes; row
-// "memcpy_d2d_same_bytes",
-// system "cuda-memcpy", shape "<kernel>:<shape>"), timed the same way: what a copy reaches at
-// that size, beside the 1 GiB copy ("memcpy_d2d"). The data is not flushed from L2 between runs.
+// "_spread" / "_token"; all in backend/cuda/fused_baseline.h. After them, a
+// device-to-device copy of the same bytes (a cudaMemcpyAsync of bytes / 2, read + write = the
+// kernel's bytes; row "memcpy_d2d_same_bytes", system "cuda-memcpy", shape "<kernel>:<shape>"),
+// timed the same way: what a copy reaches at that size, beside the 1 GiB copy ("memcpy_d2d"). The
+// data is not flushed from L2 between runs.
 // --check first compares each kernel with its CPU reference (src/quant) on a small case, and
 // every version (current, prev, forced variants) with the baseline bit for bit on larger ones
 // (SiLU: every fp16 gate value and every fp16 up value); a kernel that fails is not timed.
@@ -1087,6 +1087,8 @@ void bench_sampling(int64_t batch, json& results) {
 int main(int argc, char** argv) {
   std::string json_path;
   bool check = false, sampling = true;
+  std::string only;  // --only NAME: that kernel's rows alone (and the copies)
+  std::vector<int64_t> token_counts = {256, 512, 1024, 4096, 8192};  // --tokens N[,N...]
   const std::string command = qserve::bench::command_line(argc, argv);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -1100,10 +1102,26 @@ int main(int argc, char** argv) {
       g_queue_ahead = false;
     } else if (a == "--iters" && i + 1 < argc) {
       g_iters = std::max(30, std::atoi(argv[++i]));
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
+    } else if (a == "--tokens" && i + 1 < argc) {
+      token_counts.clear();
+      std::string list = argv[++i];
+      for (size_t p = 0; p < list.size();) {
+        const size_t q = std::min(list.find(',', p), list.size());
+        const int64_t n = std::atoll(list.substr(p, q - p).c_str());
+        if (n <= 0 || n % 256 != 0) {
+          std::fprintf(stderr, "--tokens: positive multiples of 256, got %s\n", list.c_str());
+          return 2;
+        }
+        token_counts.push_back(n);
+        p = q + 1;
+      }
     } else {
       std::fprintf(stderr,
                    "usage: %s [--check] [--json PATH] [--iters N>=30] [--no-sampling] "
-                   "[--host-gaps]\n",
+                   "[--host-gaps] [--only add_residual_rmsnorm_quant|silu_mul_quant|"
+                   "rope_kv4_append|quantize_per_token] [--tokens N[,N...]]\n",
                    argv[0]);
       return 2;
     }
@@ -1131,7 +1149,14 @@ int main(int argc, char** argv) {
                             {"silu_mul_quant", &check_silu, &bench_silu},
                             {"rope_kv4_append", &check_rope, &bench_rope},
                             {"quantize_per_token", &check_quant, &bench_quant}};
+  bool known = only.empty();
+  for (const Kernel& k : kernels) known |= only == k.name;
+  if (!known) {
+    std::fprintf(stderr, "--only: unknown kernel %s\n", only.c_str());
+    return 2;
+  }
   for (const Kernel& k : kernels) {
+    if (!only.empty() && only != k.name) continue;
     bool ok = true;
     if (check) {
       try {
@@ -1145,7 +1170,7 @@ int main(int argc, char** argv) {
       std::printf("SKIP %s: failed --check, not timed\n", k.name);
       continue;
     }
-    for (int64_t T : {256, 512, 1024, 4096, 8192}) {
+    for (int64_t T : token_counts) {
       try {
         k.bench(T, results);
       } catch (const std::exception& e) {
