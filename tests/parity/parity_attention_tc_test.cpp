@@ -533,6 +533,13 @@ TEST(ParityAttentionTc, MmaPlan) {
   EXPECT_EQ(p.warps, 4);
   EXPECT_EQ(p.split_keys % 64, 0);
 
+  // QSERVE_DECODE_MMA_WARPS' values.
+  EXPECT_EQ(cuda::parse_decode_mma_warps("4"), 4);
+  EXPECT_EQ(cuda::parse_decode_mma_warps("8"), 8);
+  EXPECT_EQ(cuda::parse_decode_mma_warps("auto"), 0);
+  EXPECT_THROW(cuda::parse_decode_mma_warps("16"), Error);
+  EXPECT_THROW(cuda::parse_decode_mma_warps("8 "), Error);
+
   cuda::PagedKvDevice kv;
   kv.format = KvFormat::kv8;
   kv.kv_heads = 8;

@@ -43,6 +43,7 @@
 #include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "backend/cuda/pdl.h"
 #include "backend/cuda/pdl_device.cuh"
@@ -543,6 +544,15 @@ void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
              "decode_attention_mma");
 }
 
+// QSERVE_DECODE_MMA_WARPS: 4 or 8 forces the CTA size of every decode_attention_mma call that
+// leaves it to the plan (8 applies to KV4 caches; KV8 keeps 4), for same-binary A/B runs; unset
+// or "auto": the plan. Anything else is an error. Read once per process.
+int decode_mma_warps_override() {
+  static const int w =
+      sm90_env_override("QSERVE_DECODE_MMA_WARPS", &parse_decode_mma_warps).value_or(0);
+  return w;
+}
+
 // Resident CTAs per SM of one instantiation (registers and shared memory decide), asked once.
 template <KvFormat F, int D, int W>
 int ctas_per_sm() {
@@ -604,6 +614,13 @@ SplitChoice best_split(int64_t base, int64_t total, int64_t slots) {
 
 }  // namespace
 
+int parse_decode_mma_warps(const std::string& text) {
+  if (text == "auto") return 0;
+  if (text == "4") return 4;
+  if (text == "8") return 8;
+  throw Error("expected 4, 8 or auto, got '" + text + "'");
+}
+
 bool decode_attention_mma_supported(KvFormat format, int64_t num_heads, int64_t kv_heads,
                                     int64_t head_dim) {
   if (format != KvFormat::kv4 && format != KvFormat::kv8) return false;
@@ -660,6 +677,10 @@ void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
 
   int64_t keys = split_keys;
   int w = warps;
+  if (w == 0 && keys <= 0) {
+    const int forced = decode_mma_warps_override();
+    w = forced == 8 && cache.format != KvFormat::kv4 ? 4 : forced;
+  }
   if (keys <= 0 || w == 0) {
     int per_sm4 = 0, per_sm8 = 0;
     attn::dispatch_decode_geometry(cache.format, d, [&]<KvFormat F, int D>() {

@@ -54,7 +54,8 @@ const char* sm90_raster_name(Sm90TileOrder::Raster r);
 
 // The A/B overrides of the sm90 kernels' choices (QSERVE_SM90_TILE_ORDER here,
 // QSERVE_W4A8_SM90_LARGE in gemm_w4a8_sm90.cu, QSERVE_PREFILL_WGMMA in
-// attention_prefill_wgmma.cu; the 0/1 switches of pdl.h's env_switch): environment variable `name`
+// attention_prefill_wgmma.cu, QSERVE_DECODE_MMA_WARPS in attention_decode_mma.cu; the 0/1
+// switches of pdl.h's env_switch): environment variable `name`
 // parsed by `parse`; nullopt when unset or empty; a value `parse` rejects throws qserve::Error
 // naming the variable. Callers keep the result in a function-local static (read once per process).
 template <typename T>

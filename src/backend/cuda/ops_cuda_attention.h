@@ -205,6 +205,10 @@ struct DecodeMmaPlan {
 };
 DecodeMmaPlan decode_attention_mma_plan(int64_t num_seqs, int64_t kv_heads, int64_t max_total_len,
                                         int64_t num_sms, int64_t slots_w4, int64_t slots_w8);
+// QSERVE_DECODE_MMA_WARPS (A/B switch, read once): "4" or "8" forces the plan's CTA size (8 only
+// for KV4 caches), "auto" or unset keeps the plan. The parser: 4, 8, or 0 for auto; throws
+// qserve::Error otherwise (the variable's name is added to the message).
+int parse_decode_mma_warps(const std::string& text);
 // decode_attention_mma with the warps per CTA given (4, or 8 with a KV4 cache; the split is the
 // picker's for that CTA size): bench_attention's A/B rows and the parity tests. Throws on
 // other values.
