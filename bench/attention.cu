@@ -326,20 +326,14 @@ void bench_decode(KvFormat fmt, int64_t S, int64_t ctx, const std::string& kerne
   qserve::cuda::DeviceAllocator::global().trim();
 }
 
-// decode_attention_mma with the warps per CTA forced (the plan's choice is the plain row).
-void decode_mma_w4(const float* q, const uint16_t* k16, const uint16_t* v16,
-                   const qserve::cuda::PagedKvDevice& cache,
-                   const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads, int64_t window,
-                   float* out, void* ws, size_t ws_bytes, cudaStream_t stream) {
+// decode_attention_mma with W warps per CTA forced (the plan's choice is the plain row).
+template <int W>
+void decode_mma_forced(const float* q, const uint16_t* k16, const uint16_t* v16,
+                       const qserve::cuda::PagedKvDevice& cache,
+                       const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads,
+                       int64_t window, float* out, void* ws, size_t ws_bytes, cudaStream_t stream) {
   qserve::cuda::decode_attention_mma_warps(q, k16, v16, cache, batch, num_heads, window, out, ws,
-                                           ws_bytes, stream, 4);
-}
-void decode_mma_w8(const float* q, const uint16_t* k16, const uint16_t* v16,
-                   const qserve::cuda::PagedKvDevice& cache,
-                   const qserve::cuda::VarlenBatchDevice& batch, int64_t num_heads, int64_t window,
-                   float* out, void* ws, size_t ws_bytes, cudaStream_t stream) {
-  qserve::cuda::decode_attention_mma_warps(q, k16, v16, cache, batch, num_heads, window, out, ws,
-                                           ws_bytes, stream, 8);
+                                           ws_bytes, stream, W);
 }
 
 // --split-sweep: decode_attention_mma at forced keys per split (DecodeFn has no context
@@ -664,8 +658,8 @@ int main(int argc, char** argv) {
     // 8-warp CTAs (KV4 only): checked on their own at every case (forced), then timed forced at
     // both shapes beside the forced 4-warp form.
     const bool w8 = fmt == KvFormat::kv4;
-    const bool w8_ok =
-        w8 && (!check || run_checks(fmt, "decode_attention_mma_w8", &decode_mma_w8, true, true));
+    const bool w8_ok = w8 && (!check || run_checks(fmt, "decode_attention_mma_w8",
+                                                   &decode_mma_forced<8>, true, true));
     if (w8 && !w8_ok) {
       std::printf("SKIP decode_attention_mma_w8_%s: failed --check, not timed\n", fmt_name(fmt));
     }
@@ -683,9 +677,11 @@ int main(int argc, char** argv) {
       if (mma_ok) {
         bench_decode(fmt, S, ctx, "decode_attention_mma", &qserve::cuda::decode_attention_mma,
                      results);
-        if (w8) bench_decode(fmt, S, ctx, "decode_attention_mma_w4", &decode_mma_w4, results);
+        if (w8)
+          bench_decode(fmt, S, ctx, "decode_attention_mma_w4", &decode_mma_forced<4>, results);
       }
-      if (w8_ok) bench_decode(fmt, S, ctx, "decode_attention_mma_w8", &decode_mma_w8, results);
+      if (w8_ok)
+        bench_decode(fmt, S, ctx, "decode_attention_mma_w8", &decode_mma_forced<8>, results);
       if (tc_ok) {
         bench_decode(fmt, S, ctx, "decode_attention_tc", &qserve::cuda::decode_attention_tc,
                      results);

@@ -474,6 +474,21 @@ TEST(ParityAttentionTc, DecodeLargeQuery) {
   }
 }
 
+// A cache and batch description for the calls that must throw before touching memory.
+struct RejectCall {
+  cuda::PagedKvDevice kv;
+  cuda::VarlenBatchDevice b;
+};
+RejectCall reject_call(KvFormat format, int32_t num_seqs) {
+  RejectCall c;
+  c.kv.format = format;
+  c.kv.kv_heads = 8;
+  c.kv.head_dim = 128;
+  c.b.num_seqs = num_seqs;
+  c.b.max_total_len = 100;
+  return c;
+}
+
 // The tensor-core kernel refuses what it does not support (the dispatch then falls back).
 TEST(ParityAttentionTc, SupportAndRejects) {
   EXPECT_TRUE(cuda::decode_attention_mma_supported(KvFormat::kv4, 32, 8, 128));
@@ -493,19 +508,13 @@ TEST(ParityAttentionTc, SupportAndRejects) {
     EXPECT_GE(keys, 256);
   }
   QSERVE_PARITY_REQUIRE_GPU();
-  cuda::PagedKvDevice kv;
-  kv.format = KvFormat::kv16;
-  kv.kv_heads = 8;
-  kv.head_dim = 128;
-  cuda::VarlenBatchDevice b;
-  b.num_seqs = 1;
-  b.max_total_len = 100;
-  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
-                                         0, nullptr),
+  RejectCall c = reject_call(KvFormat::kv16, 1);
+  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, c.kv, c.b, 32, 0, nullptr,
+                                         nullptr, 0, nullptr),
                Error);
-  kv.format = KvFormat::kv4;  // supported, but no workspace
-  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr, nullptr,
-                                         16, nullptr),
+  c.kv.format = KvFormat::kv4;  // supported, but no workspace
+  EXPECT_THROW(cuda::decode_attention_tc(nullptr, nullptr, nullptr, c.kv, c.b, 32, 0, nullptr,
+                                         nullptr, 16, nullptr),
                Error);
 }
 
@@ -540,19 +549,13 @@ TEST(ParityAttentionTc, MmaPlan) {
   EXPECT_THROW(cuda::parse_decode_mma_warps("16"), Error);
   EXPECT_THROW(cuda::parse_decode_mma_warps("8 "), Error);
 
-  cuda::PagedKvDevice kv;
-  kv.format = KvFormat::kv8;
-  kv.kv_heads = 8;
-  kv.head_dim = 128;
-  cuda::VarlenBatchDevice b;
-  b.num_seqs = 0;
-  b.max_total_len = 100;
-  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
-                                                nullptr, 0, nullptr, 8),  // 8 warps need KV4
+  RejectCall c = reject_call(KvFormat::kv8, 0);
+  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, c.kv, c.b, 32, 0,
+                                                nullptr, nullptr, 0, nullptr, 8),  // 8 needs KV4
                Error);
-  kv.format = KvFormat::kv4;
-  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, kv, b, 32, 0, nullptr,
-                                                nullptr, 0, nullptr, 6),
+  c.kv.format = KvFormat::kv4;
+  EXPECT_THROW(cuda::decode_attention_mma_warps(nullptr, nullptr, nullptr, c.kv, c.b, 32, 0,
+                                                nullptr, nullptr, 0, nullptr, 6),
                Error);
 }
 

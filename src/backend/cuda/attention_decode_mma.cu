@@ -43,7 +43,7 @@
 #include "backend/cuda/attention_decode_common.cuh"
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/gemm_sm90_tile_order.h"
+#include "backend/cuda/env_override.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "backend/cuda/pdl.h"
 #include "backend/cuda/pdl_device.cuh"
@@ -548,8 +548,7 @@ void launch(const Args& a, int num_seqs, int kv_heads, cudaStream_t stream) {
 // leaves it to the plan (8 applies to KV4 caches; KV8 keeps 4), for same-binary A/B runs; unset
 // or "auto": the plan. Anything else is an error. Read once per process.
 int decode_mma_warps_override() {
-  static const int w =
-      sm90_env_override("QSERVE_DECODE_MMA_WARPS", &parse_decode_mma_warps).value_or(0);
+  static const int w = env_override("QSERVE_DECODE_MMA_WARPS", &parse_decode_mma_warps).value_or(0);
   return w;
 }
 
@@ -661,7 +660,25 @@ DecodeMmaPlan decode_attention_mma_plan(int64_t num_seqs, int64_t kv_heads, int6
 
 namespace {
 
-// split_keys <= 0: the plan's split and warp count; warps 0: the plan's warp count.
+// The split (and, for warps 0, the CTA size) of a call on this device: decode_attention_mma_plan
+// with the instantiations' resident CTAs per SM, or the split picker for the given CTA size.
+DecodeMmaPlan plan_for(KvFormat format, int64_t head_dim, int64_t num_seqs, int64_t kv_heads,
+                       int64_t max_total_len, int warps) {
+  int per_sm4 = 0, per_sm8 = 0;
+  attn::dispatch_decode_geometry(format, head_dim, [&]<KvFormat F, int D>() {
+    per_sm4 = ctas_per_sm<F, D, 4>();
+    if constexpr (F == KvFormat::kv4) per_sm8 = ctas_per_sm<F, D, 8>();
+  });
+  const int64_t sms = current_device_sm_count();
+  if (warps == 0) {
+    return decode_attention_mma_plan(num_seqs, kv_heads, max_total_len, sms, per_sm4, per_sm8);
+  }
+  return {decode_attention_mma_split_keys(num_seqs, kv_heads, max_total_len, sms,
+                                          warps == 8 ? per_sm8 : per_sm4),
+          warps};
+}
+
+// split_keys <= 0: the plan's split; warps 0: the plan's (or QSERVE_DECODE_MMA_WARPS') CTA size.
 void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
                      const PagedKvDevice& cache, const VarlenBatchDevice& batch, int64_t num_heads,
                      int64_t window, float* out, void* workspace, size_t workspace_bytes,
@@ -675,30 +692,15 @@ void decode_mma_impl(const float* q, const uint16_t* k16, const uint16_t* v16,
             std::to_string(warps) + " (" + shape + ")");
   if (S == 0) return;
 
+  // Warps: given, 4 under a forced split, else QSERVE_DECODE_MMA_WARPS or the plan (0); the
+  // switch's 8 applies to KV4 caches only.
+  int w = warps != 0 ? warps : split_keys > 0 ? 4 : decode_mma_warps_override();
+  if (w == 8 && cache.format != KvFormat::kv4) w = 4;
   int64_t keys = split_keys;
-  int w = warps;
-  if (w == 0 && keys <= 0) {
-    const int forced = decode_mma_warps_override();
-    w = forced == 8 && cache.format != KvFormat::kv4 ? 4 : forced;
-  }
-  if (keys <= 0 || w == 0) {
-    int per_sm4 = 0, per_sm8 = 0;
-    attn::dispatch_decode_geometry(cache.format, d, [&]<KvFormat F, int D>() {
-      per_sm4 = ctas_per_sm<F, D, 4>();
-      if constexpr (F == KvFormat::kv4) per_sm8 = ctas_per_sm<F, D, 8>();
-    });
-    const int64_t sms = current_device_sm_count();
-    if (keys <= 0) {
-      const DecodeMmaPlan plan =
-          w == 0 ? decode_attention_mma_plan(S, hkv, batch.max_total_len, sms, per_sm4, per_sm8)
-                 : DecodeMmaPlan{decode_attention_mma_split_keys(S, hkv, batch.max_total_len, sms,
-                                                                 w == 8 ? per_sm8 : per_sm4),
-                                 w};
-      keys = plan.split_keys;
-      w = plan.warps;
-    } else {
-      w = 4;  // a forced split size without a warp count: the 4-warp CTAs, as before
-    }
+  if (keys <= 0) {
+    const DecodeMmaPlan plan = plan_for(cache.format, d, S, hkv, batch.max_total_len, w);
+    keys = plan.split_keys;
+    w = plan.warps;
   }
   const Args a = attn::make_decode_args<Args>(q, k16, v16, cache, batch, num_heads, window, out,
                                               workspace, keys,

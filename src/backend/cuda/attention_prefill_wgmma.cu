@@ -68,7 +68,7 @@
 #include "backend/cuda/attention_kv_device.cuh"
 #include "backend/cuda/attention_prefill_common.cuh"
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/gemm_sm90_tile_order.h"
+#include "backend/cuda/env_override.h"
 #include "backend/cuda/ops_cuda_attention.h"
 #include "core/error.h"
 
@@ -778,7 +778,7 @@ bool aligned16(const void* p) {
 // throws, naming the variable).
 PrefillWgmmaVariant default_variant() {
   static const PrefillWgmmaVariant v =
-      sm90_env_override("QSERVE_PREFILL_WGMMA", parse_prefill_wgmma_variant)
+      env_override("QSERVE_PREFILL_WGMMA", parse_prefill_wgmma_variant)
           .value_or(PrefillWgmmaVariant{});
   return v;
 }

@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include "backend/cuda/env_override.h"
 #include "core/error.h"
 
 namespace qserve::cuda {
@@ -32,7 +33,7 @@ namespace {
 // once; a malformed value is an error, not a silent default.
 std::optional<Sm90TileOrder> env_override() {
   static const std::optional<Sm90TileOrder> cached =
-      sm90_env_override("QSERVE_SM90_TILE_ORDER", parse_sm90_tile_order);
+      env_override("QSERVE_SM90_TILE_ORDER", parse_sm90_tile_order);
   return cached;
 }
 

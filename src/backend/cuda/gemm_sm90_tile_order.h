@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -51,23 +50,6 @@ Sm90TileOrder sm90_tile_order_or_env(const Sm90TileOrder& choice);
 
 // "along_n" etc., for bench output and error messages.
 const char* sm90_raster_name(Sm90TileOrder::Raster r);
-
-// The A/B overrides of the sm90 kernels' choices (QSERVE_SM90_TILE_ORDER here,
-// QSERVE_W4A8_SM90_LARGE in gemm_w4a8_sm90.cu, QSERVE_PREFILL_WGMMA in
-// attention_prefill_wgmma.cu, QSERVE_DECODE_MMA_WARPS in attention_decode_mma.cu; the 0/1
-// switches of pdl.h's env_switch): environment variable `name`
-// parsed by `parse`; nullopt when unset or empty; a value `parse` rejects throws qserve::Error
-// naming the variable. Callers keep the result in a function-local static (read once per process).
-template <typename T>
-std::optional<T> sm90_env_override(const char* name, T (*parse)(const std::string&)) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return std::nullopt;
-  try {
-    return parse(v);
-  } catch (const Error& e) {
-    throw Error(std::string(name) + ": " + e.what());
-  }
-}
 
 // CUTLASS's scheduler arguments from a tile order; the persistent
 // and the stream-K schedulers both have these two fields.

@@ -23,6 +23,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/env_override.h"
 #include "backend/cuda/gemm_sm90_tile_order.h"
 #include "backend/cuda/gemm_w4a8_fast.h"
 #include "backend/cuda/pdl.h"
@@ -388,7 +389,7 @@ namespace {
 // end-to-end A/B runs (bench_gemm times single GEMMs). Read once; an unknown name is an error.
 std::optional<W4A8Sm90Variant> large_m_env_override() {
   static const std::optional<W4A8Sm90Variant> cached =
-      sm90_env_override("QSERVE_W4A8_SM90_LARGE", w4a8_sm90_variant_from_name);
+      env_override("QSERVE_W4A8_SM90_LARGE", w4a8_sm90_variant_from_name);
   return cached;
 }
 

@@ -3,7 +3,7 @@
 
 #include <atomic>
 
-#include "backend/cuda/gemm_sm90_tile_order.h"
+#include "backend/cuda/env_override.h"
 #include "core/error.h"
 
 namespace qserve::cuda {
@@ -43,7 +43,7 @@ bool parse_pdl_setting(const std::string& text) {
 }
 
 bool env_switch(const char* name, bool unset_value) {
-  return sm90_env_override(name, &parse_pdl_setting).value_or(unset_value);
+  return env_override(name, &parse_pdl_setting).value_or(unset_value);
 }
 
 bool pdl_enabled() {
