@@ -530,8 +530,9 @@ struct RopeBatch {
   static constexpr int64_t kStride = (kHq + 2 * kHkv) * kD;
   int64_t S, n, ctx, T, pps, pages, pb;
   DeviceBuffer<uint16_t> qkv, k16, v16;
-  DeviceBuffer<float> inv, qo;
-  DeviceBuffer<uint8_t> kp, vp;
+  DeviceBuffer<float> inv, qo, cs;  // cs, ri: the batch's RoPE table (rope_cos_sin_table)
+  DeviceBuffer<uint8_t> kp, vp, ri;
+  qserve::cuda::RopeTableDevice rope_table;
   DeviceBuffer<int32_t> off, nt, cl, bt;
   qserve::cuda::PagedKvDevice cache;
   qserve::cuda::VarlenBatchDevice batch;
@@ -585,11 +586,21 @@ struct RopeBatch {
     batch.block_stride = static_cast<int32_t>(pps);
     batch.max_num_tokens = static_cast<int32_t>(n);
     batch.max_total_len = static_cast<int32_t>(ctx + n);
+    cs = DeviceBuffer<float>(static_cast<size_t>(T * kD));
+    ri = DeviceBuffer<uint8_t>(static_cast<size_t>(T) *
+                               (qserve::cuda::rope_table_row_bytes(kD) - kD * sizeof(float)));
+    rope_table = {cs.data(), ri.data(), T};
+    build_table();
   }
-  // kCurrent: the dispatch; kPrev: the vec kernel (cuda::prev); kSpread / kToken: the v2 kernel
-  // forced to one task block per block / one block per token (cuda::forced); kBaseline.
-  enum Kernel { kCurrent, kBaseline, kPrev, kSpread, kToken };
-  static constexpr Kernel kAllKernels[] = {kBaseline, kCurrent, kPrev, kSpread, kToken};
+  void build_table() {
+    qserve::cuda::rope_cos_sin_table(batch, kD, inv.data(), rope_table, nullptr);
+  }
+  // kCurrent: the dispatch with the step's cos/sin table (the engine's call); kOwnTrig: the
+  // dispatch without it (each block computes its token's cos/sin); kPrev: the vec kernel
+  // (cuda::prev); kSpread / kToken: the v2 kernel forced to one task block per block / one block
+  // per token, with the table (cuda::forced); kBaseline.
+  enum Kernel { kCurrent, kBaseline, kPrev, kSpread, kToken, kOwnTrig };
+  static constexpr Kernel kAllKernels[] = {kBaseline, kCurrent, kPrev, kSpread, kToken, kOwnTrig};
   static const char* kernel_name(Kernel k) {
     switch (k) {
       case kCurrent:
@@ -602,21 +613,29 @@ struct RopeBatch {
         return "spread";
       case kToken:
         return "token";
+      case kOwnTrig:
+        return "own_trig";
     }
     return "?";
   }
   void run(Kernel k) {
+    const qserve::cuda::RopeTableDevice* tab =
+        k == kCurrent || k == kSpread || k == kToken ? &rope_table : nullptr;
     if (k == kSpread || k == kToken) {
       qserve::cuda::forced::rope_kv_append_f16(qkv.data(), kStride, batch, kHq, kHkv, kD,
                                                inv.data(), cache, qo.data(), k16.data(), v16.data(),
-                                               nullptr, k == kToken ? 3 : 1);
-      return;
+                                               nullptr, k == kToken ? 3 : 1, tab);
+    } else if (k == kBaseline) {
+      qserve::cuda::baseline::rope_kv_append_f16(qkv.data(), kStride, batch, kHq, kHkv, kD,
+                                                 inv.data(), cache, qo.data(), k16.data(),
+                                                 v16.data(), nullptr);
+    } else if (k == kPrev) {
+      qserve::cuda::prev::rope_kv_append_f16(qkv.data(), kStride, batch, kHq, kHkv, kD, inv.data(),
+                                             cache, qo.data(), k16.data(), v16.data(), nullptr);
+    } else {
+      qserve::cuda::rope_kv_append_f16(qkv.data(), kStride, batch, kHq, kHkv, kD, inv.data(), cache,
+                                       qo.data(), k16.data(), v16.data(), nullptr, tab);
     }
-    (k == kBaseline ? qserve::cuda::baseline::rope_kv_append_f16
-     : k == kPrev   ? qserve::cuda::prev::rope_kv_append_f16
-                    : qserve::cuda::rope_kv_append_f16)(qkv.data(), kStride, batch, kHq, kHkv, kD,
-                                                      inv.data(), cache, qo.data(), k16.data(),
-                                                      v16.data(), nullptr);
   }
 };
 
@@ -1014,16 +1033,24 @@ void bench_rope(int64_t T, json& results) {
   RopeBatch b(S, n, 0, KvFormat::kv4, 61);
   const double bytes = static_cast<double>(T) * (RopeBatch::kStride * 2.0 + kHq * kD * 4.0 +
                                                  kHkv * kD * 2.0 * 2.0 + kHkv * (64.0 + 4.0) * 2.0);
-  // "": the dispatch (v2 kernel); "_prev": the vec kernel before 2026-11-30 (fifth session);
-  // "_spread" / "_token": the v2 kernel forced to one task block per block / one block per token,
-  // at every size (the dispatch spreads up to 4 waves of 8 blocks per SM: 1408 tokens, 3 blocks
-  // each, on 132 SMs; one block per token above).
+  // "": the dispatch (v2 kernel) with the step's cos/sin table, as the engine calls it (the
+  // table's 512 bytes per token read are not counted: the op's bytes are the same either way);
+  // "_own_trig": the dispatch computing its cos/sin per block; "_prev": the vec kernel before
+  // 2026-11-30 (fifth session); "_spread" / "_token": the v2 kernel (with the table) forced to
+  // one task block per block / one block per token, at every size (the dispatch spreads up to 4
+  // waves of 8 blocks per SM: 1408 tokens, 3 blocks each, on 132 SMs; one block per token above).
   emit_variants(results, "rope_kv4_append", "Hq=32,Hkv=8,D=128,seq=256", T, "fp16-in,kv4", bytes,
                 {{"", [&] { b.run(RopeBatch::kCurrent); }},
                  {"_prev", [&] { b.run(RopeBatch::kPrev); }},
                  {"_spread", [&] { b.run(RopeBatch::kSpread); }},
                  {"_token", [&] { b.run(RopeBatch::kToken); }},
+                 {"_own_trig", [&] { b.run(RopeBatch::kOwnTrig); }},
                  {"_baseline", [&] { b.run(RopeBatch::kBaseline); }}});
+  // The table itself, built once per step for all layers (bytes: the cos/sin written; the
+  // memset of its row infos is in the time).
+  const double table_us = time_us([&] { b.build_table(); }, 3, g_iters);
+  emit(results, "rope_cos_sin_table", "D=128,seq=256", T, "fp32", table_us,
+       static_cast<double>(T) * kD * 4.0);
 }
 
 // GPU sampling of one decode step: logits [batch, 128256] fp32 (fill_logits_kernel), per-row

@@ -97,8 +97,8 @@ size_t step_row_bytes(const ModelConfig& cfg, bool quantized) {
   const size_t H = static_cast<size_t>(cfg.hidden_size);
   const size_t I = static_cast<size_t>(cfg.intermediate_size);
   const size_t qd = static_cast<size_t>(cfg.q_dim()), kvd = static_cast<size_t>(cfg.kv_dim());
-  // Residual stream, q, attention output (fp32), current K/V rows (fp16).
-  size_t b = 4 * H + 4 * qd + 4 * qd + 2 * kvd + 2 * kvd;
+  // Residual stream, q, attention output (fp32), current K/V rows (fp16), the RoPE table.
+  size_t b = 4 * H + 4 * qd + 4 * qd + 2 * kvd + 2 * kvd + rope_table_row_bytes(cfg.head_dim);
   if (quantized) {
     // int8 activations of the widest input, scale and sum, fp16 outputs of the four GEMMs.
     b += std::max({H, qd, I}) + 4 + 2 * (qd + 2 * kvd) + 2 * H + 4 * I + 2 * H;

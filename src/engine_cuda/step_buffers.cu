@@ -1,5 +1,7 @@
 #include "engine_cuda/step_buffers.h"
 
+#include "backend/cuda/ops_cuda_attention.h"
+
 #include <algorithm>
 
 namespace qserve::cuda {
@@ -39,6 +41,9 @@ StepBuffers::StepBuffers(const ModelConfig& cfg, bool quantized, const StepDims&
     attn = c.take<float>(T * qd);
     k16 = c.take<uint16_t>(T * kvd);
     v16 = c.take<uint16_t>(T * kvd);
+    rope_cs = c.take<float>(T * static_cast<size_t>(cfg.head_dim));
+    rope_info = c.take<uint8_t>(T * (rope_table_row_bytes(cfg.head_dim) -
+                                     static_cast<size_t>(cfg.head_dim) * sizeof(float)));
     if (quantized) {
       aq = c.take<int8_t>(T * widest);
       ascale = c.take<uint16_t>(T);

@@ -39,6 +39,8 @@ struct StepBuffers {
   float* attn = nullptr;    // [rows, q_dim]
   uint16_t* k16 = nullptr;  // [rows, kv_dim]
   uint16_t* v16 = nullptr;
+  float* rope_cs = nullptr;      // the step's RoPE table (rope_cos_sin_table): [rows, head_dim]
+  uint8_t* rope_info = nullptr;  // cos/sin and [rows] row infos
   // Quantized layers.
   int8_t* aq = nullptr;  // [rows, max(H, q_dim, I)]
   uint16_t* ascale = nullptr;

@@ -183,19 +183,40 @@ void run_case(const RopeCase& c, KvFormat fmt) {
 
   // The baseline kernel on the same inputs and initial pools, and every other version (the vec
   // kernel before 2026-11-30 (fifth session) as cuda::prev, the v2 kernel's two launch forms
-  // forced): every output bit for bit against the baseline.
+  // forced, each with and without the step's cos/sin table, and the dispatch with the table as
+  // the engine calls it): every output bit for bit against the baseline.
+  DeviceBuffer<float> d_table(static_cast<size_t>(T * d));
+  DeviceBuffer<uint8_t> d_info(static_cast<size_t>(T) *
+                               (cuda::rope_table_row_bytes(d) - d * sizeof(float)));
+  parity::poison(d_table.data(), d_table.bytes());
+  parity::poison(d_info.data(), d_info.bytes());
+  const cuda::RopeTableDevice table{d_table.data(), d_info.data(), T};
+  cuda::rope_cos_sin_table(b, d, d_inv.data(), table, nullptr);
   {
     struct Outs {
       std::vector<uint32_t> q;  // fp32 q compared as bit patterns
       std::vector<uint16_t> k16, v16;
       std::vector<uint8_t> kp, vp;
     };
-    // version: 0 baseline, 1 prev, 2 forced spread (1 task block per block), 3 forced token.
+    // version: 0 baseline, 1 prev, 2 forced spread (1 task block per block), 3 forced token,
+    // 4 / 5: spread / token with the table, 6: the dispatch with the table, 7: the same with
+    // kPadRows rows of no token after the batch's (an engine step padded to its bucket): the
+    // row-indexed kernel must skip them and leave their outputs as they were.
+    constexpr int64_t kPadRows = 5;
     auto run_version = [&](int version) {
+      const int64_t rows = version == 7 ? T + kPadRows : T;
       DeviceBuffer<uint8_t> b_kp = cuda::to_device(k_pool0), b_vp = cuda::to_device(v_pool0);
-      DeviceBuffer<float> b_q(static_cast<size_t>(T * hq * d));
-      DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(T * kvd)),
-          b_v16(static_cast<size_t>(T * kvd));
+      DeviceBuffer<float> b_q(static_cast<size_t>(rows * hq * d));
+      DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(rows * kvd)),
+          b_v16(static_cast<size_t>(rows * kvd));
+      DeviceBuffer<float> p_table(static_cast<size_t>(rows * d));
+      DeviceBuffer<uint8_t> p_info(static_cast<size_t>(rows) *
+                                   (cuda::rope_table_row_bytes(d) - d * sizeof(float)));
+      const cuda::RopeTableDevice padded{p_table.data(), p_info.data(), rows};
+      if (version == 7) {
+        parity::poison(p_info.data(), p_info.bytes());
+        cuda::rope_cos_sin_table(b, d, d_inv.data(), padded, nullptr);
+      }
       parity::poison(b_q.data(), b_q.bytes());
       parity::poison(b_k16.data(), b_k16.bytes());
       parity::poison(b_v16.data(), b_v16.bytes());
@@ -203,30 +224,48 @@ void run_case(const RopeCase& c, KvFormat fmt) {
       bkv.k_pool = c.append ? b_kp.data() : nullptr;
       bkv.v_pool = c.append ? b_vp.data() : nullptr;
       if (c.fp16_input) {
-        DeviceBuffer<uint16_t> d_in = cuda::to_device(qkv16);
-        if (version == 0) {
+        std::vector<uint16_t> in16 = qkv16;
+        in16.resize(static_cast<size_t>(rows * stride), 0x3c00);  // padding rows: 1.0
+        DeviceBuffer<uint16_t> d_in = cuda::to_device(in16);
+        if (version == 7) {
+          cuda::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                   b_q.data(), b_k16.data(), b_v16.data(), nullptr, &padded);
+        } else if (version == 0) {
           cuda::baseline::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                              b_q.data(), b_k16.data(), b_v16.data(), nullptr);
         } else if (version == 1) {
           cuda::prev::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                          b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+        } else if (version == 6) {
+          cuda::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
+                                   b_q.data(), b_k16.data(), b_v16.data(), nullptr, &table);
         } else {
           cuda::forced::rope_kv_append_f16(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                            b_q.data(), b_k16.data(), b_v16.data(), nullptr,
-                                           version == 3 ? 3 : 1);
+                                           version == 3 || version == 5 ? 3 : 1,
+                                           version >= 4 ? &table : nullptr);
         }
       } else {
-        DeviceBuffer<float> d_in = cuda::to_device(qkv);
-        if (version == 0) {
+        std::vector<float> in32 = qkv;
+        in32.resize(static_cast<size_t>(rows * stride), 1.0f);
+        DeviceBuffer<float> d_in = cuda::to_device(in32);
+        if (version == 7) {
+          cuda::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv, b_q.data(),
+                               b_k16.data(), b_v16.data(), nullptr, &padded);
+        } else if (version == 0) {
           cuda::baseline::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                          b_q.data(), b_k16.data(), b_v16.data(), nullptr);
         } else if (version == 1) {
           cuda::prev::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                      b_q.data(), b_k16.data(), b_v16.data(), nullptr);
+        } else if (version == 6) {
+          cuda::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv, b_q.data(),
+                               b_k16.data(), b_v16.data(), nullptr, &table);
         } else {
           cuda::forced::rope_kv_append(d_in.data(), stride, b, hq, hkv, d, d_inv.data(), bkv,
                                        b_q.data(), b_k16.data(), b_v16.data(), nullptr,
-                                       version == 3 ? 3 : 1);
+                                       version == 3 || version == 5 ? 3 : 1,
+                                       version >= 4 ? &table : nullptr);
         }
       }
       EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
@@ -238,6 +277,19 @@ void run_case(const RopeCase& c, KvFormat fmt) {
       o.v16 = cuda::to_host(b_v16);
       o.kp = cuda::to_host(b_kp);
       o.vp = cuda::to_host(b_vp);
+      if (rows > T) {
+        // The padding rows' outputs keep the poison; then compare the batch's rows.
+        const auto untouched = [](const auto& vec, size_t from, auto poison_value) {
+          return std::all_of(vec.begin() + static_cast<std::ptrdiff_t>(from), vec.end(),
+                             [&](auto x) { return x == poison_value; });
+        };
+        EXPECT_TRUE(untouched(o.q, static_cast<size_t>(T * hq * d), 0xFFFFFFFFu));
+        EXPECT_TRUE(untouched(o.k16, static_cast<size_t>(T * kvd), uint16_t{0xFFFF}));
+        EXPECT_TRUE(untouched(o.v16, static_cast<size_t>(T * kvd), uint16_t{0xFFFF}));
+        o.q.resize(static_cast<size_t>(T * hq * d));
+        o.k16.resize(static_cast<size_t>(T * kvd));
+        o.v16.resize(static_cast<size_t>(T * kvd));
+      }
       return o;
     };
     const Outs base = run_version(0);
@@ -249,8 +301,9 @@ void run_case(const RopeCase& c, KvFormat fmt) {
     cur.kp = cuda::to_host(d_kp);
     cur.vp = cuda::to_host(d_vp);
     const std::string tag = std::string(fmt_name(fmt)) + (c.fp16_input ? "_f16in" : "_f32in");
-    const char* names[] = {"current", "prev", "spread", "token"};
-    for (int version = 0; version < 4; ++version) {
+    const char* names[] = {"current",      "prev",        "spread",        "token",
+                           "spread_table", "token_table", "current_table", "current_table_padded"};
+    for (int version = 0; version < 8; ++version) {
       const Outs o = version == 0 ? cur : run_version(version);
       const std::string shape = c.name + ":" + names[version] + "_vs_baseline";
       const auto r1 = parity::compare_exact<uint32_t>("rope_q_bits_" + tag, shape, o.q, base.q);

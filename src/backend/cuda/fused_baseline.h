@@ -110,14 +110,16 @@ void silu_mul_quant_f32(const float* gate_up, int64_t rows, int64_t inter, int8_
                         SiluForm form);
 // task_blocks: the launch form of rope_kv_v2_kernel, at every batch size: 1 = a token's task
 // blocks (128 tasks of 8 rotation pairs) spread over blocks, 3 = up to 3 task blocks per block
-// (one block per Llama token). The dispatch picks between them by batch size.
+// (one block per Llama token), 0 = the dispatch's choice by batch size. table: as
+// rope_kv_append's (the step's RoPE table, or nullptr); it serves the spread form only.
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                         int64_t num_heads, int64_t kv_heads, int64_t head_dim,
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
-                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks);
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks,
+                        const RopeTableDevice* table = nullptr);
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                    cudaStream_t stream, int task_blocks);
+                    cudaStream_t stream, int task_blocks, const RopeTableDevice* table = nullptr);
 
 }  // namespace qserve::cuda::forced

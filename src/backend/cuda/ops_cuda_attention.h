@@ -61,6 +61,13 @@ struct VarlenBatchDevice {
   int32_t max_total_len = 0;   // >= max_s context_len[s] + num_tokens[s]
 };
 
+// The step's RoPE table (rope_cos_sin_table below).
+struct RopeTableDevice {
+  float* cos_sin = nullptr;  // [rows, head_dim] fp32, 16-byte aligned
+  void* row_info = nullptr;  // [rows] 16 bytes each, 16-byte aligned
+  int64_t rows = 0;
+};
+
 // ---------------------------------------------------------------------------------------------
 // RoPE + fp16 rounding + paged KV append (rope_kv.cu)
 //
@@ -80,15 +87,31 @@ struct VarlenBatchDevice {
 // may differ by 1 ulp), so q_out is within 2^-22 * (|x1| + |x2|) of the CPU; k16 equals the
 // CPU's fp16 rounding except where that 1-ulp difference crosses an fp16 rounding boundary
 // (rare; then 1 fp16 ulp). v16 and the page bytes of given k16/v16 are bit-exact.
+// table: the step's table from rope_cos_sin_table for this batch (the same bits as without it;
+// read instead of computed, and the kernel is indexed by row: the engine builds it once per
+// step for all layers), or nullptr (each block computes its token's cos/sin).
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                    cudaStream_t stream);
+                    cudaStream_t stream, const RopeTableDevice* table = nullptr);
 // The same with fp16 qkv (QServe's GEMMs emit fp16); values are widened exactly to fp32 first.
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                         int64_t num_heads, int64_t kv_heads, int64_t head_dim,
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
-                        uint16_t* k16, uint16_t* v16, cudaStream_t stream);
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream,
+                        const RopeTableDevice* table = nullptr);
+// The RoPE table of a batch's new tokens, built once per step (rope_cos_sin_table) and read by
+// every layer's rope_kv_append. Row r = token_offset[s] + j holds [cos(a_i) for i < D/2,
+// sin(a_i) for i < D/2], a_i = fp32(context_len[s] + j) * inv_freq[i] (cos/sin in double,
+// rounded to fp32: what rope_kv_append computes per token) in cos_sin [rows, head_dim] fp32, and
+// the row's page and slot in row_info [rows] (16 bytes each; rows of no token are marked so).
+// rows must be the row count of the step's qkv / q / k16 / v16 buffers (every row of the batch
+// is < rows): rope_kv_append with a table runs over rows 0..rows-1, loading each row's qkv and
+// skipping rows of no token, so a token at a row >= rows would not be processed.
+void rope_cos_sin_table(const VarlenBatchDevice& batch, int64_t head_dim, const float* inv_freq,
+                        const RopeTableDevice& table, cudaStream_t stream);
+// Bytes of one table row (cos_sin row + row info): the step buffers' per-row share.
+size_t rope_table_row_bytes(int64_t head_dim);
 
 // ---------------------------------------------------------------------------------------------
 // Attention (attention_decode.cu, attention_prefill.cu)

@@ -1,12 +1,19 @@
 // RoPE on Q and K, fp16 rounding of K/V, and the paged KV append (KV4/KV8 QServe pages, or our
 // KV16 pages), fused.
 //
-// Three kernels compute the same bits:
-//  - rope_kv_v2_kernel (the dispatch's where the vec kernel applies; since the fifth session of
-//    2026-11-30): the vec kernel's tasks with one dependent load round trip before the qkv
-//    loads instead of up to three, and a token's task blocks spread over blocks while that grid has
-//    <= 4 waves of 8 blocks per SM, one block per token above (see its comment). The vec kernel
-//    stays callable as cuda::prev::.
+// Four kernels compute the same bits:
+//  - rope_kv_rows_kernel (the dispatch's with the step's RoPE table, up to 4 waves of 8 blocks
+//    per SM: the engine's decode steps and small prefill chunks; 2026-12-01, tenth session):
+//    indexed by qkv row, the row's cos/sin read from the table rope_cos_sin_table built once per
+//    step, so the qkv, cos/sin and row-info loads are one round trip with no block barrier.
+//  - rope_kv_v2_kernel (the dispatch's otherwise, where the vec kernel applies; since the fifth
+//    session of 2026-11-30): the vec kernel's tasks with one dependent load round trip before
+//    the qkv loads instead of up to three, and a token's task blocks spread over blocks while
+//    that grid has <= 4 waves of 8 blocks per SM, one block per token above (see its comment).
+//    Both kernels place a lane's 8 rotation pairs as two runs of 4 (PairRuns<4>, tenth session),
+//    so that the fp32 q stores write whole 32-byte sectors (20-29% faster at 256-8192 tokens
+//    than one run of 8, whose 16-byte stores wrote half of each sector they touched). The vec
+//    kernel stays callable as cuda::prev::.
 //  - rope_kv_vec_kernel (head_dim % 16 == 0 and <= 512, 16-byte aligned rows: every Llama
 //    geometry): a "task" is 8 rotation pairs (i, i + D/2), i in [8l, 8l + 8), of one head of
 //    one token, so D/16 consecutive lanes cover a head and every load and store is 16 bytes
@@ -156,6 +163,8 @@ struct RopeArgs {
   float* q_out;
   uint16_t* k16;
   uint16_t* v16;
+  // The step's cos/sin table ([T, D], rope_cos_sin_table) or nullptr (computed per block).
+  const float* cos_sin;
 };
 
 // Dynamic shared memory: cos[D/2], sin[D/2] fp32, then k[Hkv*D], v[Hkv*D] fp16 bits.
@@ -275,8 +284,35 @@ struct Raw8 {
       w[i] = reinterpret_cast<const uint4*>(p)[i];
     }
   }
+  // Elements 0..3 from p0, 4..7 from p1 (the two runs of a kC = 4 lane, PairRuns).
+  __device__ __forceinline__ void load_split(const In* p0, const In* p1) {
+    if constexpr (sizeof(In) == 2) {
+      uint2* d = reinterpret_cast<uint2*>(w);
+      d[0] = *reinterpret_cast<const uint2*>(p0);
+      d[1] = *reinterpret_cast<const uint2*>(p1);
+    } else {
+      w[0] = *reinterpret_cast<const uint4*>(p0);
+      w[1] = *reinterpret_cast<const uint4*>(p1);
+    }
+  }
   __device__ __forceinline__ void get(float (&v)[8]) const {
     load8(reinterpret_cast<const In*>(w), v);
+  }
+};
+
+// Where the 8 rotation pairs of lane l of a head (L = D/16 lanes) lie in the head's first half:
+// kC = 8, one run of 8 pairs [8l, 8l + 8) (16-byte fp16 accesses; the lane's fp32 q outputs are
+// 32 bytes, so each 16-byte store of a warp writes half of every 32-byte sector it touches);
+// kC = 4, two runs of 4 pairs, [4l, 4l + 4) and [D/4 + 4l, D/4 + 4l + 4) (8-byte fp16
+// accesses; the L lanes' 16-byte q stores of a run are one contiguous D/4-float span, so every
+// store instruction writes whole sectors). Element k of a lane's x1/x2/outputs is pair
+// base(run k / kC) + k % kC.
+template <int kC>
+struct PairRuns {
+  static_assert(kC == 8 || kC == 4);
+  static constexpr int kRuns = 8 / kC;
+  __device__ __forceinline__ static int base(int l, int half_d, int r) {
+    return kC == 8 ? 8 * l : 4 * l + r * (half_d / 2);
   }
 };
 // 8 fp32 values rounded to fp16 (each __float2half_rn), packed.
@@ -293,15 +329,16 @@ __device__ __forceinline__ void unpack_f16x8(const uint4& p, float (&v)[8]) {
   load8(reinterpret_cast<const uint16_t*>(&p), v);
 }
 
-// Quantizes one (token, head) row held by the `lanes` lanes of an aligned group (8 channels
-// [c0, c0 + 8) and [half + c0, half + c0 + 8) per lane: x1, x2 as fp32 values of fp16 bits) into
-// the page, exactly as quantize_row: mx/mn over the row (exact in any order), s, z, codes.
-// Every lane of the warp must call (the shuffles); `active` lanes write.
-template <KvFormat F>
+// Quantizes one (token, head) row held by the `lanes` lanes of an aligned group (each lane's 8
+// pairs at PairRuns<kC> bases b[r]: channels b[r] + i and half + b[r] + i; x1, x2 as fp32 values
+// of fp16 bits) into the page, exactly as quantize_row: mx/mn over the row (exact in any order),
+// s, z, codes. Every lane of the warp must call (the shuffles); `active` lanes write.
+template <KvFormat F, int kC>
 __device__ __forceinline__ void quantize_group(const float (&x1)[8], const float (&x2)[8],
                                                int lanes, bool active, uint8_t* page,
-                                               const attn::PageGeom& g, int head, int slot, int c0,
-                                               int half, bool leader) {
+                                               const attn::PageGeom& g, int head, int slot,
+                                               const int (&b)[PairRuns<kC>::kRuns], int half,
+                                               bool leader) {
   float mx = -INFINITY, mn = INFINITY;
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
@@ -324,24 +361,41 @@ __device__ __forceinline__ void quantize_group(const float (&x1)[8], const float
   }
   uint8_t* data = page + g.data_offset(head, slot);
   if constexpr (F == KvFormat::kv4) {
-    // Byte c/2 holds channel c (even) in its low nibble and c + 1 in its high nibble.
-    auto pack4 = [](const uint32_t(&q)[8]) {
+    // Byte c/2 holds channel c (even) in its low nibble and c + 1 in its high nibble: a run of
+    // kC codes is kC/2 bytes.
+    auto pack4 = [](const uint32_t(&q)[8], int k0) {
       uint32_t w = 0;
 #pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        w |= (((q[2 * m] & 0x0fu) | ((q[2 * m + 1] & 0x0fu) << 4)) << (8 * m));
+      for (int m = 0; m < kC / 2; ++m) {
+        w |= (((q[k0 + 2 * m] & 0x0fu) | ((q[k0 + 2 * m + 1] & 0x0fu) << 4)) << (8 * m));
       }
       return w;
     };
-    *reinterpret_cast<uint32_t*>(data + c0 / 2) = pack4(q1);
-    *reinterpret_cast<uint32_t*>(data + (half + c0) / 2) = pack4(q2);
+#pragma unroll
+    for (int r = 0; r < PairRuns<kC>::kRuns; ++r) {
+      if constexpr (kC == 8) {
+        *reinterpret_cast<uint32_t*>(data + b[r] / 2) = pack4(q1, 0);
+        *reinterpret_cast<uint32_t*>(data + (half + b[r]) / 2) = pack4(q2, 0);
+      } else {
+        *reinterpret_cast<uint16_t*>(data + b[r] / 2) = static_cast<uint16_t>(pack4(q1, kC * r));
+        *reinterpret_cast<uint16_t*>(data + (half + b[r]) / 2) =
+            static_cast<uint16_t>(pack4(q2, kC * r));
+      }
+    }
   } else {
-    auto pack8 = [](const uint32_t(&q)[8]) {
-      return make_uint2(q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24),
-                        q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24));
+    auto pack8 = [](const uint32_t(&q)[8], int k0) {
+      return q[k0] | (q[k0 + 1] << 8) | (q[k0 + 2] << 16) | (q[k0 + 3] << 24);
     };
-    *reinterpret_cast<uint2*>(data + c0) = pack8(q1);
-    *reinterpret_cast<uint2*>(data + half + c0) = pack8(q2);
+#pragma unroll
+    for (int r = 0; r < PairRuns<kC>::kRuns; ++r) {
+      if constexpr (kC == 8) {
+        *reinterpret_cast<uint2*>(data + b[r]) = make_uint2(pack8(q1, 0), pack8(q1, 4));
+        *reinterpret_cast<uint2*>(data + half + b[r]) = make_uint2(pack8(q2, 0), pack8(q2, 4));
+      } else {
+        *reinterpret_cast<uint32_t*>(data + b[r]) = pack8(q1, kC * r);
+        *reinterpret_cast<uint32_t*>(data + half + b[r]) = pack8(q2, kC * r);
+      }
+    }
   }
   if (leader) {
     *reinterpret_cast<uint16_t*>(page + g.scale_offset(head, slot)) = s_bits;
@@ -349,23 +403,43 @@ __device__ __forceinline__ void quantize_group(const float (&x1)[8], const float
   }
 }
 
+// The cos and sin of lane l's 8 pairs (PairRuns<kC>) from a token's [cos[D/2], sin[D/2]] row
+// (the block's shared copy, or the step's table in global memory).
+template <int kC>
+__device__ __forceinline__ void lane_cos_sin(const float* cs, int l, int half_d, float (&cv)[8],
+                                             float (&sv)[8]) {
+  using Runs = PairRuns<kC>;
+#pragma unroll
+  for (int r = 0; r < Runs::kRuns; ++r) {
+    const int b = Runs::base(l, half_d, r);
+#pragma unroll
+    for (int v = 0; v < kC / 4; ++v) {
+      *reinterpret_cast<float4*>(cv + kC * r + 4 * v) =
+          *reinterpret_cast<const float4*>(cs + b + 4 * v);
+      *reinterpret_cast<float4*>(sv + kC * r + 4 * v) =
+          *reinterpret_cast<const float4*>(cs + half_d + b + 4 * v);
+    }
+  }
+}
+
 // Task tau of a token: head hh = tau / L (q heads, then k, then v), lane-in-head l = tau % L
-// (L = D / 16), rotation pairs i in [8l, 8l + 8). x1, x2: the task's inputs (channels [8l, 8l + 8)
-// and D/2 + those); cs: the token's cos[D/2], sin[D/2]. Every lane of the warp must call (the
-// K/V quantization shuffles over a head's lanes); `valid` lanes have a task.
-template <KvFormat F>
-__device__ __forceinline__ void rope_task(const RopeArgs& a, const float* cs, int64_t row, int tau,
-                                          bool valid, const float (&x1)[8], const float (&x2)[8],
-                                          int32_t page, int slot) {
+// (L = D / 16), rotation pairs at PairRuns<kC>::base(l, D/2, r) + i. x1, x2: the task's inputs
+// (the pairs' first-half channels and D/2 + those); cv, sv: their cos and sin (lane_cos_sin).
+// Every lane of the warp must call (the K/V quantization shuffles over a head's lanes); `valid`
+// lanes have a task.
+template <KvFormat F, int kC = 8>
+__device__ __forceinline__ void rope_task(const RopeArgs& a, const float (&cv)[8],
+                                          const float (&sv)[8], int64_t row, int tau, bool valid,
+                                          const float (&x1)[8], const float (&x2)[8], int32_t page,
+                                          int slot) {
+  using Runs = PairRuns<kC>;
   const int D = a.head_dim, half_d = D / 2, L = D / 16, Hq = a.num_heads, Hkv = a.kv_heads;
-  const int hh = tau / L, c0 = (tau % L) * 8;
+  const int hh = tau / L, l = tau % L;
+  int b[Runs::kRuns];
+#pragma unroll
+  for (int r = 0; r < Runs::kRuns; ++r) b[r] = Runs::base(l, half_d, r);
   const bool is_q = hh < Hq;
   auto rotate = [&](float(&o1)[8], float(&o2)[8]) {
-    float cv[8], sv[8];
-    *reinterpret_cast<float4*>(cv) = *reinterpret_cast<const float4*>(cs + c0);
-    *reinterpret_cast<float4*>(cv + 4) = *reinterpret_cast<const float4*>(cs + c0 + 4);
-    *reinterpret_cast<float4*>(sv) = *reinterpret_cast<const float4*>(cs + half_d + c0);
-    *reinterpret_cast<float4*>(sv + 4) = *reinterpret_cast<const float4*>(cs + half_d + c0 + 4);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       o1[k] = __fsub_rn(__fmul_rn(x1[k], cv[k]), __fmul_rn(x2[k], sv[k]));
@@ -375,11 +449,18 @@ __device__ __forceinline__ void rope_task(const RopeArgs& a, const float* cs, in
   if (valid && is_q) {
     float o1[8], o2[8];
     rotate(o1, o2);
-    float* o = a.q_out + (row * Hq + hh) * D + c0;
-    reinterpret_cast<float4*>(o)[0] = make_float4(o1[0], o1[1], o1[2], o1[3]);
-    reinterpret_cast<float4*>(o)[1] = make_float4(o1[4], o1[5], o1[6], o1[7]);
-    reinterpret_cast<float4*>(o + half_d)[0] = make_float4(o2[0], o2[1], o2[2], o2[3]);
-    reinterpret_cast<float4*>(o + half_d)[1] = make_float4(o2[4], o2[5], o2[6], o2[7]);
+    float* o = a.q_out + (row * Hq + hh) * D;
+#pragma unroll
+    for (int r = 0; r < Runs::kRuns; ++r) {
+#pragma unroll
+      for (int v = 0; v < kC / 4; ++v) {
+        const int k = kC * r + 4 * v;
+        reinterpret_cast<float4*>(o + b[r])[v] =
+            make_float4(o1[k], o1[k + 1], o1[k + 2], o1[k + 3]);
+        reinterpret_cast<float4*>(o + half_d + b[r])[v] =
+            make_float4(o2[k], o2[k + 1], o2[k + 2], o2[k + 3]);
+      }
+    }
   }
   // K (rotated) and V heads: fp16 rows out, then the page. Groups never mix q and k/v lanes (a
   // head is one aligned group), but a warp may, so the shuffles run on the whole warp.
@@ -388,7 +469,7 @@ __device__ __forceinline__ void rope_task(const RopeArgs& a, const float* cs, in
   const int kvh = hh - Hq;
   const bool is_v = kvh >= Hkv;
   const int h = is_v ? kvh - Hkv : kvh;
-  uint4 p1 = make_uint4(0, 0, 0, 0), p2 = p1;
+  uint4 p1 = make_uint4(0, 0, 0, 0), p2 = p1;  // the fp16 bits of elements 0..7
   if (is_kv) {
     if (!is_v) {
       float o1[8], o2[8];
@@ -399,23 +480,37 @@ __device__ __forceinline__ void rope_task(const RopeArgs& a, const float* cs, in
       p1 = pack_f16x8(x1);
       p2 = pack_f16x8(x2);
     }
-    uint16_t* dst = (is_v ? a.v16 : a.k16) + (row * Hkv + h) * D + c0;
-    *reinterpret_cast<uint4*>(dst) = p1;
-    *reinterpret_cast<uint4*>(dst + half_d) = p2;
+    uint16_t* dst = (is_v ? a.v16 : a.k16) + (row * Hkv + h) * D;
+    if constexpr (kC == 8) {
+      *reinterpret_cast<uint4*>(dst + b[0]) = p1;
+      *reinterpret_cast<uint4*>(dst + half_d + b[0]) = p2;
+    } else {
+      *reinterpret_cast<uint2*>(dst + b[0]) = make_uint2(p1.x, p1.y);
+      *reinterpret_cast<uint2*>(dst + b[1]) = make_uint2(p1.z, p1.w);
+      *reinterpret_cast<uint2*>(dst + half_d + b[0]) = make_uint2(p2.x, p2.y);
+      *reinterpret_cast<uint2*>(dst + half_d + b[1]) = make_uint2(p2.z, p2.w);
+    }
   }
   if (a.k_pool == nullptr) return;
   uint8_t* pg = (is_v ? a.v_pool : a.k_pool) + static_cast<int64_t>(page) * a.geom.page_bytes;
   if constexpr (F == KvFormat::kv16) {
     if (is_kv) {
       uint8_t* data = pg + a.geom.data_offset(h, slot);
-      *reinterpret_cast<uint4*>(data + 2 * c0) = p1;
-      *reinterpret_cast<uint4*>(data + 2 * (half_d + c0)) = p2;
+      if constexpr (kC == 8) {
+        *reinterpret_cast<uint4*>(data + 2 * b[0]) = p1;
+        *reinterpret_cast<uint4*>(data + 2 * (half_d + b[0])) = p2;
+      } else {
+        *reinterpret_cast<uint2*>(data + 2 * b[0]) = make_uint2(p1.x, p1.y);
+        *reinterpret_cast<uint2*>(data + 2 * b[1]) = make_uint2(p1.z, p1.w);
+        *reinterpret_cast<uint2*>(data + 2 * (half_d + b[0])) = make_uint2(p2.x, p2.y);
+        *reinterpret_cast<uint2*>(data + 2 * (half_d + b[1])) = make_uint2(p2.z, p2.w);
+      }
     }
   } else {
     float v1[8], v2[8];
     unpack_f16x8(p1, v1);
     unpack_f16x8(p2, v2);
-    quantize_group<F>(v1, v2, L, is_kv, pg, a.geom, h, slot, c0, half_d, c0 == 0);
+    quantize_group<F, kC>(v1, v2, L, is_kv, pg, a.geom, h, slot, b, half_d, l == 0);
   }
 }
 
@@ -476,7 +571,9 @@ __global__ void __launch_bounds__(kRopeThreads, kRopeBlocksPerSm)
       r1[m].get(x1);
       r2[m].get(x2);
     }
-    rope_task<F>(a, cs, row, tau, valid, x1, x2, page, pos % kPage);
+    float cv[8], sv[8];
+    lane_cos_sin<8>(cs, tau % L, half_d, cv, sv);
+    rope_task<F>(a, cv, sv, row, tau, valid, x1, x2, page, pos % kPage);
   }
 }
 
@@ -505,6 +602,8 @@ __global__ void __launch_bounds__(kRopeThreads, kRopeBlocksPerSm)
 // alone for the early exit; ptxas then sank the context_len / token_offset loads below the exit
 // (SASS: EXIT, then their LDGs), so the qkv loads still waited for two round trips. The exit
 // test now reads all three (one branch), which keeps them in the first round trip.
+// The v2 kernel's lane layout (PairRuns): two runs of 4 pairs per lane (whole-sector q stores).
+constexpr int kRopeChunkPairs = 4;
 constexpr int kRopeSpreadBlocks = 8;  // __launch_bounds__ of the kR = 1 form: <= 64 registers
 constexpr int kRopeSpreadWaves = 4;
 
@@ -521,9 +620,27 @@ __device__ __forceinline__ float ld_issue(const float* p) {
   return v;
 }
 
+// Task tau's 16 input elements of row src (the lane's pairs, PairRuns<kC>).
+template <int kC, typename In>
+__device__ __forceinline__ void load_task(const In* src, int tau, int D, Raw8<In>& r1,
+                                          Raw8<In>& r2) {
+  const int L = D / 16, half_d = D / 2;
+  const In* hp = src + (tau / L) * D;
+  const int l = tau % L;
+  if constexpr (kC == 8) {
+    r1.load(hp + 8 * l);
+    r2.load(hp + half_d + 8 * l);
+  } else {
+    const int b0 = PairRuns<kC>::base(l, half_d, 0), b1 = PairRuns<kC>::base(l, half_d, 1);
+    r1.load_split(hp + b0, hp + b1);
+    r2.load_split(hp + half_d + b0, hp + half_d + b1);
+  }
+}
+
 template <KvFormat F, typename In, int kR, int kMinBlocks>
 __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
     rope_kv_v2_kernel(const In* __restrict__ qkv, RopeArgs a, int parts) {
+  constexpr int kC = kRopeChunkPairs;
   extern __shared__ float cs[];  // cos[D/2], sin[D/2]
   const int j = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
   const int t = threadIdx.x;
@@ -557,11 +674,7 @@ __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
 #pragma unroll
   for (int m = 0; m < kR; ++m) {
     const int tau = (part + parts * m) * kRopeThreads + t;
-    if (tau < tasks) {
-      const In* p = src + (tau / L) * D + (tau % L) * 8;
-      r1[m].load(p);
-      r2[m].load(p + half_d);
-    }
+    if (tau < tasks) load_task<kC>(src, tau, D, r1[m], r2[m]);
   }
   // The token's cos/sin (as rope_cos_sin; the first inv_freq value is already here).
   for (int i = t; i < half_d; i += kRopeThreads) {
@@ -583,7 +696,104 @@ __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
       r1[m].get(x1);
       r2[m].get(x2);
     }
-    rope_task<F>(a, cs, row, tau, valid, x1, x2, page, pos % kPage);
+    float cv[8], sv[8];
+    lane_cos_sin<kC>(cs, tau % L, half_d, cv, sv);
+    rope_task<F, kC>(a, cv, sv, row, tau, valid, x1, x2, page, pos % kPage);
+  }
+}
+
+// ---- With the step's table (2026-12-01, tenth session): one round trip ---------------------
+//
+// rope_cos_sin_table (once per step, for all layers) writes, per qkv row of the step, the
+// token's cos/sin and a RopeRowInfo (page, slot; rows of no token are marked invalid). The
+// kernel below is then indexed by row instead of (token, sequence): a block's qkv row, its
+// lanes' cos/sin and the row's info need no other load's result, so they are all issued at
+// once, where rope_kv_v2_kernel needs the sequence's metadata first (two dependent round trips)
+// and computes the cos/sin behind a block barrier. Its blocks take one task block each (the
+// spread form): holding three tasks' cos/sin in registers spills.
+struct RopeRowInfo {
+  int32_t valid;  // 1: a token of the step; anything else (the memset's -1): no token
+  int32_t page;   // the page of its position (0 when the batch has no block table)
+  int32_t slot;   // its position's slot in that page
+  int32_t pos;    // its position
+};
+static_assert(sizeof(RopeRowInfo) == 16);
+
+__device__ __forceinline__ int4 ld_issue_v4(const int4* p) {
+  int4 v;
+  asm volatile("ld.global.nc.v4.s32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <KvFormat F, typename In>
+__global__ void __launch_bounds__(kRopeThreads, kRopeSpreadBlocks)
+    rope_kv_rows_kernel(const In* __restrict__ qkv, RopeArgs a, const RopeRowInfo* info) {
+  constexpr int kC = kRopeChunkPairs;
+  const int64_t row = blockIdx.x;
+  const int t = threadIdx.x, tau = blockIdx.y * kRopeThreads + t;
+  const int D = a.head_dim, half_d = D / 2, L = D / 16;
+  const int tasks = (a.num_heads + 2 * a.kv_heads) * L;
+  const bool valid = tau < tasks;
+  // Everything is read after the wait: qkv is the previous kernel's output, and the table may
+  // be too (a caller may build it just before; pdl.h). One round trip: the row's info, the
+  // lanes' cos/sin and qkv inputs are independent loads. Rows without a token are loaded too
+  // (the row exists: rows < the table's rows, which the caller sizes to its buffers) and then
+  // dropped.
+  pdl_wait();
+  pdl_trigger();
+  const int4 ri = ld_issue_v4(reinterpret_cast<const int4*>(info + row));
+  Raw8<In> r1, r2;
+  float cv[8], sv[8];
+  if (valid) {
+    load_task<kC>(qkv + row * a.qkv_stride, tau, D, r1, r2);
+    lane_cos_sin<kC>(a.cos_sin + row * D, tau % L, half_d, cv, sv);
+  }
+  if (ri.x != 1) return;
+  float x1[8], x2[8];
+  if (valid) {
+    r1.get(x1);
+    r2.get(x2);
+  }
+  rope_task<F, kC>(a, cv, sv, row, tau, valid, x1, x2, ri.y, ri.z);
+}
+
+// The step's cos/sin table and row infos: row r = token_offset[s] + j (position pos =
+// context_len[s] + j) gets [cos(pos inv_freq[i]) for i < D/2, sin(...)] in fp32, the values
+// rope_cos_sin computes (double sincos of the fp32 angle, rounded), and its RopeRowInfo. One
+// block per token; the infos of rows of no token stay as the memset before left them.
+__global__ void __launch_bounds__(kRopeThreads)
+    rope_cos_sin_table_kernel(RopeArgs a, float* __restrict__ table, RopeRowInfo* info,
+                              int64_t rows) {
+  const int j = blockIdx.x, seq = blockIdx.y;
+  const int t = threadIdx.x;
+  const int half_d = a.head_dim / 2;
+  const int32_t n = ld_issue(a.num_tokens + seq);
+  const int32_t ctx = ld_issue(a.context_len + seq);
+  const int32_t first = ld_issue(a.token_offset + seq);
+  // The metadata was written before the step; the table may still be read by the kernel before
+  // this one (pdl.h).
+  pdl_wait();
+  pdl_trigger();
+  if ((j >= n) | ((ctx | first) < 0)) return;
+  const int64_t r = static_cast<int64_t>(first) + j;
+  if (r >= rows) return;  // outside the table (the caller's contract: it never is)
+  const int pos = ctx + j;
+  float* out = table + r * a.head_dim;
+  for (int i = t; i < half_d; i += kRopeThreads) {
+    const float angle = __fmul_rn(static_cast<float>(pos), a.inv_freq[i]);
+    double sn, c;
+    sincos(static_cast<double>(angle), &sn, &c);
+    out[i] = static_cast<float>(c);
+    out[half_d + i] = static_cast<float>(sn);
+  }
+  if (t == 0) {
+    int32_t page = 0;
+    if (a.block_table != nullptr && pos / kPage < a.block_stride) {
+      page = a.block_table[static_cast<int64_t>(seq) * a.block_stride + pos / kPage];
+    }
+    info[r] = RopeRowInfo{1, page, pos % kPage, pos};
   }
 }
 
@@ -628,7 +838,8 @@ template <typename In>
 void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                   int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                   const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                  cudaStream_t stream, const char* op, RopePath path = RopePath::kAuto) {
+                  cudaStream_t stream, const RopeTableDevice* table, const char* op,
+                  RopePath path = RopePath::kAuto) {
   const bool allow_vec = path != RopePath::kBaseline;
   const std::string shape = "S=" + std::to_string(batch.num_seqs) +
                             " max_num_tokens=" + std::to_string(batch.max_num_tokens) +
@@ -667,14 +878,25 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   a.q_out = q_out;
   a.k16 = k16;
   a.v16 = v16;
+  if (table != nullptr) {
+    check(table->cos_sin != nullptr && table->row_info != nullptr && table->rows >= 0 &&
+              table->rows <= 0x7fffffff,
+          std::string(op) + ": the RoPE table needs cos_sin, row_info and 0..2^31-1 rows (" +
+              shape + ")");
+    check(reinterpret_cast<uintptr_t>(table->cos_sin) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(table->row_info) % 16 == 0,
+          std::string(op) + ": the RoPE table must be 16-byte aligned (" + shape + ")");
+    a.cos_sin = table->cos_sin;
+  }
 
   const bool vec =
       allow_vec && rope_vec_applies(qkv, qkv_stride, head_dim, q_out, k16, v16, cache, append);
   if (vec && path != RopePath::kPrev) {
     const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
     const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
-    const int64_t token_slots =
-        static_cast<int64_t>(batch.max_num_tokens) * static_cast<int64_t>(batch.num_seqs);
+    const int64_t token_slots = table != nullptr ? table->rows
+                                                 : static_cast<int64_t>(batch.max_num_tokens) *
+                                                       static_cast<int64_t>(batch.num_seqs);
     RopePath form = path;
     if (path == RopePath::kAuto) {
       form = token_slots * blocks <= kRopeSpreadWaves * kRopeSpreadBlocks *
@@ -687,6 +909,20 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
     check(parts <= 64, std::string(op) + ": too many heads (" + shape + ")");
     const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
                     static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(parts));
+    // The table (the row-indexed kernel) serves the spread form only: holding three tasks'
+    // cos/sin in registers spills (80 registers), and one block per token computes its cos/sin
+    // once for 3 task blocks.
+    if (table != nullptr && form == RopePath::kSpread) {
+      const dim3 rows_grid(static_cast<unsigned>(table->rows), static_cast<unsigned>(blocks));
+      if (table->rows == 0) return;
+      const auto* info = static_cast<const RopeRowInfo*>(table->row_info);
+      dispatch_kv_format(fmt, [&]<KvFormat F>() {
+        cuda_check(launch_pdl(rope_kv_rows_kernel<F, In>, rows_grid, dim3(kRopeThreads), 0, stream,
+                              qkv, a, info),
+                   op, shape);
+      });
+      return;
+    }
     const size_t smem = static_cast<size_t>(head_dim) * sizeof(float);
     dispatch_kv_format(fmt, [&]<KvFormat F>() {
       auto kernel = form == RopePath::kSpread
@@ -748,7 +984,7 @@ void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevic
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
                     cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "baseline::rope_kv_append", RopePath::kBaseline);
+               v16, stream, nullptr, "baseline::rope_kv_append", RopePath::kBaseline);
 }
 
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
@@ -756,7 +992,7 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
                         uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "baseline::rope_kv_append_f16", RopePath::kBaseline);
+               v16, stream, nullptr, "baseline::rope_kv_append_f16", RopePath::kBaseline);
 }
 
 }  // namespace baseline
@@ -768,7 +1004,7 @@ void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevic
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
                     cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "prev::rope_kv_append", RopePath::kPrev);
+               v16, stream, nullptr, "prev::rope_kv_append", RopePath::kPrev);
 }
 
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
@@ -776,7 +1012,7 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
                         uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "prev::rope_kv_append_f16", RopePath::kPrev);
+               v16, stream, nullptr, "prev::rope_kv_append_f16", RopePath::kPrev);
 }
 
 }  // namespace prev
@@ -784,28 +1020,31 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
 namespace forced {
 
 static RopePath rope_form(int task_blocks, const char* op) {
-  check(task_blocks == 1 || task_blocks == kRopeMaxTasks,
-        std::string(op) + ": task_blocks must be 1 or " + std::to_string(kRopeMaxTasks) + ", got " +
-            std::to_string(task_blocks));
-  return task_blocks == 1 ? RopePath::kSpread : RopePath::kToken;
+  check(task_blocks == 0 || task_blocks == 1 || task_blocks == kRopeMaxTasks,
+        std::string(op) + ": task_blocks must be 0 (the dispatch's), 1 or " +
+            std::to_string(kRopeMaxTasks) + ", got " + std::to_string(task_blocks));
+  return task_blocks == 0   ? RopePath::kAuto
+         : task_blocks == 1 ? RopePath::kSpread
+                            : RopePath::kToken;
 }
 
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                    cudaStream_t stream, int task_blocks) {
+                    cudaStream_t stream, int task_blocks, const RopeTableDevice* table) {
   const char* op = "forced::rope_kv_append";
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, op, rope_form(task_blocks, op));
+               v16, stream, table, op, rope_form(task_blocks, op));
 }
 
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                         int64_t num_heads, int64_t kv_heads, int64_t head_dim,
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
-                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks) {
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream, int task_blocks,
+                        const RopeTableDevice* table) {
   const char* op = "forced::rope_kv_append_f16";
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, op, rope_form(task_blocks, op));
+               v16, stream, table, op, rope_form(task_blocks, op));
 }
 
 }  // namespace forced
@@ -813,17 +1052,57 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
 void rope_kv_append(const float* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                     int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
                     const PagedKvDevice& cache, float* q_out, uint16_t* k16, uint16_t* v16,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, const RopeTableDevice* table) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "rope_kv_append");
+               v16, stream, table, "rope_kv_append");
 }
 
 void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                         int64_t num_heads, int64_t kv_heads, int64_t head_dim,
                         const float* inv_freq, const PagedKvDevice& cache, float* q_out,
-                        uint16_t* k16, uint16_t* v16, cudaStream_t stream) {
+                        uint16_t* k16, uint16_t* v16, cudaStream_t stream,
+                        const RopeTableDevice* table) {
   rope_kv_impl(qkv, qkv_stride, batch, num_heads, kv_heads, head_dim, inv_freq, cache, q_out, k16,
-               v16, stream, "rope_kv_append_f16");
+               v16, stream, table, "rope_kv_append_f16");
+}
+
+size_t rope_table_row_bytes(int64_t head_dim) {
+  return static_cast<size_t>(head_dim) * sizeof(float) + sizeof(RopeRowInfo);
+}
+
+void rope_cos_sin_table(const VarlenBatchDevice& batch, int64_t head_dim, const float* inv_freq,
+                        const RopeTableDevice& table, cudaStream_t stream) {
+  const std::string shape = "S=" + std::to_string(batch.num_seqs) +
+                            " max_num_tokens=" + std::to_string(batch.max_num_tokens) +
+                            " D=" + std::to_string(head_dim) +
+                            " rows=" + std::to_string(table.rows);
+  check(head_dim > 0 && head_dim % 2 == 0 && head_dim <= 1024,
+        "rope_cos_sin_table: need an even head_dim <= 1024 (" + shape + ")");
+  check(batch.num_seqs >= 0 && batch.num_seqs <= 65535 && batch.max_num_tokens >= 0,
+        "rope_cos_sin_table: 0..65535 sequences (" + shape + ")");
+  check(table.rows >= 0 && table.rows <= 0x7fffffff,
+        "rope_cos_sin_table: 0..2^31-1 rows (" + shape + ")");
+  if (table.rows == 0) return;
+  check(table.cos_sin != nullptr && table.row_info != nullptr && inv_freq != nullptr,
+        "rope_cos_sin_table: null table, row infos or inv_freq (" + shape + ")");
+  // Every row starts as "no token"; the kernel then marks the batch's rows.
+  cuda_check(cudaMemsetAsync(table.row_info, 0xff,
+                             static_cast<size_t>(table.rows) * sizeof(RopeRowInfo), stream),
+             "rope_cos_sin_table memset", shape);
+  if (batch.num_seqs == 0 || batch.max_num_tokens == 0) return;
+  RopeArgs a{};
+  a.token_offset = batch.token_offset;
+  a.num_tokens = batch.num_tokens;
+  a.context_len = batch.context_len;
+  a.block_table = batch.block_table;
+  a.block_stride = batch.block_stride;
+  a.head_dim = static_cast<int>(head_dim);
+  a.inv_freq = inv_freq;
+  const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
+                  static_cast<unsigned>(batch.num_seqs));
+  cuda_check(launch_pdl(rope_cos_sin_table_kernel, grid, dim3(kRopeThreads), 0, stream, a,
+                        table.cos_sin, static_cast<RopeRowInfo*>(table.row_info), table.rows),
+             "rope_cos_sin_table", shape);
 }
 
 }  // namespace qserve::cuda
