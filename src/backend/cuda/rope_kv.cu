@@ -719,9 +719,11 @@ struct RopeRowInfo {
 };
 static_assert(sizeof(RopeRowInfo) == 16);
 
+// The row info through the coherent path (not .nc): the table may be the previous kernel's
+// output, read right after the PDL wait.
 __device__ __forceinline__ int4 ld_issue_v4(const int4* p) {
   int4 v;
-  asm volatile("ld.global.nc.v4.s32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.v4.s32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
