@@ -587,8 +587,7 @@ struct RopeBatch {
     batch.max_num_tokens = static_cast<int32_t>(n);
     batch.max_total_len = static_cast<int32_t>(ctx + n);
     cs = DeviceBuffer<float>(static_cast<size_t>(T * kD));
-    ri = DeviceBuffer<uint8_t>(static_cast<size_t>(T) *
-                               (qserve::cuda::rope_table_row_bytes(kD) - kD * sizeof(float)));
+    ri = DeviceBuffer<uint8_t>(static_cast<size_t>(T) * qserve::cuda::kRopeRowInfoBytes);
     rope_table = {cs.data(), ri.data(), T};
     build_table();
   }

@@ -74,10 +74,15 @@ void CudaExecutor::forward(const StepInputs& in, const StepBuffers& b, const Gem
 
   embedding_f32(w_.embed.data(), in.tokens, T, H, b.x, s);
   mark(OpClass::kInput, {static_cast<double>(T * H) * 8.0, 0.0});
-  // The step's RoPE table (cos/sin and each row's page slot), once for all layers.
+  // The step's RoPE table (cos/sin and each row's page slot), once for all layers, where the
+  // layers' RoPE reads one (decode-sized steps; a step's shape is fixed, so graphs keep it).
   const RopeTableDevice rope_table{b.rope_cs, b.rope_info, T};
-  rope_cos_sin_table(in.all, hd, w_.inv_freq.data(), rope_table, s);
-  mark(OpClass::kRopeKv, {static_cast<double>(T * hd) * 4.0, 0.0});
+  const bool use_rope_table = rope_table_applies(T, cfg_.num_heads, cfg_.num_kv_heads, hd);
+  if (use_rope_table) {
+    rope_cos_sin_table(in.all, hd, w_.inv_freq.data(), rope_table, s);
+    mark(OpClass::kRopeKv, {static_cast<double>(T * hd) * 4.0, 0.0});
+  }
+  const RopeTableDevice* rope_table_arg = use_rope_table ? &rope_table : nullptr;
 
   if (w_.quantized) {
     const auto qout = [&](bool sum) {
@@ -97,7 +102,7 @@ void CudaExecutor::forward(const StepInputs& in, const StepBuffers& b, const Gem
       mark(OpClass::kGemmQkv, gemm_work(L.qkv, T));
       const PagedKvDevice cache = layer_cache(l);
       rope_kv_append_f16(b.qkv16, qd + 2 * kvd, in.all, heads, cfg_.num_kv_heads, hd,
-                         w_.inv_freq.data(), cache, b.q, b.k16, b.v16, s, &rope_table);
+                         w_.inv_freq.data(), cache, b.q, b.k16, b.v16, s, rope_table_arg);
       mark(OpClass::kRopeKv, rope_work_);
       attention(b.q, b.k16, b.v16, cache, in, b.attn, b);
       quantize_per_token_f32(b.attn, T, qd, b.aq, b.ascale, L.o.needs_act_sum() ? b.asum : nullptr,
@@ -132,7 +137,7 @@ void CudaExecutor::forward(const StepInputs& in, const StepBuffers& b, const Gem
       mark(OpClass::kGemmQkv);
       const PagedKvDevice cache = layer_cache(l);
       rope_kv_append(b.qkv, qd + 2 * kvd, in.all, heads, cfg_.num_kv_heads, hd, w_.inv_freq.data(),
-                     cache, b.q, b.k16, b.v16, s, &rope_table);
+                     cache, b.q, b.k16, b.v16, s, rope_table_arg);
       mark(OpClass::kRopeKv);
       attention(b.q, b.k16, b.v16, cache, in, b.attn, b);
       f32_gemm(std::get<LinearF32OnDevice>(L.o.w), b.attn, T, b.proj);

@@ -42,8 +42,7 @@ StepBuffers::StepBuffers(const ModelConfig& cfg, bool quantized, const StepDims&
     k16 = c.take<uint16_t>(T * kvd);
     v16 = c.take<uint16_t>(T * kvd);
     rope_cs = c.take<float>(T * static_cast<size_t>(cfg.head_dim));
-    rope_info = c.take<uint8_t>(T * (rope_table_row_bytes(cfg.head_dim) -
-                                     static_cast<size_t>(cfg.head_dim) * sizeof(float)));
+    rope_info = c.take<uint8_t>(T * kRopeRowInfoBytes);
     if (quantized) {
       aq = c.take<int8_t>(T * widest);
       ascale = c.take<uint16_t>(T);

@@ -186,8 +186,7 @@ void run_case(const RopeCase& c, KvFormat fmt) {
   // forced, each with and without the step's cos/sin table, and the dispatch with the table as
   // the engine calls it): every output bit for bit against the baseline.
   DeviceBuffer<float> d_table(static_cast<size_t>(T * d));
-  DeviceBuffer<uint8_t> d_info(static_cast<size_t>(T) *
-                               (cuda::rope_table_row_bytes(d) - d * sizeof(float)));
+  DeviceBuffer<uint8_t> d_info(static_cast<size_t>(T) * cuda::kRopeRowInfoBytes);
   parity::poison(d_table.data(), d_table.bytes());
   parity::poison(d_info.data(), d_info.bytes());
   const cuda::RopeTableDevice table{d_table.data(), d_info.data(), T};
@@ -210,8 +209,7 @@ void run_case(const RopeCase& c, KvFormat fmt) {
       DeviceBuffer<uint16_t> b_k16(static_cast<size_t>(rows * kvd)),
           b_v16(static_cast<size_t>(rows * kvd));
       DeviceBuffer<float> p_table(static_cast<size_t>(rows * d));
-      DeviceBuffer<uint8_t> p_info(static_cast<size_t>(rows) *
-                                   (cuda::rope_table_row_bytes(d) - d * sizeof(float)));
+      DeviceBuffer<uint8_t> p_info(static_cast<size_t>(rows) * cuda::kRopeRowInfoBytes);
       const cuda::RopeTableDevice padded{p_table.data(), p_info.data(), rows};
       if (version == 7) {
         parity::poison(p_info.data(), p_info.bytes());

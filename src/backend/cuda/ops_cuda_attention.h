@@ -62,9 +62,10 @@ struct VarlenBatchDevice {
 };
 
 // The step's RoPE table (rope_cos_sin_table below).
+constexpr size_t kRopeRowInfoBytes = 16;  // one row info (page, slot, valid)
 struct RopeTableDevice {
   float* cos_sin = nullptr;  // [rows, head_dim] fp32, 16-byte aligned
-  void* row_info = nullptr;  // [rows] 16 bytes each, 16-byte aligned
+  void* row_info = nullptr;  // [rows] kRopeRowInfoBytes each, 16-byte aligned
   int64_t rows = 0;
 };
 
@@ -112,6 +113,10 @@ void rope_cos_sin_table(const VarlenBatchDevice& batch, int64_t head_dim, const 
                         const RopeTableDevice& table, cudaStream_t stream);
 // Bytes of one table row (cos_sin row + row info): the step buffers' per-row share.
 size_t rope_table_row_bytes(int64_t head_dim);
+// Whether rope_kv_append reads a table for a step of `rows` rows at this geometry (the
+// row-indexed kernel serves decode-sized steps; larger ones compute their cos/sin per block), so
+// that a caller builds it only then.
+bool rope_table_applies(int64_t rows, int64_t num_heads, int64_t kv_heads, int64_t head_dim);
 
 // ---------------------------------------------------------------------------------------------
 // Attention (attention_decode.cu, attention_prefill.cu)

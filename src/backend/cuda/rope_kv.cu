@@ -620,21 +620,16 @@ __device__ __forceinline__ float ld_issue(const float* p) {
   return v;
 }
 
-// Task tau's 16 input elements of row src (the lane's pairs, PairRuns<kC>).
-template <int kC, typename In>
+// Task tau's 16 input elements of row src (the lane's pairs as two runs of 4, PairRuns<4>).
+template <typename In>
 __device__ __forceinline__ void load_task(const In* src, int tau, int D, Raw8<In>& r1,
                                           Raw8<In>& r2) {
   const int L = D / 16, half_d = D / 2;
   const In* hp = src + (tau / L) * D;
   const int l = tau % L;
-  if constexpr (kC == 8) {
-    r1.load(hp + 8 * l);
-    r2.load(hp + half_d + 8 * l);
-  } else {
-    const int b0 = PairRuns<kC>::base(l, half_d, 0), b1 = PairRuns<kC>::base(l, half_d, 1);
-    r1.load_split(hp + b0, hp + b1);
-    r2.load_split(hp + half_d + b0, hp + half_d + b1);
-  }
+  const int b0 = PairRuns<4>::base(l, half_d, 0), b1 = PairRuns<4>::base(l, half_d, 1);
+  r1.load_split(hp + b0, hp + b1);
+  r2.load_split(hp + half_d + b0, hp + half_d + b1);
 }
 
 template <KvFormat F, typename In, int kR, int kMinBlocks>
@@ -674,7 +669,7 @@ __global__ void __launch_bounds__(kRopeThreads, kMinBlocks)
 #pragma unroll
   for (int m = 0; m < kR; ++m) {
     const int tau = (part + parts * m) * kRopeThreads + t;
-    if (tau < tasks) load_task<kC>(src, tau, D, r1[m], r2[m]);
+    if (tau < tasks) load_task(src, tau, D, r1[m], r2[m]);
   }
   // The token's cos/sin (as rope_cos_sin; the first inv_freq value is already here).
   for (int i = t; i < half_d; i += kRopeThreads) {
@@ -715,9 +710,9 @@ struct RopeRowInfo {
   int32_t valid;  // 1: a token of the step; anything else (the memset's -1): no token
   int32_t page;   // the page of its position (0 when the batch has no block table)
   int32_t slot;   // its position's slot in that page
-  int32_t pos;    // its position
+  int32_t pad;    // (16-byte rows: one load)
 };
-static_assert(sizeof(RopeRowInfo) == 16);
+static_assert(sizeof(RopeRowInfo) == kRopeRowInfoBytes);
 
 // The row info through the coherent path (not .nc): the table may be the previous kernel's
 // output, read right after the PDL wait.
@@ -749,7 +744,7 @@ __global__ void __launch_bounds__(kRopeThreads, kRopeSpreadBlocks)
   Raw8<In> r1, r2;
   float cv[8], sv[8];
   if (valid) {
-    load_task<kC>(qkv + row * a.qkv_stride, tau, D, r1, r2);
+    load_task(qkv + row * a.qkv_stride, tau, D, r1, r2);
     lane_cos_sin<kC>(a.cos_sin + row * D, tau % L, half_d, cv, sv);
   }
   if (ri.x != 1) return;
@@ -795,7 +790,7 @@ __global__ void __launch_bounds__(kRopeThreads)
     if (a.block_table != nullptr && pos / kPage < a.block_stride) {
       page = a.block_table[static_cast<int64_t>(seq) * a.block_stride + pos / kPage];
     }
-    info[r] = RopeRowInfo{1, page, pos % kPage, pos};
+    info[r] = RopeRowInfo{1, page, pos % kPage, 0};
   }
 }
 
@@ -836,6 +831,29 @@ void dispatch_kv_format(KvFormat fmt, Fn&& fn) {
 // (kBaseline). Shapes the vectorized kernels do not take run the scalar kernel whatever the path.
 enum class RopePath { kAuto, kSpread, kToken, kPrev, kBaseline };
 
+// The batch's metadata, geometry-free part of RopeArgs (rope_kv_impl, rope_cos_sin_table).
+RopeArgs rope_batch_args(const VarlenBatchDevice& batch, int64_t head_dim, const float* inv_freq) {
+  RopeArgs a{};
+  a.token_offset = batch.token_offset;
+  a.num_tokens = batch.num_tokens;
+  a.context_len = batch.context_len;
+  a.block_table = batch.block_table;
+  a.block_stride = batch.block_stride;
+  a.head_dim = static_cast<int>(head_dim);
+  a.inv_freq = inv_freq;
+  return a;
+}
+
+// The dispatch's launch form: a token's task blocks spread over blocks while that grid has at
+// most kRopeSpreadWaves waves of kRopeSpreadBlocks blocks per SM, one block per token above.
+// (The RoPE table serves the spread form only: rope_table_applies.)
+bool rope_spread_form(int64_t token_slots, int64_t num_heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
+  const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+  return token_slots * blocks <=
+         kRopeSpreadWaves * kRopeSpreadBlocks * static_cast<int64_t>(current_device_sm_count());
+}
+
 template <typename In>
 void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& batch,
                   int64_t num_heads, int64_t kv_heads, int64_t head_dim, const float* inv_freq,
@@ -862,17 +880,10 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   }
   if (batch.num_seqs == 0 || batch.max_num_tokens == 0) return;
 
-  RopeArgs a{};
+  RopeArgs a = rope_batch_args(batch, head_dim, inv_freq);
   a.qkv_stride = qkv_stride;
-  a.token_offset = batch.token_offset;
-  a.num_tokens = batch.num_tokens;
-  a.context_len = batch.context_len;
-  a.block_table = batch.block_table;
-  a.block_stride = batch.block_stride;
   a.num_heads = static_cast<int>(num_heads);
   a.kv_heads = static_cast<int>(kv_heads);
-  a.head_dim = static_cast<int>(head_dim);
-  a.inv_freq = inv_freq;
   a.k_pool = append ? cache.k_pool : nullptr;
   a.v_pool = append ? cache.v_pool : nullptr;
   const KvFormat fmt = append ? cache.format : KvFormat::kv16;
@@ -901,10 +912,8 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
                                                        static_cast<int64_t>(batch.num_seqs);
     RopePath form = path;
     if (path == RopePath::kAuto) {
-      form = token_slots * blocks <= kRopeSpreadWaves * kRopeSpreadBlocks *
-                                         static_cast<int64_t>(current_device_sm_count())
-                 ? RopePath::kSpread
-                 : RopePath::kToken;
+      form = rope_spread_form(token_slots, num_heads, kv_heads, head_dim) ? RopePath::kSpread
+                                                                          : RopePath::kToken;
     }
     const int64_t parts =
         form == RopePath::kToken ? (blocks + kRopeMaxTasks - 1) / kRopeMaxTasks : blocks;
@@ -1068,6 +1077,11 @@ void rope_kv_append_f16(const uint16_t* qkv, int64_t qkv_stride, const VarlenBat
                v16, stream, table, "rope_kv_append_f16");
 }
 
+bool rope_table_applies(int64_t rows, int64_t num_heads, int64_t kv_heads, int64_t head_dim) {
+  return rows > 0 && num_heads > 0 && kv_heads > 0 && head_dim > 0 &&
+         rope_spread_form(rows, num_heads, kv_heads, head_dim);
+}
+
 size_t rope_table_row_bytes(int64_t head_dim) {
   return static_cast<size_t>(head_dim) * sizeof(float) + sizeof(RopeRowInfo);
 }
@@ -1092,14 +1106,7 @@ void rope_cos_sin_table(const VarlenBatchDevice& batch, int64_t head_dim, const 
                              static_cast<size_t>(table.rows) * sizeof(RopeRowInfo), stream),
              "rope_cos_sin_table memset", shape);
   if (batch.num_seqs == 0 || batch.max_num_tokens == 0) return;
-  RopeArgs a{};
-  a.token_offset = batch.token_offset;
-  a.num_tokens = batch.num_tokens;
-  a.context_len = batch.context_len;
-  a.block_table = batch.block_table;
-  a.block_stride = batch.block_stride;
-  a.head_dim = static_cast<int>(head_dim);
-  a.inv_freq = inv_freq;
+  const RopeArgs a = rope_batch_args(batch, head_dim, inv_freq);
   const dim3 grid(static_cast<unsigned>(batch.max_num_tokens),
                   static_cast<unsigned>(batch.num_seqs));
   cuda_check(launch_pdl(rope_cos_sin_table_kernel, grid, dim3(kRopeThreads), 0, stream, a,
