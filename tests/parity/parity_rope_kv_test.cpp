@@ -29,6 +29,7 @@
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/fused_baseline.h"
 #include "backend/cuda/ops_cuda_attention.h"
+#include "core/error.h"
 #include "core/half.h"
 #include "formats/hf_config.h"
 #include "parity/parity_attention_util.h"
@@ -469,6 +470,37 @@ TEST(ParityRopeKv, TinyRangesAndNoAppend) {
   plain.append = false;
   plain.seed = 7;
   run_case(plain, KvFormat::kv4);
+}
+
+// The RoPE table's API rejects what it cannot use, with an error, before any launch.
+TEST(ParityRopeKv, TableRejectsBadInput) {
+  QSERVE_PARITY_REQUIRE_GPU();
+  cuda::VarlenBatchDevice b;
+  b.num_seqs = 1;
+  b.max_num_tokens = 1;
+  b.max_total_len = 1;
+  DeviceBuffer<float> cs(64 * 8);
+  DeviceBuffer<uint8_t> info(8 * cuda::kRopeRowInfoBytes);
+  DeviceBuffer<float> inv(32);
+  const cuda::RopeTableDevice ok{cs.data(), info.data(), 8};
+  EXPECT_THROW(cuda::rope_cos_sin_table(b, 63, inv.data(), ok, nullptr), Error);  // odd head_dim
+  EXPECT_THROW(cuda::rope_cos_sin_table(b, 64, inv.data(), {cs.data(), info.data(), -1}, nullptr),
+               Error);
+  EXPECT_THROW(cuda::rope_cos_sin_table(b, 64, inv.data(), {nullptr, info.data(), 8}, nullptr),
+               Error);
+  EXPECT_THROW(cuda::rope_cos_sin_table(b, 64, nullptr, ok, nullptr), Error);
+  // rope_kv_append with a table that is incomplete or misaligned.
+  DeviceBuffer<uint16_t> qkv(3 * 64);
+  DeviceBuffer<float> q(64);
+  DeviceBuffer<uint16_t> k16(64), v16(64);
+  const cuda::PagedKvDevice no_cache;
+  const auto append = [&](const cuda::RopeTableDevice& t) {
+    cuda::rope_kv_append_f16(qkv.data(), 3 * 64, b, 1, 1, 64, inv.data(), no_cache, q.data(),
+                             k16.data(), v16.data(), nullptr, &t);
+  };
+  EXPECT_THROW(append({cs.data(), nullptr, 8}), Error);
+  EXPECT_THROW(append({cs.data() + 1, info.data(), 8}), Error);
+  EXPECT_THROW(append({cs.data(), info.data() + 4, 8}), Error);
 }
 
 }  // namespace
