@@ -26,7 +26,8 @@
 // where the dispatch thresholds belong): norm and SiLU "<kernel>_split2" / "_split4", SiLU with
 // the sum "_split1" (its dispatch above 4 rows per SM until 2026-11-30 (sixth session)), SiLU
 // "_cols4" (with and without the sum; the with-sum dispatch above 4 rows per SM since then, above 2
-// since the seventh session), RoPE
+// since the seventh session; SiLU "_split4" is the v2 kernel without the repair queue that the
+// dispatch's v2 launches use since 2026-12-01, eleventh session), RoPE
 // "_spread" / "_token"; all in backend/cuda/fused_baseline.h. After them, a
 // device-to-device copy of the same bytes (a cudaMemcpyAsync of bytes / 2, read + write = the
 // kernel's bytes; row "memcpy_d2d_same_bytes", system "cuda-memcpy", shape "<kernel>:<shape>"),

@@ -31,7 +31,9 @@
 // silu_mul_quant_cols4_kernel (since 2026-11-30, sixth session: 256 threads per row, 4 columns
 // each, the values and the sum in registers, no staging; see its comment). Above 4 rows per SM
 // the with-sum kernel was the v2 kernel with 128 threads per row (one per column group, the sum
-// in registers) until then: forced:: split 1.
+// in registers) until then: forced:: split 1. Since 2026-12-01 (eleventh session) the
+// dispatch's v2 launches (up to 4 rows per SM without the sum, 2 with it) repair their
+// uncertain pairs through a block-wide queue (see "The block-wide repair queue").
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -452,6 +454,60 @@ __device__ __forceinline__ float row_amax(ThreadMax thread_max, float* ex_max, i
   return amax;
 }
 
+// The definition's pair (the repair path): silu_f16_ref and the fp32 product, for elements
+// gate[0], gate[1] / up[0], up[1].
+template <typename T>
+__device__ __forceinline__ uint32_t silu_mul_pair_ref(const T* gate, const T* up) {
+  const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[0]))), load_f(up[0])));
+  const uint16_t o1 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[1]))), load_f(up[1])));
+  return static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
+}
+
+// ---- The block-wide repair queue (2026-12-01, eleventh session) -----------------------------
+//
+// About 1% of pairs are not certified by the fp32 path and must be recomputed by the definition
+// (a double exp and an IEEE division per element: ~100 instructions a pair). Repaired by their
+// owner lanes, each warp runs as many rounds as its busiest lane has uncertain pairs (1-2 rounds
+// in almost every warp), with the other lanes idle: ncu at 2,048 tokens counted ~32 issued
+// instructions per element against ~20 in the certified path. With the queue, each thread
+// appends its uncertain pairs to a block-wide list (one shared atomic per thread that has any),
+// and after a barrier the whole block recomputes the list densely, 32 pairs per warp round: a
+// row's ~80 uncertain pairs take ~3 warp rounds instead of one or two in each of its 8-16 warps.
+// The repaired pairs go straight into the staged values (silu_mul_quant_v2_kernel; the cols4
+// kernel, whose values live in registers, measured no gain from it: owners must pick their
+// results up after a second barrier). Pairs beyond kRepairQueue (rows of zeros, where nothing
+// certifies) stay with their owner's per-lane rounds, as before. The price is two barriers per
+// row, which at full occupancy cost more than the rounds they save: the dispatch queues up to 4
+// rows per SM (bench_fused, H200, us without / with the queue: 256 tokens 10.7 / 10.0, with the
+// sum 11.5 / 10.6; 512 16.0 / 15.6; 4,096 94.5 / 98.3; 8,192 180.2 / 188.5).
+constexpr int kRepairQueue = 512;
+struct RepairQueue {
+  uint32_t n;                  // pairs reserved (may exceed kRepairQueue: those stay local)
+  uint16_t pos[kRepairQueue];  // the pair's staging word (= its first column / 2)
+};
+
+// Reserves `count` queue slots for this thread; returns the run's start (count = 0: no atomic).
+__device__ __forceinline__ uint32_t repair_queue_reserve(RepairQueue& rq, int count) {
+  return count > 0 ? atomicAdd(&rq.n, static_cast<uint32_t>(count)) : 0u;
+}
+// How many of a run of `count` starting at `base` fit in the queue.
+__device__ __forceinline__ int repair_queue_fit(uint32_t base, int count) {
+  return base >= static_cast<uint32_t>(kRepairQueue)
+             ? 0
+             : min(count, kRepairQueue - static_cast<int>(base));
+}
+// The dense pass (after a barrier that follows every reserve): each entry's pair, by the
+// definition, handed to store(pos, packed pair). gate_row / up_row: the row's first element.
+template <typename T, class Store>
+__device__ __forceinline__ void repair_queue_run(const RepairQueue& rq, const T* gate_row,
+                                                 const T* up_row, Store store) {
+  const int n = min(static_cast<int>(rq.n), kRepairQueue);
+  for (int e = static_cast<int>(threadIdx.x); e < n; e += static_cast<int>(blockDim.x)) {
+    const int pos = rq.pos[e];
+    store(pos, silu_mul_pair_ref(gate_row + 2 * pos, up_row + 2 * pos));
+  }
+}
+
 // ---- The leaner fused kernel (silu_mul_quant_v2_kernel) ------------------------------------
 //
 // The vec kernel's structure (16-byte loads, values staged in shared memory, uncertain elements
@@ -562,94 +618,57 @@ __device__ __forceinline__ void sum_from_staged(const uint4* vals, int inter, fl
   }
 }
 
-template <typename T, bool kSum, int kSplit>
-__global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / kSplit)
-    silu_mul_quant_v2_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
-                             uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
-                             uint16_t* __restrict__ out) {
-  constexpr bool kF16 = sizeof(T) == 2;
+// One chunk of 8 elements (the v2 kernel's per-pair step): the packed fp16 SiLU·mul pairs o[i]
+// and a 4-bit mask of the pairs to repair (an uncertain SiLU, or for fp16 inputs a non-finite
+// product, whose NaN bits the fp32 route defines).
+template <typename T>
+__device__ __forceinline__ uint32_t silu_mul_chunk8(const Vec8<T>& g, const Vec8<T>& u,
+                                                    uint32_t (&o)[4]) {
+  uint32_t bad4 = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t unc;
+    const uint32_t h = silu2_f16_cert(g[2 * i], g[2 * i + 1], unc);
+    uint32_t bad;
+    if constexpr (sizeof(T) == 2) {
+      const uint32_t uw = i == 0 ? u.raw.x : i == 1 ? u.raw.y : i == 2 ? u.raw.z : u.raw.w;
+      const __half2 prod =
+          __hmul2_rn(*reinterpret_cast<const __half2*>(&h), *reinterpret_cast<const __half2*>(&uw));
+      // fma(prod, 0, +0): +0 for a finite half, NaN for an infinite or NaN one.
+      const __half2 z =
+          __hfma2(prod, __half2half2(__ushort_as_half(0)), __half2half2(__ushort_as_half(0)));
+      o[i] = *reinterpret_cast<const uint32_t*>(&prod);
+      bad = unc | *reinterpret_cast<const uint32_t*>(&z);
+    } else {
+      o[i] = detail::f2h2(__fmul_rn(detail::h2f_lo(h), u[2 * i]),
+                          __fmul_rn(detail::h2f_hi(h), u[2 * i + 1]));
+      bad = unc;
+    }
+    if (bad != 0) bad4 |= 1u << i;
+  }
+  return bad4;
+}
+
+// The end of a staged row (the v2 and bulk-copy kernels): amax over the staged fp16 values,
+// the codes (and `out`), the scale and, with kSum, the per-token sum. vals: the row's staging,
+// complete (every repair stored, a barrier passed). row: the token's row; p / phase: the thread's
+// column group and chunk phase (chunk(m) = phase + kSplit m).
+template <bool kSum, int kSplit>
+__device__ __forceinline__ void finish_staged_row(const uint4* vals, int inter, int64_t row, int p,
+                                                  int phase, int8_t* __restrict__ q,
+                                                  uint16_t* __restrict__ scale,
+                                                  uint16_t* __restrict__ sum,
+                                                  uint16_t* __restrict__ out, float* ex_max,
+                                                  float* ex_sum) {
   constexpr int kV = detail::kVecPerThread;
   constexpr int kC = detail::kVecChunk;
-  constexpr int kGroups = detail::kVecRowThreads;  // column groups per chunk
-  constexpr int kM = kVecMaxChunks / kSplit;       // chunks per thread (at most)
+  constexpr int kGroups = detail::kVecRowThreads;
+  constexpr int kM = kVecMaxChunks / kSplit;
   constexpr int kWarps = detail::kVecRowWarps * kSplit;
-  // Chunks per load group: 8 x 32 bytes (fp16) or 4 x 64 bytes (fp32; 2 at kSplit = 4, whose
-  // 512 threads have 64 registers each) in flight per thread.
-  constexpr int kLoadGroup = std::min(kM, kF16 ? 8 : kSplit == 4 ? 2 : 4);
-  static_assert(4 * kM <= 64, "4 pair bits per chunk slot in a 64-bit mask");
-  extern __shared__ uint4 vals[];  // [chunk][column group]: 8 fp16 SiLU·mul values each
-  __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
-  pdl_wait();  // gate_up is the previous kernel's output (pdl.h)
-  pdl_trigger();
-  const int t = threadIdx.x, p = t % kGroups, phase = t / kGroups;
-  const int64_t row_off = static_cast<int64_t>(blockIdx.x) * inter + p * kV;
-  const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + p * kV;
-  const T* up = gate + inter;
+  const int t = threadIdx.x;
+  const int64_t row_off = row * inter + p * kV;
   auto chunk = [&](int m) { return phase + kSplit * m; };
   auto valid = [&](int m) { return chunk(m) * kC + p * kV < inter; };
-
-  uint64_t pend = 0;  // bit 4m + i: pair i (elements 2i, 2i + 1) of chunk slot m to repair
-#pragma unroll
-  for (int m0 = 0; m0 < kM; m0 += kLoadGroup) {
-    Vec8<T> g[kLoadGroup], u[kLoadGroup];
-#pragma unroll
-    for (int mm = 0; mm < kLoadGroup; ++mm) {
-      if (valid(m0 + mm)) {
-        g[mm].load(gate + chunk(m0 + mm) * kC);
-        u[mm].load(up + chunk(m0 + mm) * kC);
-      }
-    }
-#pragma unroll
-    for (int mm = 0; mm < kLoadGroup; ++mm) {
-      const int m = m0 + mm;
-      if (!valid(m)) continue;
-      uint32_t o[kV / 2];
-#pragma unroll
-      for (int i = 0; i < kV / 2; ++i) {
-        uint32_t unc;
-        const uint32_t h = silu2_f16_cert(g[mm][2 * i], g[mm][2 * i + 1], unc);
-        uint32_t bad;
-        if constexpr (kF16) {
-          const uint32_t uw = i == 0   ? u[mm].raw.x
-                              : i == 1 ? u[mm].raw.y
-                              : i == 2 ? u[mm].raw.z
-                                       : u[mm].raw.w;
-          const __half2 prod = __hmul2_rn(*reinterpret_cast<const __half2*>(&h),
-                                          *reinterpret_cast<const __half2*>(&uw));
-          // fma(prod, 0, +0): +0 for a finite half, NaN for an infinite or NaN one.
-          const __half2 z =
-              __hfma2(prod, __half2half2(__ushort_as_half(0)), __half2half2(__ushort_as_half(0)));
-          o[i] = *reinterpret_cast<const uint32_t*>(&prod);
-          bad = unc | *reinterpret_cast<const uint32_t*>(&z);
-        } else {
-          o[i] = detail::f2h2(__fmul_rn(detail::h2f_lo(h), u[mm][2 * i]),
-                              __fmul_rn(detail::h2f_hi(h), u[mm][2 * i + 1]));
-          bad = unc;
-        }
-        if (bad != 0) pend |= uint64_t{1} << (4 * m + i);
-      }
-      vals[chunk(m) * kGroups + p] = make_uint4(o[0], o[1], o[2], o[3]);
-    }
-  }
-
-  // Repair: each round, every lane with a pair left recomputes its lowest one by the definition
-  // (the fp32 route for the product).
-  bool mine = pend != 0;
-  while (__any_sync(detail::kFullMask, mine)) {
-    if (mine) {
-      const int idx = __ffsll(static_cast<long long>(pend)) - 1;
-      pend &= pend - 1;
-      const int j = chunk(idx / 4), k = 2 * (idx % 4);
-      const int off = j * kC + k;
-      const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off]))), load_f(up[off])));
-      const uint16_t o1 =
-          f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off + 1]))), load_f(up[off + 1])));
-      reinterpret_cast<uint32_t*>(vals)[(j * kGroups + p) * (kV / 2) + k / 2] =
-          static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
-      mine = pend != 0;
-    }
-  }
-
   bool plain;
   const float amax = row_amax<kWarps>(
       [&](auto nan) {
@@ -697,7 +716,7 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     }
   }
   constexpr float kInv127 = 1.0f / 127.0f;
-  if (t == 0) scale[blockIdx.x] = f2h(__fmul_rn(amax, kInv127));
+  if (t == 0) scale[row] = f2h(__fmul_rn(amax, kInv127));
   if constexpr (kSum) {
     if constexpr (kSplit == 1) {
       // One thread per column group: the partials are this thread's registers.
@@ -709,9 +728,101 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     __syncthreads();
     if (t < detail::kWarp) {
       const float total = detail::logical_block_total(ex_sum);
-      if (t == 0) sum[blockIdx.x] = f2h(total);
+      if (t == 0) sum[row] = f2h(total);
     }
   }
+}
+
+template <typename T, bool kSum, int kSplit, bool kQueue = false>
+__global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / kSplit)
+    silu_mul_quant_v2_kernel(const T* __restrict__ gate_up, int inter, int8_t* __restrict__ q,
+                             uint16_t* __restrict__ scale, uint16_t* __restrict__ sum,
+                             uint16_t* __restrict__ out) {
+  constexpr bool kF16 = sizeof(T) == 2;
+  constexpr int kV = detail::kVecPerThread;
+  constexpr int kC = detail::kVecChunk;
+  constexpr int kGroups = detail::kVecRowThreads;  // column groups per chunk
+  constexpr int kM = kVecMaxChunks / kSplit;       // chunks per thread (at most)
+  constexpr int kWarps = detail::kVecRowWarps * kSplit;
+  // Chunks per load group: 8 x 32 bytes (fp16) or 4 x 64 bytes (fp32; 2 at kSplit = 4, whose
+  // 512 threads have 64 registers each) in flight per thread.
+  constexpr int kLoadGroup = std::min(kM, kF16 ? 8 : kSplit == 4 ? 2 : 4);
+  static_assert(4 * kM <= 64, "4 pair bits per chunk slot in a 64-bit mask");
+  extern __shared__ uint4 vals[];  // [chunk][column group]: 8 fp16 SiLU·mul values each
+  __shared__ float ex_max[kWarps], ex_sum[detail::kWarp];
+  __shared__ RepairQueue rq;
+  if constexpr (kQueue) {
+    if (threadIdx.x == 0) rq.n = 0;
+    __syncthreads();
+  }
+  pdl_wait();  // gate_up is the previous kernel's output (pdl.h)
+  pdl_trigger();
+  const int t = threadIdx.x, p = t % kGroups, phase = t / kGroups;
+  const T* gate = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter + p * kV;
+  const T* up = gate + inter;
+  auto chunk = [&](int m) { return phase + kSplit * m; };
+  auto valid = [&](int m) { return chunk(m) * kC + p * kV < inter; };
+
+  uint64_t pend = 0;  // bit 4m + i: pair i (elements 2i, 2i + 1) of chunk slot m to repair
+#pragma unroll
+  for (int m0 = 0; m0 < kM; m0 += kLoadGroup) {
+    Vec8<T> g[kLoadGroup], u[kLoadGroup];
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      if (valid(m0 + mm)) {
+        g[mm].load(gate + chunk(m0 + mm) * kC);
+        u[mm].load(up + chunk(m0 + mm) * kC);
+      }
+    }
+#pragma unroll
+    for (int mm = 0; mm < kLoadGroup; ++mm) {
+      const int m = m0 + mm;
+      if (!valid(m)) continue;
+      uint32_t o[kV / 2];
+      pend |= uint64_t{silu_mul_chunk8(g[mm], u[mm], o)} << (4 * m);
+      vals[chunk(m) * kGroups + p] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+  }
+
+  if constexpr (kQueue) {
+    // vals word w = (chunk * kGroups + p) * 4 + pair holds columns 2w, 2w + 1 (kC = 2 * 4 *
+    // kGroups), so the queue's position is the word index.
+    const int cnt = __popcll(pend);
+    const uint32_t base = repair_queue_reserve(rq, cnt);
+    const int fit = repair_queue_fit(base, cnt);
+    for (int k = 0; k < fit; ++k) {
+      const int idx = __ffsll(static_cast<long long>(pend)) - 1;
+      pend &= pend - 1;
+      rq.pos[base + k] = static_cast<uint16_t>((chunk(idx / 4) * kGroups + p) * 4 + idx % 4);
+    }
+  }
+  // Repair: each round, every lane with a pair left recomputes its lowest one by the definition
+  // (the fp32 route for the product); with kQueue only the pairs the queue had no room for.
+  bool mine = pend != 0;
+  while (__any_sync(detail::kFullMask, mine)) {
+    if (mine) {
+      const int idx = __ffsll(static_cast<long long>(pend)) - 1;
+      pend &= pend - 1;
+      const int j = chunk(idx / 4), k = 2 * (idx % 4);
+      const int off = j * kC + k;
+      const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off]))), load_f(up[off])));
+      const uint16_t o1 =
+          f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off + 1]))), load_f(up[off + 1])));
+      reinterpret_cast<uint32_t*>(vals)[(j * kGroups + p) * (kV / 2) + k / 2] =
+          static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
+      mine = pend != 0;
+    }
+  }
+  if constexpr (kQueue) {
+    __syncthreads();  // every thread's reserve and positions
+    const T* gate_row = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter;
+    repair_queue_run(rq, gate_row, gate_row + inter,
+                     [](int pos, uint32_t w) { reinterpret_cast<uint32_t*>(vals)[pos] = w; });
+    __syncthreads();  // the repaired pairs, before the owners read their values for the amax
+  }
+
+  finish_staged_row<kSum, kSplit>(vals, inter, blockIdx.x, p, phase, q, scale, sum, out, ex_max,
+                                  ex_sum);
 }
 
 // ---- The register-resident kernel (silu_mul_quant_cols4_kernel, 2026-11-30, sixth session) --
@@ -785,15 +896,6 @@ __device__ __forceinline__ uint32_t silu_mul_pair(const Raw4<T>& g, const Raw4<T
     return detail::f2h2(__fmul_rn(detail::h2f_lo(h), u[2 * i]),
                         __fmul_rn(detail::h2f_hi(h), u[2 * i + 1]));
   }
-}
-
-// The definition's pair (the repair path): silu_f16_ref and the fp32 product, for elements
-// gate[0], gate[1] / up[0], up[1].
-template <typename T>
-__device__ __forceinline__ uint32_t silu_mul_pair_ref(const T* gate, const T* up) {
-  const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[0]))), load_f(up[0])));
-  const uint16_t o1 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[1]))), load_f(up[1])));
-  return static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
 }
 
 template <typename T, bool kSum>
@@ -997,6 +1099,7 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
                             sum, out),
                  op, shape(rows, inter));
     };
+    const int64_t sms = current_device_sm_count();
     if (path == SiluPath::kPrev) {
       if (sum != nullptr) {
         silu_mul_quant_vec_kernel<T, true, 1>
@@ -1018,17 +1121,22 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
       // before the amax exchange measured no better than split 4 (11.2 / 32.6 / 105.7 / 203.4 us,
       // fifth session) and was removed. The threshold moved from 4 to 2 rows per SM on the
       // seventh session's run with 512 tokens (the b512 decode step; split 4 / cols4 17.4 / 16.0
-      // us; 256 tokens 11.4 / 11.5, 1024 32.2 / 31.1; 2026-11-30-fused-h200-s7.json).
-      SiluPath p = path;
-      if (p == SiluPath::kAuto) {
-        p = rows <= 2 * static_cast<int64_t>(current_device_sm_count()) ? SiluPath::kV2Split4
-                                                                        : SiluPath::kCols4;
-      }
-      if (p == SiluPath::kCols4) {
+      // us; 256 tokens 11.4 / 11.5, 1024 32.2 / 31.1; 2026-11-30-fused-h200-s7.json). The v2
+      // launch repairs through the block-wide queue (2026-12-01, 256 tokens: 11.3-11.5 ->
+      // 10.6-10.8 us); the cols4 kernel gains nothing from it (its values live in registers, so
+      // the owners need a second barrier to collect the repaired pairs: 512 tokens 16.3 / 16.1,
+      // 4,096 96.4 / 98.7, 8,192 179.6 / 184.3 us without / with it).
+      if (path == SiluPath::kAuto) {
+        if (rows <= 2 * sms) {
+          launch(silu_mul_quant_v2_kernel<T, true, 4, true>, 4 * detail::kVecRowThreads, smem);
+        } else {
+          launch(silu_mul_quant_cols4_kernel<T, true>, kColsThreads, 0);
+        }
+      } else if (path == SiluPath::kCols4) {
         launch(silu_mul_quant_cols4_kernel<T, true>, kColsThreads, 0);
-      } else if (p == SiluPath::kV2Split1) {
+      } else if (path == SiluPath::kV2Split1) {
         launch(silu_mul_quant_v2_kernel<T, true, 1>, detail::kVecRowThreads, smem);
-      } else if (p == SiluPath::kV2Split2) {
+      } else if (path == SiluPath::kV2Split2) {
         launch(silu_mul_quant_v2_kernel<T, true, 2>, 2 * detail::kVecRowThreads, smem);
       } else {
         launch(silu_mul_quant_v2_kernel<T, true, 4>, 4 * detail::kVecRowThreads, smem);
@@ -1036,9 +1144,13 @@ void silu_mul_quant_impl(const char* op, const T* gate_up, int64_t rows, int64_t
     } else {
       // 4 threads per column group (512 per row) at every size: on the H200 (bench_fused,
       // 2026-11-30, inter 14336; split 4 / split 2) 256 tokens 10.3 / 10.9 us, 1024 29.6 /
-      // 32.8, 4096 94.6 / 105.1, 8192 179.8 / 199.0.
+      // 32.8, 4096 94.6 / 105.1, 8192 179.8 / 199.0. Up to 4 rows per SM with the repair queue
+      // (2026-12-01: 256 tokens 10.5 -> 10.0 us, 512 15.9 -> 15.6; 1,024 29.8 / 29.9, no gain;
+      // 4,096 94.5 -> 98.3 and 8,192 180.2 -> 188.5 with it everywhere).
       if (path == SiluPath::kCols4) {  // forced:: only: 11.0 / 30.1 us at 256 / 1024 tokens
         launch(silu_mul_quant_cols4_kernel<T, false>, kColsThreads, 0);
+      } else if (path == SiluPath::kAuto && rows <= 4 * sms) {
+        launch(silu_mul_quant_v2_kernel<T, false, 4, true>, 4 * detail::kVecRowThreads, smem);
       } else if (path != SiluPath::kV2Split2) {
         launch(silu_mul_quant_v2_kernel<T, false, 4>, 4 * detail::kVecRowThreads, smem);
       } else {
