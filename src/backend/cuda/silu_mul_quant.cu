@@ -649,7 +649,7 @@ __device__ __forceinline__ uint32_t silu_mul_chunk8(const Vec8<T>& g, const Vec8
   return bad4;
 }
 
-// The end of a staged row (the v2 and bulk-copy kernels): amax over the staged fp16 values,
+// The end of a staged row (silu_mul_quant_v2_kernel): amax over the staged fp16 values,
 // the codes (and `out`), the scale and, with kSum, the per-token sum. vals: the row's staging,
 // complete (every repair stored, a barrier passed). row: the token's row; p / phase: the thread's
 // column group and chunk phase (chunk(m) = phase + kSplit m).
