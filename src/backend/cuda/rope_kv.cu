@@ -844,12 +844,17 @@ RopeArgs rope_batch_args(const VarlenBatchDevice& batch, int64_t head_dim, const
   return a;
 }
 
+// A token's task blocks: kRopeThreads tasks of 8 rotation pairs each, over its q, k and v heads.
+int64_t rope_task_blocks(int64_t num_heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
+  return (tasks + kRopeThreads - 1) / kRopeThreads;
+}
+
 // The dispatch's launch form: a token's task blocks spread over blocks while that grid has at
 // most kRopeSpreadWaves waves of kRopeSpreadBlocks blocks per SM, one block per token above.
 // (The RoPE table serves the spread form only: rope_table_applies.)
 bool rope_spread_form(int64_t token_slots, int64_t num_heads, int64_t kv_heads, int64_t head_dim) {
-  const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
-  const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+  const int64_t blocks = rope_task_blocks(num_heads, kv_heads, head_dim);
   return token_slots * blocks <=
          kRopeSpreadWaves * kRopeSpreadBlocks * static_cast<int64_t>(current_device_sm_count());
 }
@@ -905,8 +910,7 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   const bool vec =
       allow_vec && rope_vec_applies(qkv, qkv_stride, head_dim, q_out, k16, v16, cache, append);
   if (vec && path != RopePath::kPrev) {
-    const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
-    const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+    const int64_t blocks = rope_task_blocks(num_heads, kv_heads, head_dim);
     const int64_t token_slots = table != nullptr ? table->rows
                                                  : static_cast<int64_t>(batch.max_num_tokens) *
                                                        static_cast<int64_t>(batch.num_seqs);
@@ -947,8 +951,7 @@ void rope_kv_impl(const In* qkv, int64_t qkv_stride, const VarlenBatchDevice& ba
   }
   if (vec) {
     // The vec kernel with its own dispatch (cuda::prev::).
-    const int64_t tasks = (num_heads + 2 * kv_heads) * (head_dim / 16);
-    const int64_t blocks = (tasks + kRopeThreads - 1) / kRopeThreads;
+    const int64_t blocks = rope_task_blocks(num_heads, kv_heads, head_dim);
     const int64_t token_slots =
         static_cast<int64_t>(batch.max_num_tokens) * static_cast<int64_t>(batch.num_seqs);
     int64_t parts = (blocks + kRopeMaxTasks - 1) / kRopeMaxTasks;

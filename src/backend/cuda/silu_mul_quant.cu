@@ -784,16 +784,21 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     }
   }
 
+  // Pair slot idx (chunk slot idx / 4, pair idx % 4) lives in staging word w = (chunk *
+  // kGroups + p) * 4 + pair, which holds columns 2w, 2w + 1 (kC = 2 * 4 * kGroups): the word is
+  // the pair's position for the repairs and the queue alike.
+  auto word = [&](int idx) { return (chunk(idx / 4) * kGroups + p) * 4 + idx % 4; };
+  const T* gate_row = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter;
+  const T* up_row = gate_row + inter;
+  uint32_t* const words = reinterpret_cast<uint32_t*>(vals);
   if constexpr (kQueue) {
-    // vals word w = (chunk * kGroups + p) * 4 + pair holds columns 2w, 2w + 1 (kC = 2 * 4 *
-    // kGroups), so the queue's position is the word index.
     const int cnt = __popcll(pend);
     const uint32_t base = repair_queue_reserve(rq, cnt);
     const int fit = repair_queue_fit(base, cnt);
     for (int k = 0; k < fit; ++k) {
       const int idx = __ffsll(static_cast<long long>(pend)) - 1;
       pend &= pend - 1;
-      rq.pos[base + k] = static_cast<uint16_t>((chunk(idx / 4) * kGroups + p) * 4 + idx % 4);
+      rq.pos[base + k] = static_cast<uint16_t>(word(idx));
     }
   }
   // Repair: each round, every lane with a pair left recomputes its lowest one by the definition
@@ -803,21 +808,14 @@ __global__ void __launch_bounds__(kSplitThreads<kSplit>, kSplit == 4 ? 2 : 4 / k
     if (mine) {
       const int idx = __ffsll(static_cast<long long>(pend)) - 1;
       pend &= pend - 1;
-      const int j = chunk(idx / 4), k = 2 * (idx % 4);
-      const int off = j * kC + k;
-      const uint16_t o0 = f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off]))), load_f(up[off])));
-      const uint16_t o1 =
-          f2h(__fmul_rn(h2f(silu_f16_ref(load_f(gate[off + 1]))), load_f(up[off + 1])));
-      reinterpret_cast<uint32_t*>(vals)[(j * kGroups + p) * (kV / 2) + k / 2] =
-          static_cast<uint32_t>(o0) | (static_cast<uint32_t>(o1) << 16);
+      const int w = word(idx);
+      words[w] = silu_mul_pair_ref(gate_row + 2 * w, up_row + 2 * w);
       mine = pend != 0;
     }
   }
   if constexpr (kQueue) {
     __syncthreads();  // every thread's reserve and positions
-    const T* gate_row = gate_up + static_cast<int64_t>(blockIdx.x) * 2 * inter;
-    repair_queue_run(rq, gate_row, gate_row + inter,
-                     [](int pos, uint32_t w) { reinterpret_cast<uint32_t*>(vals)[pos] = w; });
+    repair_queue_run(rq, gate_row, up_row, [words](int pos, uint32_t w) { words[pos] = w; });
     __syncthreads();  // the repaired pairs, before the owners read their values for the amax
   }
 
