@@ -301,6 +301,7 @@ struct Settings {
   bool quick = false;
   std::string json_path;
   bool tune_small_m = false;
+  bool floor = false;
   bool tune_large_m = false;
   bool tune_tile_order = false;
   std::string tune_out;  // the tuned table (.inc) to write
@@ -849,6 +850,85 @@ std::vector<std::string> tune_layer(const Layer& L, const Operands& o, Timer& ti
 }
 
 // ---------------------------------------------------------------------------------------------
+// --floor: what a small-M GEMM cannot beat in this harness (the fixed cost of one timed launch,
+// and reading the packed 4-bit weights once from HBM after the L2 flush)
+// ---------------------------------------------------------------------------------------------
+
+__global__ void floor_empty_kernel(uint32_t* sink) {
+  if (threadIdx.x == 1000000) sink[0] = 1;  // never; the launch is what is timed
+}
+
+// Reads `n` 16-byte words, kUnroll independent loads in flight per thread per round.
+template <int kUnroll>
+__global__ void floor_read_kernel(const uint4* __restrict__ buf, size_t n, uint32_t* sink) {
+  uint32_t x = 0;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w)
+                   : "l"(buf + i + u * stride));
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) x ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = buf[i];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (x == 0x9E3779B9u) sink[0] = x;
+}
+
+void floor_layer(const Layer& L, const Operands& o, Timer& timer, const Settings& st,
+                 cudaStream_t s, nlohmann::json& results) {
+  int sms = 0;
+  QSERVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "sms");
+  DeviceBuffer<uint32_t> sink(1);
+  const size_t bytes = static_cast<size_t>(L.n * L.k / 2);
+  const auto* words = reinterpret_cast<const uint4*>(o.q4_packed.data());
+  const auto row = [&](const std::string& kernel, const std::string& what,
+                       const std::function<void()>& launch) {
+    double us = 0;
+    const std::string e = timer.time(
+        [&] {
+          launch();
+          QSERVE_CUDA_CHECK(cudaGetLastError(), "floor launch");
+          return std::string();
+        },
+        st.warmup, st.reps, &us);
+    if (!e.empty()) return;
+    nlohmann::json r = {{"kernel", kernel}, {"shape", L.name}, {"N", L.n},     {"K", L.k},
+                        {"bytes", bytes},   {"what", what},    {"us", us},     {"system", "floor"}};
+    if (kernel != "empty") r["tbps"] = static_cast<double>(bytes) / (us * 1e-6) / 1e12;
+    results.push_back(r);
+    std::printf("floor %-8s %-12s %-20s %8.2f us", L.name.c_str(), kernel.c_str(), what.c_str(),
+                us);
+    if (kernel != "empty")
+      std::printf("  %.2f TB/s of %.1f MB", static_cast<double>(bytes) / (us * 1e-6) / 1e12,
+                  static_cast<double>(bytes) / 1e6);
+    std::printf("\n");
+  };
+  row("empty", "1 CTA", [&] { floor_empty_kernel<<<1, 32, 0, s>>>(sink.data()); });
+  row("empty", "SMs x 4 CTAs of 288", [&] {
+    floor_empty_kernel<<<static_cast<unsigned>(4 * sms), 288, 0, s>>>(sink.data());
+  });
+  for (const int ctas : {1, 2, 4, 8}) {
+    for (const int threads : {256, 512}) {
+      const unsigned grid = static_cast<unsigned>(ctas * sms);
+      const std::string what = std::to_string(ctas) + "/SM x " + std::to_string(threads);
+      row("read_ldg_u4", what, [&] {
+        floor_read_kernel<4><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data());
+      });
+      row("read_ldg_u8", what, [&] {
+        floor_read_kernel<8><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data());
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // --tune-large-m: the large-M per-channel W4A8 CUTLASS variants, per shape and M
 // ---------------------------------------------------------------------------------------------
 
@@ -1101,6 +1181,8 @@ void usage() {
       "            kernel (M = 8/16/32/64, per-channel and g128; each checked bit-exact first)\n"
       "            and write the fastest per case as "
       "src/backend/cuda/gemm_w4a8_small_m_tuned.inc\n"
+      "  --floor   per shape: an empty launch and HBM reads of the packed 4-bit weights, timed\n"
+      "            like the kernels (what a small-M GEMM cannot beat in this harness)\n"
       "  --tune-large-m  every large-M per-channel W4A8 CUTLASS variant at M = 65..4096\n"
       "  --tune-tile-order  the W4A8 and W8A8 large-M kernels under every CUTLASS tile order\n"
       "            (raster x swizzle; default M = 4096, 16384, 65536), each checked bit-exact\n");
@@ -1156,6 +1238,8 @@ int run(int argc, char** argv) {
       warm_set = true;
     } else if (a == "--tune-small-m")
       st.tune_small_m = true;
+    else if (a == "--floor")
+      st.floor = true;
     else if (a == "--tune-large-m")
       st.tune_large_m = true;
     else if (a == "--tune-tile-order")
@@ -1223,6 +1307,7 @@ int run(int argc, char** argv) {
   }
   if (st.shapes.size() == 1 && st.shapes[0] == "models") st.shapes = model_layer_names;
   if (st.tune_small_m) st.ms = {64};
+  if (st.floor) st.ms = {1};
   if (st.tune_large_m && !ms_set) st.ms = {65, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096};
   if (st.tune_tile_order && !ms_set) st.ms = {4096, 16384, 65536};
   const int64_t max_m = *std::max_element(st.ms.begin(), st.ms.end());
@@ -1280,6 +1365,10 @@ int run(int argc, char** argv) {
           break;
         }
       }
+      continue;
+    }
+    if (st.floor) {
+      floor_layer(L, o, timer, st, stream, results);
       continue;
     }
     if (st.tune_small_m) {

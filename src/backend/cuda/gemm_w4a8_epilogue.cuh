@@ -40,15 +40,26 @@ struct W4PerChannelEpi {
       prefetch_l2(a_sum + i);
     }
   }
-  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
-    const int64_t o = m * n_total + n;
-    if (acc_out != nullptr) acc_out[o] = acc;
+  // The operands of output (m, n), loaded apart from the arithmetic so a kernel can issue the
+  // loads before it waits for the accumulator (the small-M split-K reduction does).
+  struct Operands {
+    uint16_t s1, s1_szero, a_scale, a_sum, bias;
+  };
+  __device__ Operands load(int64_t m, int64_t n) const {
+    return {s1[n], s1_szeros[n], a_scale[m], a_sum[m], bias != nullptr ? bias[n] : uint16_t{0}};
+  }
+  __device__ void finish(int64_t m, int64_t n, int32_t acc, const Operands& o) const {
+    const int64_t at = m * n_total + n;
+    if (acc_out != nullptr) acc_out[at] = acc;
     // fma(a_scale, float(acc) * s1, -(s1_szero * a_sum)), both products rounded first.
-    const float scaled_acc = __fmul_rn(__int2float_rn(acc), h2f(s1[n]));
-    const float zero_term = __fmul_rn(h2f(s1_szeros[n]), h2f(a_sum[m]));
-    __half v = __float2half_rn(__fmaf_rn(h2f(a_scale[m]), scaled_acc, -zero_term));
-    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
-    y[o] = __half_as_ushort(v);
+    const float scaled_acc = __fmul_rn(__int2float_rn(acc), h2f(o.s1));
+    const float zero_term = __fmul_rn(h2f(o.s1_szero), h2f(o.a_sum));
+    __half v = __float2half_rn(__fmaf_rn(h2f(o.a_scale), scaled_acc, -zero_term));
+    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(o.bias));
+    y[at] = __half_as_ushort(v);
+  }
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    finish(m, n, acc, load(m, n));
   }
 };
 
@@ -64,13 +75,22 @@ struct W4G128Epi {
     if (i < 128 && n0 + i < n_total) prefetch_l2(s1 + n0 + i);
     if (i < m) prefetch_l2(a_scale + i);
   }
-  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
-    const int64_t o = m * n_total + n;
-    if (acc_out != nullptr) acc_out[o] = acc;
-    const float scale = __fmul_rn(h2f(s1[n]), h2f(a_scale[m]));
+  struct Operands {
+    uint16_t s1, a_scale, bias;
+  };
+  __device__ Operands load(int64_t m, int64_t n) const {
+    return {s1[n], a_scale[m], bias != nullptr ? bias[n] : uint16_t{0}};
+  }
+  __device__ void finish(int64_t m, int64_t n, int32_t acc, const Operands& o) const {
+    const int64_t at = m * n_total + n;
+    if (acc_out != nullptr) acc_out[at] = acc;
+    const float scale = __fmul_rn(h2f(o.s1), h2f(o.a_scale));
     __half v = __float2half_rn(__fmul_rn(__int2float_rn(acc), scale));
-    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(bias[n]));
-    y[o] = __half_as_ushort(v);
+    if (bias != nullptr) v = __hadd_rn(v, __ushort_as_half(o.bias));
+    y[at] = __half_as_ushort(v);
+  }
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    finish(m, n, acc, load(m, n));
   }
 };
 

@@ -193,19 +193,33 @@ template <int kTok, int kThreads, typename Epilogue>
 __device__ __forceinline__ void cluster_reduce_epilogue(const SmallMParams& p, int32_t* part,
                                                         const Epilogue& epi) {
   cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // all partial tiles of the cluster are in shared memory
   const int rank = static_cast<int>(cluster.block_rank());
   // Only the tokens that exist are reduced (M = 1 reduces 128 sums, not 8 * 128).
   const int tok_used = static_cast<int>(p.m < kTok ? p.m : kTok);
   const int elems = tok_used * kSmRows;
   const int e0 = elems * rank / p.splits, e1 = elems * (rank + 1) / p.splits;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kSmRows;
-  for (int e = e0 + static_cast<int>(threadIdx.x); e < e1; e += kThreads) {
-    int32_t sum = 0;
-    for (int s = 0; s < p.splits; ++s) sum += cluster.map_shared_rank(part, s)[e];
+  // The first element's epilogue operands (L2 hits: prefetched at kernel start) are loaded
+  // before the barrier, so their latency hides behind the wait for the cluster's slowest CTA.
+  int e = e0 + static_cast<int>(threadIdx.x);
+  typename Epilogue::Operands ops{};
+  if (e < e1 && n0 + e % kSmRows < p.n) ops = epi.load(e / kSmRows, n0 + e % kSmRows);
+  cluster.sync();  // all partial tiles of the cluster are in shared memory
+  for (bool first = true; e < e1; e += kThreads, first = false) {
     const int64_t tok = e / kSmRows;
     const int64_t n = n0 + e % kSmRows;
-    if (n < p.n) epi(tok, n, sum);
+    if (n >= p.n) continue;
+    if (!first) ops = epi.load(tok, n);
+    // All the cluster's loads of the element first, then the sum: one DSMEM round trip instead
+    // of one per split (the order of integer additions changes no bit).
+    int32_t v[kMaxSplits];
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s)
+      v[s] = s < p.splits ? cluster.map_shared_rank(part, s)[e] : 0;
+    int32_t sum = 0;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) sum += v[s];
+    epi.finish(tok, n, sum, ops);
   }
   cluster.sync();  // no CTA leaves while another still reads its shared memory
 }
