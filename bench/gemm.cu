@@ -899,8 +899,8 @@ void floor_layer(const Layer& L, const Operands& o, Timer& timer, const Settings
         },
         st.warmup, st.reps, &us);
     if (!e.empty()) return;
-    nlohmann::json r = {{"kernel", kernel}, {"shape", L.name}, {"N", L.n},     {"K", L.k},
-                        {"bytes", bytes},   {"what", what},    {"us", us},     {"system", "floor"}};
+    nlohmann::json r = {{"kernel", kernel}, {"shape", L.name}, {"N", L.n}, {"K", L.k},
+                        {"bytes", bytes},   {"what", what},    {"us", us}, {"system", "floor"}};
     if (kernel != "empty") r["tbps"] = static_cast<double>(bytes) / (us * 1e-6) / 1e12;
     results.push_back(r);
     std::printf("floor %-8s %-12s %-20s %8.2f us", L.name.c_str(), kernel.c_str(), what.c_str(),
@@ -911,19 +911,16 @@ void floor_layer(const Layer& L, const Operands& o, Timer& timer, const Settings
     std::printf("\n");
   };
   row("empty", "1 CTA", [&] { floor_empty_kernel<<<1, 32, 0, s>>>(sink.data()); });
-  row("empty", "SMs x 4 CTAs of 288", [&] {
-    floor_empty_kernel<<<static_cast<unsigned>(4 * sms), 288, 0, s>>>(sink.data());
-  });
+  row("empty", "SMs x 4 CTAs of 288",
+      [&] { floor_empty_kernel<<<static_cast<unsigned>(4 * sms), 288, 0, s>>>(sink.data()); });
   for (const int ctas : {1, 2, 4, 8}) {
     for (const int threads : {256, 512}) {
       const unsigned grid = static_cast<unsigned>(ctas * sms);
       const std::string what = std::to_string(ctas) + "/SM x " + std::to_string(threads);
-      row("read_ldg_u4", what, [&] {
-        floor_read_kernel<4><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data());
-      });
-      row("read_ldg_u8", what, [&] {
-        floor_read_kernel<8><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data());
-      });
+      row("read_ldg_u4", what,
+          [&] { floor_read_kernel<4><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
+      row("read_ldg_u8", what,
+          [&] { floor_read_kernel<8><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
     }
   }
 }
