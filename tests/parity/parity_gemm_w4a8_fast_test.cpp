@@ -21,6 +21,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -356,6 +357,9 @@ TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
     for (const int sp : {1, 2, 3, 4, 5, 6, 7}) configs.push_back({rt, u, sp, false});
   }
   for (const int sp : {1, 2, 3, 4, 5, 6, 7}) configs.push_back({1, 8, sp, true});
+  // The row-tile kernel (splits = its warps; 17 tiles: the last CTA of 2 has 1).
+  for (const auto& [rt, u, w] : {std::tuple{1, 4, 8}, std::tuple{1, 8, 8}, std::tuple{2, 4, 8}})
+    configs.push_back({rt, u, w, false, true});
   for (const int64_t m : {1, 5, 8, 9, 16, 17, 32, 33, 64}) {
     for (const bool g128 : {false, true}) {
       const int64_t kk = g128 ? 384 : k;
@@ -375,11 +379,11 @@ TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const std::vector<uint16_t> want = to_host(y_ref);
       for (const cuda::W4A8SmallMConfig& c : configs) {
-        if (c.splits > kk / 64) continue;  // g128's K has 6 blocks
-        const std::string base = mnk({m, n, kk}) + (c.wgmma ? ",wgmma" : ",mma") +
-                                 ",rt=" + std::to_string(c.row_tiles_per_warp) +
-                                 ",u=" + std::to_string(c.k_blocks_in_flight) +
-                                 ",splits=" + std::to_string(c.splits);
+        if (!c.ktile && c.splits > kk / 64) continue;  // g128's K has 6 blocks
+        const std::string base =
+            mnk({m, n, kk}) + (c.wgmma ? ",wgmma" : (c.ktile ? ",ktile" : ",mma")) +
+            ",rt=" + std::to_string(c.row_tiles_per_warp) +
+            ",u=" + std::to_string(c.k_blocks_in_flight) + ",splits=" + std::to_string(c.splits);
         ASSERT_TRUE(cuda::w4a8_small_m_config_valid(c, m, kk)) << base;
         poison(y.data(), y.bytes());
         const bool ran =
@@ -404,7 +408,11 @@ TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
   for (const cuda::W4A8SmallMConfig bad :
        {cuda::W4A8SmallMConfig{1, 2, 1}, cuda::W4A8SmallMConfig{3, 4, 1},
         cuda::W4A8SmallMConfig{1, 8, 9}, cuda::W4A8SmallMConfig{2, 4, 0},
-        cuda::W4A8SmallMConfig{2, 4, 1, true}, cuda::W4A8SmallMConfig{1, 4, 1, true}}) {
+        cuda::W4A8SmallMConfig{2, 4, 1, true}, cuda::W4A8SmallMConfig{1, 4, 1, true},
+        cuda::W4A8SmallMConfig{1, 8, 2, false, true}, cuda::W4A8SmallMConfig{1, 16, 8, false, true},
+        cuda::W4A8SmallMConfig{2, 8, 8, false, true}, cuda::W4A8SmallMConfig{1, 4, 16, false, true},
+        cuda::W4A8SmallMConfig{3, 4, 8, false, true},
+        cuda::W4A8SmallMConfig{1, 8, 8, true, true}}) {
     EXPECT_FALSE(cuda::w4a8_small_m_config_valid(bad, 4, k));
     EXPECT_THROW(cuda::gemm_w4a8_per_channel_small_m(da.data(), dscale.data(), dsum.data(), 4,
                                                      dpc.view(), nullptr, y.data(), nullptr, &bad),
@@ -415,6 +423,13 @@ TEST(ParityGemmFastW4A8, SmallMEveryConfigBitExact) {
   // split would need 900 KB of shared memory.
   EXPECT_FALSE(cuda::w4a8_small_m_config_valid({1, 8, 1}, 64, 14336));
   EXPECT_TRUE(cuda::w4a8_small_m_config_valid({1, 8, 1, true}, 64, 14336));  // streams them
+  // The row-tile kernel stages each warp's K part of the activations: 64 tokens x 14336 of K
+  // would need 960 KB; 8 tokens fit.
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({1, 8, 8, false, true}, 64, 14336));
+  EXPECT_TRUE(cuda::w4a8_small_m_config_valid({1, 8, 8, false, true}, 8, 14336));
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({2, 4, 16, false, true}, 16, 448));  // 8 warps
+  EXPECT_FALSE(cuda::w4a8_small_m_config_valid({2, 4, 8, false, true}, 64, 14336));
+  EXPECT_TRUE(cuda::w4a8_small_m_config_valid({2, 4, 8, false, true}, 64, 448));
 }
 
 // K = 28672 (Llama-2-70B's down projection) at 33..64 tokens: the mma.sync kernel's activation

@@ -246,6 +246,38 @@ __device__ __forceinline__ uint4 lds128(const void* p) {
   return v;
 }
 
+// One 16-byte packed chunk of a lane (K block b of 16-row tile `tile`) -> its 8 A registers of
+// int8 weights: low nibbles row g, high nibbles row g + 8; words 2s + r -> a(2r), a(2r + 1)
+// (the packed layout, gemm_w4a8_fast.h); g128 adds the byte-wise (Q * s2 + z) mod 256 of the
+// block's group. (The mma.sync and wgmma kernels keep their inline copies: moving them into a
+// helper changed the RT = 2 kernels' generated code, which the tuned table was measured on.)
+template <bool kG128, typename Params>
+__device__ __forceinline__ void convert_packed_block(const uint4& wv, int64_t b, int64_t tile,
+                                                     int g, const Params& p, uint32_t (&a)[8]) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    a[2 * w] = words[w] & 0x0F0F0F0Fu;
+    a[2 * w + 1] = (words[w] >> 4) & 0x0F0F0F0Fu;
+  }
+  if constexpr (kG128) {
+    const int64_t groups = p.k / quant::kGroupSize;
+    const int64_t grp = b / 2;  // 64-wide block inside one 128-wide group
+    const int64_t grow_lo = (16 * tile + g) * groups, grow_hi = grow_lo + 8 * groups;
+    const uint32_t s_lo = static_cast<uint8_t>(__ldg(p.s2 + grow_lo + grp));
+    const uint32_t s_hi = static_cast<uint8_t>(__ldg(p.s2 + grow_hi + grp));
+    const uint32_t z_lo =
+        static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_lo + grp))) * 0x01010101u;
+    const uint32_t z_hi =
+        static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_hi + grp))) * 0x01010101u;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      a[2 * w] = detail::g128_bytes(a[2 * w], s_lo, z_lo);
+      a[2 * w + 1] = detail::g128_bytes(a[2 * w + 1], s_hi, z_hi);
+    }
+  }
+}
+
 // Bytes of one token's activation row in shared memory for `blocks` K blocks: 64 per block plus
 // 64 of padding, so the 8 tokens of an mma B fragment (row stride = 64 mod 128) fall on distinct
 // bank groups in every quarter-warp phase of the 16-byte loads.
@@ -426,6 +458,7 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
   cluster_reduce_epilogue<kTok, kThreads>(p, part, epi);
 }
 
+#include "backend/cuda/gemm_w4a8_small_m_ktile.cuh"
 #include "backend/cuda/gemm_w4a8_small_m_wgmma.cuh"
 
 int64_t token_tiles(int64_t m) {
@@ -438,6 +471,7 @@ struct TunedEntry {
   int64_t n, k;
   int rt, u, splits;
   bool wgmma;
+  bool ktile = false;  // (entries written before the row-tile kernel have 8 fields)
 };
 
 // The tuned table (bench_gemm --tune-small-m writes this file; docs/kernels.md).
@@ -491,10 +525,28 @@ void launch_small_m_wgmma(const SmallMParams& p, const Epilogue& epi, cudaStream
   launch_clusters(kernel, p, epi, 256, smem_bytes, stream, "gemm_w4a8 small-M wgmma launch");
 }
 
+// The row-tile kernel: one CTA per 16-row tile, no cluster.
+template <int MT, int RT, int W, int U, bool kG128, typename Epilogue>
+void launch_small_m_ktile(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
+  const auto kernel = w4a8_small_m_ktile_kernel<MT, RT, W, U, kG128, Epilogue>;
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
+  cuda_check(attr_status, "gemm_w4a8 small-M row-tile smem attribute", shape(p.m, p.n, p.k));
+  cuda_check(launch_pdl(kernel, dim3(static_cast<unsigned>((p.n / 16 + RT - 1) / RT)), dim3(W * 32),
+                        static_cast<size_t>(small_m_ktile_smem_bytes(8 * MT, p.k, U, RT, W)),
+                        stream, p, epi),
+             "gemm_w4a8 small-M row-tile launch", shape(p.m, p.n, p.k));
+}
+
 template <int MT, bool kG128, typename Epilogue>
 void launch_small_m_mt(const SmallMParams& p, const W4A8SmallMConfig& c, const Epilogue& epi,
                        cudaStream_t stream) {
   if (c.wgmma) return launch_small_m_wgmma<MT, kG128>(p, epi, stream);
+  if (c.ktile) {  // (splits = the CTA's warps, its K parts: 8)
+    if (c.row_tiles_per_warp == 2) return launch_small_m_ktile<MT, 2, 8, 4, kG128>(p, epi, stream);
+    if (c.k_blocks_in_flight == 4) return launch_small_m_ktile<MT, 1, 8, 4, kG128>(p, epi, stream);
+    return launch_small_m_ktile<MT, 1, 8, 8, kG128>(p, epi, stream);
+  }
   if (c.row_tiles_per_warp == 1) {
     if (c.k_blocks_in_flight == 4) return launch_small_m_cfg<MT, 1, 4, kG128>(p, epi, stream);
     if (c.k_blocks_in_flight == 16) return launch_small_m_cfg<MT, 1, 16, kG128>(p, epi, stream);
@@ -537,7 +589,8 @@ W4A8SmallMConfig resolve_config(bool g128, int64_t m, int64_t n, int64_t k,
     check(w4a8_small_m_config_valid(*forced, m, k),
           "gemm_w4a8 small-M: invalid configuration (mma.sync: row tiles 1|2, K blocks in flight "
           "4|8|16 with 1 row tile or 2|4 with 2, activation slice <= 160 KB of shared memory; "
-          "wgmma: 1 row tile, 8 K blocks; splits 1..8 and <= k/64), " +
+          "wgmma: 1 row tile, 8 K blocks; splits 1..8 and <= k/64; row-tile (ktile): 1 row tile "
+          "with 4|8 K blocks or 2 with 4 K blocks; splits = its 8 warps; slices <= 160 KB), " +
               shape(m, n, k));
     return *forced;
   }
@@ -580,8 +633,15 @@ void w4a8_add_bias(uint16_t* y, const uint16_t* bias, int64_t m, int64_t n, cuda
 }
 
 bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k) {
-  if (c.splits < 1 || c.splits > kMaxSplits || c.splits > k / 64 || m < 1 || m > kW4A8SmallMMax)
-    return false;
+  if (m < 1 || m > kW4A8SmallMMax || (c.wgmma && c.ktile)) return false;
+  // The row-tile kernel's `splits` are its warps (K parts inside the CTA; a part may be empty).
+  if (c.ktile)
+    return ((c.row_tiles_per_warp == 1 && c.splits == 8 &&
+             (c.k_blocks_in_flight == 4 || c.k_blocks_in_flight == 8)) ||
+            (c.row_tiles_per_warp == 2 && c.splits == 8 && c.k_blocks_in_flight == 4)) &&
+           small_m_ktile_smem_bytes(8 * token_tiles(m), k, c.k_blocks_in_flight,
+                                    c.row_tiles_per_warp, c.splits) <= kSmallMSmemMax;
+  if (c.splits < 1 || c.splits > kMaxSplits || c.splits > k / 64) return false;
   if (c.wgmma)
     return c.row_tiles_per_warp == 1 && c.k_blocks_in_flight == wgmma_small_m::kBlocksPerChunk;
   const bool rt_u =
@@ -606,7 +666,8 @@ const std::unordered_map<uint64_t, W4A8SmallMConfig>& tuned_index() {
     auto* m = new std::unordered_map<uint64_t, W4A8SmallMConfig>();  // never freed (teardown)
     for (const TunedEntry& e : kTuned) {
       if (e.mt == 0) continue;  // the sentinel
-      m->emplace(tuned_key(e.g128, e.mt, e.n, e.k), W4A8SmallMConfig{e.rt, e.u, e.splits, e.wgmma});
+      m->emplace(tuned_key(e.g128, e.mt, e.n, e.k),
+                 W4A8SmallMConfig{e.rt, e.u, e.splits, e.wgmma, e.ktile});
     }
     return m;
   }();

@@ -64,11 +64,16 @@ void w4a8_add_bias(uint16_t* y, const uint16_t* bias, int64_t m, int64_t n, cuda
 // (gemm_w4a8_small_m_wgmma.cuh: 2 warpgroups x 64 channels, activations staged in shared memory,
 // one m64nNk32 per 32 of K instead of N/8 mma.sync per warp); it takes row_tiles_per_warp 1 and
 // k_blocks_in_flight 8.
+// ktile = true selects the row-tile variant (gemm_w4a8_small_m_ktile.cuh: a CTA is 1 or 2
+// 16-row tiles (row_tiles_per_warp) whose `splits` = 8 warps split K and reduce in shared
+// memory; no cluster): 1 tile takes k_blocks_in_flight 4|8, 2 tiles take 4; the warps'
+// activation slices <= 160 KB.
 struct W4A8SmallMConfig {
   int row_tiles_per_warp = 1;
   int k_blocks_in_flight = 8;
   int splits = 1;
   bool wgmma = false;
+  bool ktile = false;
 };
 // True when `c` is a configuration the kernel has (see above) for m tokens (1..64) and this k:
 // splits <= k / 64, and for the mma.sync kernel the CTA's activation slice (staged once in
