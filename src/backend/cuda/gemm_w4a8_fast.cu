@@ -1,5 +1,7 @@
 // Fast W4A8 building blocks (gemm_w4a8_fast.h): the packer, the g128 expansion, the bias add and
-// the small-M kernel. See the header for the packed layout and the numerics.
+// the small-M kernels (the mma.sync one here; the wgmma and row-tile ones in
+// gemm_w4a8_small_m_{wgmma,ktile}.cuh, included below). See the header for the packed layout and
+// the numerics.
 //
 // Small-M kernel. CTA = 8 warps = 128 output channels (one 16-row mma tile per warp) x all M
 // tokens (MT tiles of 8) x one slice of K. The CTAs of one row block form a thread-block cluster

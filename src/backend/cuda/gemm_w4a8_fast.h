@@ -4,11 +4,13 @@
 // epilogue with correctly rounded fp32 operations in the reference's order.
 //
 // Paths (docs/kernels.md, "W4A8"):
-//  - small M (1..kW4A8SmallMMax tokens): a memory-bound mma.sync kernel that streams the weights
-//    PACKED (two codes per byte, in the mma fragment order: the layout below), converts them to
-//    int8 in registers (g128: (Q * s2 + z) mod 256 byte-wise, integer ops only), splits K over
-//    the CTAs of a thread-block cluster and reduces the int32 partials exactly through
-//    distributed shared memory before the epilogue. Needs view.q_packed.
+//  - small M (1..kW4A8SmallMMax tokens): memory-bound kernels that stream the weights PACKED
+//    (two codes per byte, in the mma fragment order: the layout below) and convert them to int8
+//    in registers (g128: (Q * s2 + z) mod 256 byte-wise, integer ops only): mma.sync or wgmma
+//    kernels that split K over the CTAs of a thread-block cluster and reduce the int32 partials
+//    exactly through distributed shared memory, and a row-tile kernel whose warps split K inside
+//    the CTA and reduce in shared memory; a tuned table picks one per shape and token bucket.
+//    Needs view.q_packed.
 //  - large M, per-channel: the CUTLASS sm90 wgmma kernel (as W8A8's kLargeM) run directly on the
 //    1-byte codes (0..15 are valid int8 values) with the per-channel epilogue as an EVT
 //    (gemm_w4a8_sm90.cu).
