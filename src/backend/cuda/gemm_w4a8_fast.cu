@@ -251,8 +251,9 @@ __device__ __forceinline__ uint4 lds128(const void* p) {
 // One 16-byte packed chunk of a lane (K block b of 16-row tile `tile`) -> its 8 A registers of
 // int8 weights: low nibbles row g, high nibbles row g + 8; words 2s + r -> a(2r), a(2r + 1)
 // (the packed layout, gemm_w4a8_fast.h); g128 adds the byte-wise (Q * s2 + z) mod 256 of the
-// block's group. (The mma.sync and wgmma kernels keep their inline copies: moving them into a
-// helper changed the RT = 2 kernels' generated code, which the tuned table was measured on.)
+// block's group. (The mma.sync kernel keeps its inline copy: moving it into a helper changed
+// the RT = 2 kernels' generated code, which the tuned table was measured on; the wgmma and
+// row-tile kernels use this one.)
 template <bool kG128, typename Params>
 __device__ __forceinline__ void convert_packed_block(const uint4& wv, int64_t b, int64_t tile,
                                                      int g, const Params& p, uint32_t (&a)[8]) {
@@ -276,6 +277,26 @@ __device__ __forceinline__ void convert_packed_block(const uint4& wv, int64_t b,
     for (int w = 0; w < 4; ++w) {
       a[2 * w] = detail::g128_bytes(a[2 * w], s_lo, z_lo);
       a[2 * w + 1] = detail::g128_bytes(a[2 * w + 1], s_hi, z_hi);
+    }
+  }
+}
+
+// One 64-wide K block of RT row tiles x MT token tiles: per token tile, the lane's 16 activation
+// bytes (token 8 mt + g, bytes 16 t .. +15 of the block at `xs`, rows `row_bytes` apart) feed
+// RT x 2 mma.m16n8k32 (each activation fragment used for every row tile).
+template <int MT, int RT>
+__device__ __forceinline__ void mma_token_tiles(int32_t (&acc)[RT][MT][4],
+                                                const uint32_t (&a)[RT][8], const uint8_t* xs,
+                                                int row_bytes) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const uint4 xv = lds128(xs + 8 * mt * row_bytes);
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      // K-step 0: a0..a3 = words 0, 1 (r = 0, 1); B = bytes 0..3, 4..7 of the lane's 16.
+      mma_s8(acc[r][mt], a[r][0], a[r][1], a[r][2], a[r][3], xv.x, xv.y);
+      // K-step 1: words 2, 3; B = bytes 8..11, 12..15.
+      mma_s8(acc[r][mt], a[r][4], a[r][5], a[r][6], a[r][7], xv.z, xv.w);
     }
   }
 }
@@ -427,17 +448,7 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
           if (b + U < kb1 && (r == 0 || tile_ok1))
             cp_async16(wslot(u, r), wp[r] + (b + U) * 32, 16);
         cp_async_commit();
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const uint4 xv = lds128(xs + 8 * mt * row_bytes + (b - kb0) * 64);
-#pragma unroll
-          for (int r = 0; r < RT; ++r) {
-            // K-step 0: a0..a3 = words 0, 1 (r = 0, 1); B = bytes 0..3, 4..7 of the lane's 16.
-            mma_s8(acc[r][mt], a[r][0], a[r][1], a[r][2], a[r][3], xv.x, xv.y);
-            // K-step 1: words 2, 3; B = bytes 8..11, 12..15.
-            mma_s8(acc[r][mt], a[r][4], a[r][5], a[r][6], a[r][7], xv.z, xv.w);
-          }
-        }
+        mma_token_tiles<MT, RT>(acc, a, xs + (b - kb0) * 64, row_bytes);
       }
     }
   }

@@ -108,15 +108,7 @@ __global__ void __launch_bounds__(W * 32, (W == 16 || RT * MT >= 8 ? 1 : 2))
       for (int r = 0; r < RT; ++r)
         if (b + U < kb1 && r < tiles) cp_async16(slot(u, r), wp[r] + (b + U) * 32, 16);
       cp_async_commit();
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const uint4 xv = lds128(xs + 8 * mt * row_bytes + (b - kb0) * 64);
-#pragma unroll
-        for (int r = 0; r < RT; ++r) {
-          mma_s8(acc[r][mt], a[r][0], a[r][1], a[r][2], a[r][3], xv.x, xv.y);
-          mma_s8(acc[r][mt], a[r][4], a[r][5], a[r][6], a[r][7], xv.z, xv.w);
-        }
-      }
+      mma_token_tiles<MT, RT>(acc, a, xs + (b - kb0) * 64, row_bytes);
     }
   }
 

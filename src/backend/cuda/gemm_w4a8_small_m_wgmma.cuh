@@ -155,7 +155,6 @@ __global__ void __launch_bounds__(256, 2) w4a8_small_m_wgmma_kernel(SmallMParams
   const int64_t nkb = p.k / 64;
   const int split = static_cast<int>(blockIdx.x);
   const int64_t kb0 = nkb * split / p.splits, kb1 = nkb * (split + 1) / p.splits;
-  const int64_t groups = p.k / quant::kGroupSize;
 
   int32_t acc[kN / 2];
 #pragma unroll
@@ -216,30 +215,7 @@ __global__ void __launch_bounds__(256, 2) w4a8_small_m_wgmma_kernel(SmallMParams
         const uint4 wv = ring[bb];
         if (tile_ok && b + kU < kb1) ring[bb] = ld_stream(wp + (b + kU) * 32);
         uint32_t a[8];
-        const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          a[2 * w] = words[w] & 0x0F0F0F0Fu;
-          a[2 * w + 1] = (words[w] >> 4) & 0x0F0F0F0Fu;
-        }
-        if constexpr (kG128) {
-          const int64_t grp = b / 2;
-          const int64_t grow_lo = (16 * (tile_ok ? tile : 0) + g) * groups;
-          const int64_t grow_hi = grow_lo + 8 * groups;
-          const uint32_t s_lo = static_cast<uint8_t>(__ldg(p.s2 + grow_lo + grp));
-          const uint32_t s_hi = static_cast<uint8_t>(__ldg(p.s2 + grow_hi + grp));
-          const uint32_t z_lo =
-              static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_lo + grp))) *
-              0x01010101u;
-          const uint32_t z_hi =
-              static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p.zeros + grow_hi + grp))) *
-              0x01010101u;
-#pragma unroll
-          for (int w = 0; w < 4; ++w) {
-            a[2 * w] = detail::g128_bytes(a[2 * w], s_lo, z_lo);
-            a[2 * w + 1] = detail::g128_bytes(a[2 * w + 1], s_hi, z_hi);
-          }
-        }
+        convert_packed_block<kG128>(wv, b, tile_ok ? tile : 0, g, p, a);
         const uint32_t a0[4] = {a[0], a[1], a[2], a[3]};
         const uint32_t a1[4] = {a[4], a[5], a[6], a[7]};
         const uint8_t* blk = buf + bb * kBlockBytes;
