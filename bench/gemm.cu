@@ -307,12 +307,26 @@ struct Settings {
   std::string tune_out;  // the tuned table (.inc) to write
 };
 
-// Reads the flush buffer (XOR-folds it into one word per thread so nothing is elided): the L2
-// then holds clean lines of that buffer, none of the timed kernel's operands.
-__global__ void l2_flush_read_kernel(const uint4* __restrict__ buf, size_t n, uint32_t* sink) {
+// Reads `n` 16-byte words (L1 bypassed) and XOR-folds them into one word per thread so nothing
+// is elided, kUnroll independent loads in flight per thread per round. The L2 flush before each
+// timed run (kUnroll = 1: the L2 then holds clean lines of that buffer, none of the timed
+// kernel's operands) and --floor's bare weight reads.
+template <int kUnroll>
+__global__ void read_fold_kernel(const uint4* __restrict__ buf, size_t n, uint32_t* sink) {
   uint32_t x = 0;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w)
+                   : "l"(buf + i + u * stride));
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) x ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) {
     const uint4 v = buf[i];
     x ^= v.x ^ v.y ^ v.z ^ v.w;
   }
@@ -351,7 +365,7 @@ class Timer {
         QSERVE_CUDA_CHECK(cudaMemsetAsync(flush_.data(), i & 0xff, flush_.bytes(), stream_),
                           "bench L2 flush");
       } else if (!flush_.empty()) {
-        l2_flush_read_kernel<<<1056, 512, 0, stream_>>>(
+        read_fold_kernel<1><<<1056, 512, 0, stream_>>>(
             reinterpret_cast<const uint4*>(flush_.data()), flush_.bytes() / 16, sink_.data());
         QSERVE_CUDA_CHECK(cudaGetLastError(), "bench L2 flush");
       }
@@ -866,29 +880,6 @@ __global__ void floor_empty_kernel(uint32_t* sink) {
   if (threadIdx.x == 1000000) sink[0] = 1;  // never; the launch is what is timed
 }
 
-// Reads `n` 16-byte words, kUnroll independent loads in flight per thread per round.
-template <int kUnroll>
-__global__ void floor_read_kernel(const uint4* __restrict__ buf, size_t n, uint32_t* sink) {
-  uint32_t x = 0;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
-    uint4 v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                   : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w)
-                   : "l"(buf + i + u * stride));
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) x ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  for (; i < n; i += stride) {
-    const uint4 v = buf[i];
-    x ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (x == 0x9E3779B9u) sink[0] = x;
-}
-
 void floor_layer(const Layer& L, const Operands& o, Timer& timer, const Settings& st,
                  cudaStream_t s, nlohmann::json& results) {
   int sms = 0;
@@ -926,9 +917,9 @@ void floor_layer(const Layer& L, const Operands& o, Timer& timer, const Settings
       const unsigned grid = static_cast<unsigned>(ctas * sms);
       const std::string what = std::to_string(ctas) + "/SM x " + std::to_string(threads);
       row("read_ldg_u4", what,
-          [&] { floor_read_kernel<4><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
+          [&] { read_fold_kernel<4><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
       row("read_ldg_u8", what,
-          [&] { floor_read_kernel<8><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
+          [&] { read_fold_kernel<8><<<grid, threads, 0, s>>>(words, bytes / 16, sink.data()); });
     }
   }
 }

@@ -28,10 +28,11 @@ struct W4PerChannelEpi {
   uint16_t* y;
   int32_t* acc_out;
   int64_t n_total;
-  // Thread i of the CTA prefetches channel n0 + i (i < 128) and token i (i < m) operands.
-  __device__ void prefetch(int64_t n0, int64_t m) const {
+  // Thread i of the CTA prefetches channel n0 + i (i < rows: the CTA's channels) and token i
+  // (i < m) operands.
+  __device__ void prefetch(int64_t n0, int rows, int64_t m) const {
     const int i = static_cast<int>(threadIdx.x);
-    if (i < 128 && n0 + i < n_total) {
+    if (i < rows && n0 + i < n_total) {
       prefetch_l2(s1 + n0 + i);
       prefetch_l2(s1_szeros + n0 + i);
     }
@@ -70,9 +71,9 @@ struct W4G128Epi {
   uint16_t* y;
   int32_t* acc_out;
   int64_t n_total;
-  __device__ void prefetch(int64_t n0, int64_t m) const {
+  __device__ void prefetch(int64_t n0, int rows, int64_t m) const {
     const int i = static_cast<int>(threadIdx.x);
-    if (i < 128 && n0 + i < n_total) prefetch_l2(s1 + n0 + i);
+    if (i < rows && n0 + i < n_total) prefetch_l2(s1 + n0 + i);
     if (i < m) prefetch_l2(a_scale + i);
   }
   struct Operands {

@@ -330,6 +330,31 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 constexpr int64_t kSmallMSmemMax = 160 * 1024;  // leaves room for 1 CTA + L1 on a 228 KB SM
 
+// One K block (b) of RT row tiles' packed weights into the lanes' ring slots dst(r) (16 bytes a
+// lane, row tile r's stream at wp[r]) for the row tiles ok(r) admits, then one commit group
+// (always, so "block j landed" stays wait_group(U - 1) when it is consumed).
+template <int RT, typename Dst, typename Ok>
+__device__ __forceinline__ void cp_async_weight_block(const uint4* const (&wp)[RT], int64_t b,
+                                                      const Dst& dst, const Ok& ok) {
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+    if (ok(r)) cp_async16(dst(r), wp[r] + b * 32, 16);
+  cp_async_commit();
+}
+
+// The ring's first U K blocks (kb0 .. kb0 + U - 1, those below kb1) of the row tiles row_ok(r)
+// admits, one commit group each: U blocks in flight per lane before anything is consumed.
+template <int U, int RT, typename Slot, typename RowOk>
+__device__ __forceinline__ void cp_async_weight_prologue(const uint4* const (&wp)[RT], int64_t kb0,
+                                                         int64_t kb1, const Slot& slot,
+                                                         const RowOk& row_ok) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    cp_async_weight_block<RT>(
+        wp, kb0 + u, [&](int r) { return slot(u, r); },
+        [&](int r) { return kb0 + u < kb1 && row_ok(r); });
+}
+
 template <int MT, int RT, int U, bool kG128, typename Epilogue>
 __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
     w4a8_small_m_kernel(SmallMParams p, Epilogue epi) {
@@ -347,12 +372,7 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
   const bool tile_ok0 = tile0 < p.n / 16;  // n % 128 == 0 is not required: n % 16 == 0
   const bool tile_ok1 = RT == 1 || tile0 + 1 < p.n / 16;
 
-  int32_t acc[RT][MT][4];
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      acc[r][mt][0] = acc[r][mt][1] = acc[r][mt][2] = acc[r][mt][3] = 0;
+  int32_t acc[RT][MT][4] = {};
 
   // The CTA's activation slice and, behind it, the weight ring: each lane's own 16-byte slots
   // (stage u, row tile r), filled by cp.async and read back by the same lane, so no barrier.
@@ -369,20 +389,14 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
   const uint4* wp[RT];
 #pragma unroll
   for (int r = 0; r < RT; ++r) wp[r] = p.packed + (tile_ok0 ? tile0 + r : 0) * nkb * 32 + lane;
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-#pragma unroll
-    for (int r = 0; r < RT; ++r)
-      if (tile_ok0 && kb0 + u < kb1 && (r == 0 || tile_ok1))
-        cp_async16(wslot(u, r), wp[r] + (kb0 + u) * 32, 16);
-    cp_async_commit();
-  }
+  const auto row_ok = [&](int r) { return tile_ok0 && (r == 0 || tile_ok1); };
+  cp_async_weight_prologue<U, RT>(wp, kb0, kb1, wslot, row_ok);
 
   // The weights (written at load time) are in flight; the activations, their scales and sums
   // are the previous kernel's output (pdl.h).
   pdl_wait();
   pdl_trigger();
-  epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, p.m);
+  epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, kSmRows, p.m);
 
   // The CTA's activation slice [token][K blocks kb0..kb1), staged once (every token's B
   // fragment is then a conflict-free shared load instead of an L2 round trip per K block).
@@ -443,11 +457,9 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
           }
         }
         // Refill the stage with block b + U (after the conversion consumed the slot's bytes).
-#pragma unroll
-        for (int r = 0; r < RT; ++r)
-          if (b + U < kb1 && (r == 0 || tile_ok1))
-            cp_async16(wslot(u, r), wp[r] + (b + U) * 32, 16);
-        cp_async_commit();
+        cp_async_weight_block<RT>(
+            wp, b + U, [&](int r) { return wslot(u, r); },
+            [&](int r) { return b + U < kb1 && row_ok(r); });
         mma_token_tiles<MT, RT>(acc, a, xs + (b - kb0) * 64, row_bytes);
       }
     }
@@ -515,40 +527,41 @@ void launch_clusters(Kernel kernel, const SmallMParams& p, const Epilogue& epi, 
   cuda_check(cudaLaunchKernelEx(&cfg, kernel, p, epi), what, shape(p.m, p.n, p.k));
 }
 
+// Over 48 KB of dynamic shared memory needs the opt-in, once per kernel: the static belongs to
+// this instantiation (one per kernel; its initializer runs once, thread-safely).
+template <auto kKernel>
+void small_m_smem_opt_in(const SmallMParams& p, const char* what) {
+  static const cudaError_t status = cudaFuncSetAttribute(
+      kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
+  cuda_check(status, what, shape(p.m, p.n, p.k));
+}
+
 template <int MT, int RT, int U, bool kG128, typename Epilogue>
 void launch_small_m_cfg(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
-  const auto kernel = w4a8_small_m_kernel<MT, RT, U, kG128, Epilogue>;
-  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel.
-  static const cudaError_t attr_status = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
-  cuda_check(attr_status, "gemm_w4a8 small-M smem attribute", shape(p.m, p.n, p.k));
+  constexpr auto kernel = w4a8_small_m_kernel<MT, RT, U, kG128, Epilogue>;
+  small_m_smem_opt_in<kernel>(p, "gemm_w4a8 small-M smem attribute");
   launch_clusters(kernel, p, epi, 256 / RT, small_m_smem_bytes(8 * MT, p.k, p.splits, U), stream,
                   "gemm_w4a8 small-M launch");
 }
 
 template <int MT, bool kG128, typename Epilogue>
 void launch_small_m_wgmma(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
-  const auto kernel = w4a8_small_m_wgmma_kernel<MT, kG128, Epilogue>;
+  constexpr auto kernel = w4a8_small_m_wgmma_kernel<MT, kG128, Epilogue>;
   const int64_t smem_bytes = small_m_wgmma_smem_bytes(8 * MT);
-  // Over 48 KB of dynamic shared memory needs the opt-in, once per kernel (a static's
-  // initializer runs once, thread-safely).
-  static const cudaError_t attr_status = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
-  cuda_check(attr_status, "gemm_w4a8 small-M wgmma smem attribute", shape(p.m, p.n, p.k));
+  small_m_smem_opt_in<kernel>(p, "gemm_w4a8 small-M wgmma smem attribute");
   launch_clusters(kernel, p, epi, 256, smem_bytes, stream, "gemm_w4a8 small-M wgmma launch");
 }
 
 // The row-tile kernel: one CTA per 16-row tile, no cluster.
-template <int MT, int RT, int W, int U, bool kG128, typename Epilogue>
+template <int MT, int RT, int U, bool kG128, typename Epilogue>
 void launch_small_m_ktile(const SmallMParams& p, const Epilogue& epi, cudaStream_t stream) {
-  const auto kernel = w4a8_small_m_ktile_kernel<MT, RT, W, U, kG128, Epilogue>;
-  static const cudaError_t attr_status = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmallMSmemMax));
-  cuda_check(attr_status, "gemm_w4a8 small-M row-tile smem attribute", shape(p.m, p.n, p.k));
-  cuda_check(launch_pdl(kernel, dim3(static_cast<unsigned>((p.n / 16 + RT - 1) / RT)), dim3(W * 32),
-                        static_cast<size_t>(small_m_ktile_smem_bytes(8 * MT, p.k, U, RT, W)),
-                        stream, p, epi),
-             "gemm_w4a8 small-M row-tile launch", shape(p.m, p.n, p.k));
+  constexpr auto kernel = w4a8_small_m_ktile_kernel<MT, RT, U, kG128, Epilogue>;
+  small_m_smem_opt_in<kernel>(p, "gemm_w4a8 small-M row-tile smem attribute");
+  cuda_check(
+      launch_pdl(kernel, dim3(static_cast<unsigned>((p.n / 16 + RT - 1) / RT)),
+                 dim3(ktile_small_m::kThreads),
+                 static_cast<size_t>(small_m_ktile_smem_bytes(8 * MT, p.k, U, RT)), stream, p, epi),
+      "gemm_w4a8 small-M row-tile launch", shape(p.m, p.n, p.k));
 }
 
 template <int MT, bool kG128, typename Epilogue>
@@ -556,9 +569,9 @@ void launch_small_m_mt(const SmallMParams& p, const W4A8SmallMConfig& c, const E
                        cudaStream_t stream) {
   if (c.wgmma) return launch_small_m_wgmma<MT, kG128>(p, epi, stream);
   if (c.ktile) {  // (splits = the CTA's warps, its K parts: 8)
-    if (c.row_tiles_per_warp == 2) return launch_small_m_ktile<MT, 2, 8, 4, kG128>(p, epi, stream);
-    if (c.k_blocks_in_flight == 4) return launch_small_m_ktile<MT, 1, 8, 4, kG128>(p, epi, stream);
-    return launch_small_m_ktile<MT, 1, 8, 8, kG128>(p, epi, stream);
+    if (c.row_tiles_per_warp == 2) return launch_small_m_ktile<MT, 2, 4, kG128>(p, epi, stream);
+    if (c.k_blocks_in_flight == 4) return launch_small_m_ktile<MT, 1, 4, kG128>(p, epi, stream);
+    return launch_small_m_ktile<MT, 1, 8, kG128>(p, epi, stream);
   }
   if (c.row_tiles_per_warp == 1) {
     if (c.k_blocks_in_flight == 4) return launch_small_m_cfg<MT, 1, 4, kG128>(p, epi, stream);
@@ -653,7 +666,7 @@ bool w4a8_small_m_config_valid(const W4A8SmallMConfig& c, int64_t m, int64_t k) 
              (c.k_blocks_in_flight == 4 || c.k_blocks_in_flight == 8)) ||
             (c.row_tiles_per_warp == 2 && c.splits == 8 && c.k_blocks_in_flight == 4)) &&
            small_m_ktile_smem_bytes(8 * token_tiles(m), k, c.k_blocks_in_flight,
-                                    c.row_tiles_per_warp, c.splits) <= kSmallMSmemMax;
+                                    c.row_tiles_per_warp) <= kSmallMSmemMax;
   if (c.splits < 1 || c.splits > kMaxSplits || c.splits > k / 64) return false;
   if (c.wgmma)
     return c.row_tiles_per_warp == 1 && c.k_blocks_in_flight == wgmma_small_m::kBlocksPerChunk;

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(256, 2) w4a8_small_m_wgmma_kernel(SmallMParams
   // As w4a8_small_m_kernel: weights in flight, then wait for the activations (pdl.h).
   pdl_wait();
   pdl_trigger();
-  epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, p.m);
+  epi.prefetch(static_cast<int64_t>(blockIdx.y) * kSmRows, kSmRows, p.m);
 
   // Activation staging, one K block at a time: thread q < 4 N moves token q / 4, 16-byte part
   // q % 4 of a block (a token's 64 bytes are 4 adjacent threads: coalesced loads; a warp's
