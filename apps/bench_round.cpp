@@ -67,6 +67,8 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
   const auto t0 = Clock::now();
   while (engine->has_unfinished()) {
     const bool prefilling = started < spec.batch, full = !prefilling && finished == 0;
+    const EngineStats st0 = engine->stats();
+    const double wait0 = engine->executor().device_wait_seconds();
     const auto s0 = Clock::now();
     engine->step();
     const auto s1 = Clock::now();
@@ -75,8 +77,22 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
       rr.prefill_seconds = std::chrono::duration<double>(s1 - t0).count();
     } else {
       after_prefill.push_back(dt);
-      if (full) full_batch.push_back(dt);
+      if (full) {
+        full_batch.push_back(dt);
+        const EngineStats& st1 = engine->stats();
+        RoundResult::HostSplit& h = rr.decode_host;
+        h.schedule += st1.schedule_s - st0.schedule_s;
+        h.prepare += st1.prepare_s - st0.prepare_s;
+        h.execute += st1.execute_s - st0.execute_s;
+        h.device_wait += engine->executor().device_wait_seconds() - wait0;
+        h.outputs += st1.outputs_s - st0.outputs_s;
+      }
     }
+  }
+  if (!full_batch.empty()) {
+    const double n = static_cast<double>(full_batch.size());
+    RoundResult::HostSplit& h = rr.decode_host;
+    for (double* v : {&h.schedule, &h.prepare, &h.execute, &h.device_wait, &h.outputs}) *v /= n;
   }
   rr.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double>& steps = full_batch.empty() ? after_prefill : full_batch;

@@ -228,6 +228,14 @@ void add_round_fields(nlohmann::json& r, const RoundResult& rr) {
   r["steps"] = rr.steps;
   r["preemptions"] = rr.preemptions;
   r["output_tokens_per_s"] = static_cast<double>(rr.generated) / rr.seconds;
+  if (rr.decode_step_median > 0.0) {
+    const RoundResult::HostSplit& h = rr.decode_host;
+    r["decode_step_host_ms"] = {{"schedule", h.schedule * 1e3},
+                                {"prepare", h.prepare * 1e3},
+                                {"execute", h.execute * 1e3},
+                                {"device_wait", h.device_wait * 1e3},
+                                {"outputs", h.outputs * 1e3}};
+  }
 }
 
 // --batch auto: one shortened round per candidate batch; returns the batch with the best
@@ -371,6 +379,14 @@ void run_bench(const BenchArgs& a) {
     std::printf("%-6lld %7lld %10.3f %10.3f %8lld %12lld %14.1f\n", static_cast<long long>(r),
                 static_cast<long long>(batch), rr.seconds, rr.ttft_mean,
                 static_cast<long long>(rr.steps), static_cast<long long>(rr.preemptions), tps);
+    if (rr.decode_step_median > 0.0) {
+      const RoundResult::HostSplit& h = rr.decode_host;
+      std::printf(
+          "  decode step %.3f ms (median); per step, mean: schedule %.3f, prepare %.3f, executor "
+          "%.3f (waiting for the device %.3f), outputs %.3f ms\n",
+          rr.decode_step_median * 1e3, h.schedule * 1e3, h.prepare * 1e3, h.execute * 1e3,
+          h.device_wait * 1e3, h.outputs * 1e3);
+    }
     csv_rounds += "Round " + std::to_string(r) + " Throughput: " + std::to_string(tps) +
                   " tokens / second.\n";
     nlohmann::json row = base_row(a, precision, mode, "full", batch, a.output_len, plan);

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "core/error.h"
@@ -239,6 +240,10 @@ void Engine::accept_token(Request& r, const SampledToken& tok, RequestOutput& ou
 }
 
 std::vector<RequestOutput> Engine::step() {
+  const auto since = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
+  const Clock::time_point t0 = Clock::now();
   std::vector<RequestOutput> outputs = std::move(pending_);
   pending_.clear();
   const SchedulerOutput sched = scheduler_->schedule();
@@ -248,6 +253,7 @@ std::vector<RequestOutput> Engine::step() {
     free_slots_.push_back(r.slot);
     r.slot = -1;
   }
+  Clock::time_point t1 = Clock::now(), t2 = t1, t3 = t1;
   if (!sched.empty()) {
     tokens_.clear();
     spans_.clear();
@@ -276,7 +282,9 @@ std::vector<RequestOutput> Engine::step() {
       n_logits += rows_.back().kind == RowSample::Kind::kLogits;
       n_ids += rows_.back().kind == RowSample::Kind::kDevice;
     }
+    t2 = Clock::now();
     executor_->execute_rows(tokens_, spans_, tables_, rows_, logits_, ids_);
+    t3 = Clock::now();
     ++stats_.steps;
     scheduler_->on_step_done(sched);
     const size_t vocab = static_cast<size_t>(executor_->vocab_size());
@@ -304,6 +312,11 @@ std::vector<RequestOutput> Engine::step() {
     if (it->second->on_output) it->second->on_output(o);
     if (o.finished) requests_.erase(it);
   }
+  const Clock::time_point t4 = Clock::now();
+  stats_.schedule_s += since(t0, t1);
+  stats_.prepare_s += since(t1, t2);
+  stats_.execute_s += since(t2, t3);
+  stats_.outputs_s += since(t3, t4);
   return outputs;
 }
 

@@ -72,6 +72,11 @@ struct EngineStats {
   int64_t decode_tokens = 0;   // single-token decode rows run
   int64_t preemptions = 0;
   int64_t finished = 0;
+  // Wall time of step()'s phases, summed over the steps (seconds): scheduling (incl. preempted
+  // slots), building the executor's inputs, the executor call (the model step, incl. waiting for
+  // the device: ModelExecutor::device_wait_seconds), and accepting the sampled tokens and
+  // delivering the outputs. What is not executor time is host time the device does not overlap.
+  double schedule_s = 0.0, prepare_s = 0.0, execute_s = 0.0, outputs_s = 0.0;
 };
 
 class Engine {

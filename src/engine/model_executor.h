@@ -60,6 +60,9 @@ class ModelExecutor {
   // With EngineConfig::profile: where the steps so far spent their time (a table per step
   // kind); empty when the executor does not profile.
   virtual std::string profile_report() const { return {}; }
+  // Seconds the executor's calls have spent blocked waiting for the device so far (the CUDA
+  // executor's output copies and stream synchronizations); 0 where the host computes the step.
+  virtual double device_wait_seconds() const { return 0.0; }
   virtual std::string describe() const = 0;
   // Evaluation (perplexity, golden logits): logits [tokens.size(), vocab] at every position of
   // one sequence run from an empty context, through the same forward as execute(). Uses the

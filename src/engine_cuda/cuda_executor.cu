@@ -2,6 +2,7 @@
 // and scoring steps, launched op by op) and the factories. The op sequence is forward.cu; pure
 // decode steps take decode_step.cu's bucketed, graph-captured path.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -234,6 +235,9 @@ void CudaExecutor::copy_out(const StepBuffers& b, int64_t n_ids, int64_t first_l
                             int64_t n_logits, std::vector<int32_t>& ids,
                             std::vector<float>& logits) {
   const int64_t V = cfg_.vocab_size;
+  // Copies into pageable host memory return once they are done, i.e. after the step's kernels:
+  // this is where the host waits for the device (with finish_step's synchronization).
+  const auto t0 = std::chrono::steady_clock::now();
   ids.resize(static_cast<size_t>(n_ids));
   logits.resize(static_cast<size_t>(n_logits * V));
   if (n_ids > 0) {
@@ -247,11 +251,14 @@ void CudaExecutor::copy_out(const StepBuffers& b, int64_t n_ids, int64_t first_l
                                cudaMemcpyDeviceToHost, stream_.get()),
                "cuda executor: logits to the host");
   }
+  device_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void CudaExecutor::finish_step() {
   mark(OpClass::kSampling);
+  const auto t0 = std::chrono::steady_clock::now();
   stream_.synchronize();
+  device_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (prof_) prof_->end_step();
 }
 

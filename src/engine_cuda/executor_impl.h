@@ -66,6 +66,7 @@ class CudaExecutor final : public ModelExecutor {
   }
   int64_t num_slots() const override { return num_slots_; }
   int64_t num_pages() const override { return num_pages_; }
+  double device_wait_seconds() const override { return device_wait_s_; }
   std::string describe() const override;
   void execute(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                std::span<const PageTable* const> pages, std::vector<float>& logits) override;
@@ -142,6 +143,7 @@ class CudaExecutor final : public ModelExecutor {
   DecodeGraphCache graphs_;
   bool graphs_on_ = false;
   CudaGraphStats stats_;
+  double device_wait_s_ = 0.0;  // copy_out's and finish_step's waits (device_wait_seconds)
 };
 
 }  // namespace qserve::cuda

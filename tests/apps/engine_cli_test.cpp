@@ -16,8 +16,12 @@
 namespace {
 
 using qserve::test::RunResult;
-std::string quote(const std::string& s) { return qserve::test::shell_quote(s); }
-RunResult qserve(const std::string& args) { return qserve::test::run_qserve(args, true); }
+std::string quote(const std::string& s) {
+  return qserve::test::shell_quote(s);
+}
+RunResult qserve(const std::string& args) {
+  return qserve::test::run_qserve(args, true);
+}
 const std::string kDoc = quote(qserve::test::model_dir("doc-llama-22m"));
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
@@ -33,8 +37,8 @@ TEST(EngineCli, GenerateOverTwoHundredConversations) {
   const std::string data = qserve::test::source_dir() + "/tests/data/engine/chat200.jsonl";
   const std::string out = qserve::test::binary_dir() + "/engine_cli_chat200.jsonl";
   std::filesystem::remove(out);
-  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(data) +
-                       " --output " + quote(out) + " --max-tokens 8 --max-num-seqs 32 --quiet");
+  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(data) + " --output " +
+                       quote(out) + " --max-tokens 8 --max-num-seqs 32 --quiet");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("200 requests in"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("output tok/s"), std::string::npos) << r.out;
@@ -78,12 +82,15 @@ TEST(EngineCli, DatasetErrorsNameTheLineAndWriteNothing) {
   const std::string bad = qserve::test::binary_dir() + "/engine_cli_bad.jsonl";
   {
     std::ofstream f(bad);
-    f << R"({"prompt": "fine"})" << "\n" << R"({"prompt": "x", "temperature": -2})" << "\n";
+    f << R"({"prompt": "fine"})"
+      << "\n"
+      << R"({"prompt": "x", "temperature": -2})"
+      << "\n";
   }
   const std::string out = qserve::test::binary_dir() + "/engine_cli_bad_out.jsonl";
   std::filesystem::remove(out);
-  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(bad) + " --output " +
-                       quote(out));
+  RunResult r =
+      qserve("generate --model " + kDoc + " --dataset " + quote(bad) + " --output " + quote(out));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find(":2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("temperature"), std::string::npos) << r.out;
@@ -123,14 +130,26 @@ TEST(EngineCli, BenchStaticAndIfbWriteResults) {
   ASSERT_EQ(j["results"].size(), 2u);
   EXPECT_EQ(j["results"][0]["steps"], 6);  // one prefill step and five decode steps
   EXPECT_GT(j["results"][0]["output_tokens_per_s"].get<double>(), 0.0);
+  // The decode steps' host split: every phase measured, the executor call the bulk of it and
+  // any wait for a device inside it.
+  ASSERT_TRUE(j["results"][0].contains("decode_step_host_ms")) << j["results"][0].dump();
+  const nlohmann::json& h = j["results"][0]["decode_step_host_ms"];
+  for (const char* key : {"schedule", "prepare", "execute", "device_wait", "outputs"}) {
+    ASSERT_TRUE(h.contains(key)) << key;
+    EXPECT_GE(h[key].get<double>(), 0.0) << key;
+  }
+  EXPECT_GT(h["execute"].get<double>(), 0.0);
+  EXPECT_LE(h["device_wait"].get<double>(), h["execute"].get<double>());
+  EXPECT_NE(a.out.find("decode step "), std::string::npos) << a.out;
   std::ifstream c(csv);
   std::stringstream ss;
   ss << c.rdbuf();
   EXPECT_NE(ss.str().find("Batch=3, Input=32, Output=6"), std::string::npos) << ss.str();
   EXPECT_NE(ss.str().find("Round 1 Throughput:"), std::string::npos) << ss.str();
 
-  RunResult b = qserve("bench --input-len 40 --output-len 4 --batch 6 --rounds 1 --ifb "
-                       "--max-num-seqs 4 --max-num-batched-tokens 64");
+  RunResult b = qserve(
+      "bench --input-len 40 --output-len 4 --batch 6 --rounds 1 --ifb "
+      "--max-num-seqs 4 --max-num-batched-tokens 64");
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_NE(b.out.find("ifb batching"), std::string::npos) << b.out;
   // QServe's environment variable sets the batch when --batch is not given.

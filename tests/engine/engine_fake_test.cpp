@@ -72,6 +72,11 @@ TEST(EngineFake, BatchedEqualsAloneWithPreemption) {
   auto e = make_engine(12, 8, 48);
   const std::vector<CompletedRequest> got = generate(*e, reqs);
   EXPECT_GT(e->stats().preemptions, 0);
+  // Every step's phases were timed: the executor calls took some time, none went negative.
+  EXPECT_GT(e->stats().execute_s, 0.0);
+  for (double s : {e->stats().schedule_s, e->stats().prepare_s, e->stats().outputs_s}) {
+    EXPECT_GE(s, 0.0);
+  }
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(i);
     EXPECT_EQ(got[i].token_ids, run_alone(cases[i]));
