@@ -64,6 +64,16 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
   // Step durations once every request has started, and of those the steps in which all of
   // them decoded (none had finished yet).
   std::vector<double> after_prefill, full_batch;
+  // Engine::step's phases summed over the same two sets of steps.
+  RoundResult::HostSplit host_after, host_full;
+  const auto add_split = [&](RoundResult::HostSplit& h, const EngineStats& st0, double wait0) {
+    const EngineStats& st1 = engine->stats();
+    h.schedule += st1.schedule_s - st0.schedule_s;
+    h.prepare += st1.prepare_s - st0.prepare_s;
+    h.execute += st1.execute_s - st0.execute_s;
+    h.device_wait += engine->executor().device_wait_seconds() - wait0;
+    h.outputs += st1.outputs_s - st0.outputs_s;
+  };
   const auto t0 = Clock::now();
   while (engine->has_unfinished()) {
     const bool prefilling = started < spec.batch, full = !prefilling && finished == 0;
@@ -77,22 +87,12 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
       rr.prefill_seconds = std::chrono::duration<double>(s1 - t0).count();
     } else {
       after_prefill.push_back(dt);
+      add_split(host_after, st0, wait0);
       if (full) {
         full_batch.push_back(dt);
-        const EngineStats& st1 = engine->stats();
-        RoundResult::HostSplit& h = rr.decode_host;
-        h.schedule += st1.schedule_s - st0.schedule_s;
-        h.prepare += st1.prepare_s - st0.prepare_s;
-        h.execute += st1.execute_s - st0.execute_s;
-        h.device_wait += engine->executor().device_wait_seconds() - wait0;
-        h.outputs += st1.outputs_s - st0.outputs_s;
+        add_split(host_full, st0, wait0);
       }
     }
-  }
-  if (!full_batch.empty()) {
-    const double n = static_cast<double>(full_batch.size());
-    RoundResult::HostSplit& h = rr.decode_host;
-    for (double* v : {&h.schedule, &h.prepare, &h.execute, &h.device_wait, &h.outputs}) *v /= n;
   }
   rr.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double>& steps = full_batch.empty() ? after_prefill : full_batch;
@@ -100,6 +100,10 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
     auto mid = steps.begin() + static_cast<std::ptrdiff_t>(steps.size() / 2);
     std::nth_element(steps.begin(), mid, steps.end());
     rr.decode_step_median = *mid;
+    rr.decode_host = full_batch.empty() ? host_after : host_full;
+    const double n = static_cast<double>(steps.size());
+    RoundResult::HostSplit& h = rr.decode_host;
+    for (double* v : {&h.schedule, &h.prepare, &h.execute, &h.device_wait, &h.outputs}) *v /= n;
   }
   rr.ttft_mean = ttft_sum / static_cast<double>(spec.batch);
   rr.steps = engine->stats().steps;
