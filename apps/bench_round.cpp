@@ -65,14 +65,14 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
   // them decoded (none had finished yet).
   std::vector<double> after_prefill, full_batch;
   // Engine::step's phases summed over the same two sets of steps.
-  RoundResult::HostSplit host_after, host_full;
-  const auto add_split = [&](RoundResult::HostSplit& h, const EngineStats& st0, double wait0) {
-    const EngineStats& st1 = engine->stats();
-    h.schedule += st1.schedule_s - st0.schedule_s;
-    h.prepare += st1.prepare_s - st0.prepare_s;
-    h.execute += st1.execute_s - st0.execute_s;
-    h.device_wait += engine->executor().device_wait_seconds() - wait0;
-    h.outputs += st1.outputs_s - st0.outputs_s;
+  using HostSplit = RoundResult::HostSplit;
+  HostSplit host_after, host_full;
+  const auto add = [](HostSplit& h, const HostSplit& d) {
+    h.schedule += d.schedule;
+    h.prepare += d.prepare;
+    h.execute += d.execute;
+    h.device_wait += d.device_wait;
+    h.outputs += d.outputs;
   };
   const auto t0 = Clock::now();
   while (engine->has_unfinished()) {
@@ -86,11 +86,16 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
     if (prefilling) {
       rr.prefill_seconds = std::chrono::duration<double>(s1 - t0).count();
     } else {
+      const EngineStats& st1 = engine->stats();
+      const HostSplit d{st1.schedule_s - st0.schedule_s, st1.prepare_s - st0.prepare_s,
+                        st1.execute_s - st0.execute_s,
+                        engine->executor().device_wait_seconds() - wait0,
+                        st1.outputs_s - st0.outputs_s};
       after_prefill.push_back(dt);
-      add_split(host_after, st0, wait0);
+      add(host_after, d);
       if (full) {
         full_batch.push_back(dt);
-        add_split(host_full, st0, wait0);
+        add(host_full, d);
       }
     }
   }
@@ -102,7 +107,7 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
     rr.decode_step_median = *mid;
     rr.decode_host = full_batch.empty() ? host_after : host_full;
     const double n = static_cast<double>(steps.size());
-    RoundResult::HostSplit& h = rr.decode_host;
+    HostSplit& h = rr.decode_host;
     for (double* v : {&h.schedule, &h.prepare, &h.execute, &h.device_wait, &h.outputs}) *v /= n;
   }
   rr.ttft_mean = ttft_sum / static_cast<double>(spec.batch);

@@ -695,11 +695,12 @@ int main(int argc, char** argv) {
     }
     // The engine's large decode batches (issue 9: 512 and 1,024 sequences at contexts 1,024 to
     // 1,536, one split).
-    for (const auto& [S, ctx] :
-         {std::pair<int64_t, int64_t>{512, 1280}, {1024, 1280}, {1024, 1536}}) {
-      if (!mma_ok) break;
-      bench_decode(fmt, S, ctx, "decode_attention_mma", &qserve::cuda::decode_attention_mma,
-                   results);
+    if (mma_ok) {
+      for (const auto& [S, ctx] :
+           {std::pair<int64_t, int64_t>{512, 1280}, {1024, 1280}, {1024, 1536}}) {
+        bench_decode(fmt, S, ctx, "decode_attention_mma", &qserve::cuda::decode_attention_mma,
+                     results);
+      }
     }
   }
   if (!decode_only) bench_prefill_all(check, results);

@@ -19,6 +19,22 @@ namespace qserve::cuda {
 
 namespace {
 
+// Adds the wall time of its scope to `total` (seconds): the executor's waits for the device
+// (device_wait_seconds).
+class WaitTimer {
+ public:
+  explicit WaitTimer(double& total) : total_(total), t0_(std::chrono::steady_clock::now()) {}
+  ~WaitTimer() {
+    total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  WaitTimer(const WaitTimer&) = delete;
+  WaitTimer& operator=(const WaitTimer&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
 KvFormat kv_format(KvPrecision kv) {
   switch (kv) {
     case KvPrecision::kKv4:
@@ -235,11 +251,11 @@ void CudaExecutor::copy_out(const StepBuffers& b, int64_t n_ids, int64_t first_l
                             int64_t n_logits, std::vector<int32_t>& ids,
                             std::vector<float>& logits) {
   const int64_t V = cfg_.vocab_size;
-  // Copies into pageable host memory return once they are done, i.e. after the step's kernels:
-  // this is where the host waits for the device (with finish_step's synchronization).
-  const auto t0 = std::chrono::steady_clock::now();
   ids.resize(static_cast<size_t>(n_ids));
   logits.resize(static_cast<size_t>(n_logits * V));
+  // Copies into pageable host memory return once they are done, i.e. after the step's kernels:
+  // this is where the host waits for the device (with finish_step's synchronization).
+  const WaitTimer wait(device_wait_s_);
   if (n_ids > 0) {
     cuda_check(cudaMemcpyAsync(ids.data(), b.ids, static_cast<size_t>(n_ids) * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream_.get()),
@@ -251,14 +267,14 @@ void CudaExecutor::copy_out(const StepBuffers& b, int64_t n_ids, int64_t first_l
                                cudaMemcpyDeviceToHost, stream_.get()),
                "cuda executor: logits to the host");
   }
-  device_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void CudaExecutor::finish_step() {
   mark(OpClass::kSampling);
-  const auto t0 = std::chrono::steady_clock::now();
-  stream_.synchronize();
-  device_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  {
+    const WaitTimer wait(device_wait_s_);
+    stream_.synchronize();
+  }
   if (prof_) prof_->end_step();
 }
 

@@ -16,12 +16,8 @@
 namespace {
 
 using qserve::test::RunResult;
-std::string quote(const std::string& s) {
-  return qserve::test::shell_quote(s);
-}
-RunResult qserve(const std::string& args) {
-  return qserve::test::run_qserve(args, true);
-}
+std::string quote(const std::string& s) { return qserve::test::shell_quote(s); }
+RunResult qserve(const std::string& args) { return qserve::test::run_qserve(args, true); }
 const std::string kDoc = quote(qserve::test::model_dir("doc-llama-22m"));
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
@@ -37,8 +33,8 @@ TEST(EngineCli, GenerateOverTwoHundredConversations) {
   const std::string data = qserve::test::source_dir() + "/tests/data/engine/chat200.jsonl";
   const std::string out = qserve::test::binary_dir() + "/engine_cli_chat200.jsonl";
   std::filesystem::remove(out);
-  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(data) + " --output " +
-                       quote(out) + " --max-tokens 8 --max-num-seqs 32 --quiet");
+  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(data) +
+                       " --output " + quote(out) + " --max-tokens 8 --max-num-seqs 32 --quiet");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("200 requests in"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("output tok/s"), std::string::npos) << r.out;
@@ -82,15 +78,12 @@ TEST(EngineCli, DatasetErrorsNameTheLineAndWriteNothing) {
   const std::string bad = qserve::test::binary_dir() + "/engine_cli_bad.jsonl";
   {
     std::ofstream f(bad);
-    f << R"({"prompt": "fine"})"
-      << "\n"
-      << R"({"prompt": "x", "temperature": -2})"
-      << "\n";
+    f << R"({"prompt": "fine"})" << "\n" << R"({"prompt": "x", "temperature": -2})" << "\n";
   }
   const std::string out = qserve::test::binary_dir() + "/engine_cli_bad_out.jsonl";
   std::filesystem::remove(out);
-  RunResult r =
-      qserve("generate --model " + kDoc + " --dataset " + quote(bad) + " --output " + quote(out));
+  RunResult r = qserve("generate --model " + kDoc + " --dataset " + quote(bad) + " --output " +
+                       quote(out));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find(":2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("temperature"), std::string::npos) << r.out;
@@ -147,9 +140,8 @@ TEST(EngineCli, BenchStaticAndIfbWriteResults) {
   EXPECT_NE(ss.str().find("Batch=3, Input=32, Output=6"), std::string::npos) << ss.str();
   EXPECT_NE(ss.str().find("Round 1 Throughput:"), std::string::npos) << ss.str();
 
-  RunResult b = qserve(
-      "bench --input-len 40 --output-len 4 --batch 6 --rounds 1 --ifb "
-      "--max-num-seqs 4 --max-num-batched-tokens 64");
+  RunResult b = qserve("bench --input-len 40 --output-len 4 --batch 6 --rounds 1 --ifb "
+                       "--max-num-seqs 4 --max-num-batched-tokens 64");
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_NE(b.out.find("ifb batching"), std::string::npos) << b.out;
   // QServe's environment variable sets the batch when --batch is not given.

@@ -281,6 +281,17 @@ __device__ __forceinline__ void convert_packed_block(const uint4& wv, int64_t b,
   }
 }
 
+// One 16 x 8 int32 accumulator tile of a lane into part[token][row] (rows `stride` apart per
+// token): the mma C fragment (and wgmma's, per warp) puts c0, c1 at (row g, tokens 2t, 2t + 1)
+// and c2, c3 at (row g + 8, the same tokens); `row` = the tile's row g, `tok` = its token 2t.
+__device__ __forceinline__ void store_c_tile(int32_t* part, int stride, int tok, int row,
+                                             int32_t c0, int32_t c1, int32_t c2, int32_t c3) {
+  part[tok * stride + row] = c0;
+  part[(tok + 1) * stride + row] = c1;
+  part[tok * stride + row + 8] = c2;
+  part[(tok + 1) * stride + row + 8] = c3;
+}
+
 // One 64-wide K block of RT row tiles x MT token tiles: per token tile, the lane's 16 activation
 // bytes (token 8 mt + g, bytes 16 t .. +15 of the block at `xs`, rows `row_bytes` apart) feed
 // RT x 2 mma.m16n8k32 (each activation fragment used for every row tile).
@@ -466,20 +477,13 @@ __global__ void __launch_bounds__(256 / RT, (small_m_min_blocks<MT, RT>()))
   }
   __syncthreads();  // every activation read is done: the partial tile reuses the memory
 
-  // C fragment: c0, c1 -> (row g, tokens 2t, 2t + 1), c2, c3 -> (row g + 8, same tokens).
   int32_t* part = reinterpret_cast<int32_t*>(smem);  // [token][row in CTA]
 #pragma unroll
-  for (int r = 0; r < RT; ++r) {
-    const int row = (warp * RT + r) * 16 + g;
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int tok = 8 * mt + 2 * t;
-      part[tok * kSmRows + row] = acc[r][mt][0];
-      part[(tok + 1) * kSmRows + row] = acc[r][mt][1];
-      part[tok * kSmRows + row + 8] = acc[r][mt][2];
-      part[(tok + 1) * kSmRows + row + 8] = acc[r][mt][3];
-    }
-  }
+    for (int mt = 0; mt < MT; ++mt)
+      store_c_tile(part, kSmRows, 8 * mt + 2 * t, (warp * RT + r) * 16 + g, acc[r][mt][0],
+                   acc[r][mt][1], acc[r][mt][2], acc[r][mt][3]);
   cluster_reduce_epilogue<kTok, kThreads>(p, part, epi);
 }
 

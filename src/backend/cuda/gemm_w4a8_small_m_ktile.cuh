@@ -53,6 +53,8 @@ __global__ void __launch_bounds__(ktile_small_m::kThreads, (RT * MT >= 8 ? 1 : 2
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * RT;  // first 16-row tile
   const int tiles = static_cast<int>(p.n / 16 - tile0 < RT ? p.n / 16 - tile0 : RT);
   constexpr int kRows = 16 * RT;
+  // Row tile r of the CTA (past the last tile: the first, whose reads are valid and unused).
+  const auto tile_of = [&](int r) { return tile0 + (r < tiles ? r : 0); };
   const int64_t nkb = p.k / 64;
   const int64_t kb0 = nkb * warp / kt::kWarps, kb1 = nkb * (warp + 1) / kt::kWarps;
   const int nblk = static_cast<int>(kb1 - kb0);
@@ -65,7 +67,7 @@ __global__ void __launch_bounds__(ktile_small_m::kThreads, (RT * MT >= 8 ? 1 : 2
   // ones too).
   const uint4* wp[RT];
 #pragma unroll
-  for (int r = 0; r < RT; ++r) wp[r] = p.packed + (tile0 + (r < tiles ? r : 0)) * nkb * 32 + lane;
+  for (int r = 0; r < RT; ++r) wp[r] = p.packed + tile_of(r) * nkb * 32 + lane;
   const auto row_ok = [&](int r) { return r < tiles; };
   cp_async_weight_prologue<U, RT>(wp, kb0, kb1, slot, row_ok);
   pdl_wait();
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(ktile_small_m::kThreads, (RT * MT >= 8 ? 1 : 2
       uint32_t a[RT][8];
 #pragma unroll
       for (int r = 0; r < RT; ++r)
-        convert_packed_block<kG128>(lds128(slot(u, r)), b, tile0 + (r < tiles ? r : 0), g, p, a[r]);
+        convert_packed_block<kG128>(lds128(slot(u, r)), b, tile_of(r), g, p, a[r]);
       cp_async_weight_block<RT>(
           wp, b + U, [&](int r) { return slot(u, r); },
           [&](int r) { return b + U < kb1 && row_ok(r); });
@@ -111,19 +113,13 @@ __global__ void __launch_bounds__(ktile_small_m::kThreads, (RT * MT >= 8 ? 1 : 2
   typename Epilogue::Operands ops{};
   if (e < outs && valid(e)) ops = epi.load(e / kRows, tile0 * 16 + e % kRows);
   __syncthreads();  // every warp's activation reads are done: the partial tiles reuse the memory
-  // C fragment: c0, c1 -> (row g, tokens 2t, 2t + 1), c2, c3 -> (row g + 8, same tokens).
   int32_t* part = reinterpret_cast<int32_t*>(smem) + warp * kRows * kTok;  // [token][row]
 #pragma unroll
-  for (int r = 0; r < RT; ++r) {
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int tok = 8 * mt + 2 * t, row = 16 * r + g;
-      part[tok * kRows + row] = acc[r][mt][0];
-      part[(tok + 1) * kRows + row] = acc[r][mt][1];
-      part[tok * kRows + row + 8] = acc[r][mt][2];
-      part[(tok + 1) * kRows + row + 8] = acc[r][mt][3];
-    }
-  }
+    for (int mt = 0; mt < MT; ++mt)
+      store_c_tile(part, kRows, 8 * mt + 2 * t, 16 * r + g, acc[r][mt][0], acc[r][mt][1],
+                   acc[r][mt][2], acc[r][mt][3]);
   __syncthreads();
   const int32_t* parts = reinterpret_cast<const int32_t*>(smem);
   for (int o = e; o < outs; o += kt::kThreads) {

@@ -238,14 +238,9 @@ __global__ void __launch_bounds__(256, 2) w4a8_small_m_wgmma_kernel(SmallMParams
   // (The loop ended on a barrier after the last wgmma wait: the partial tile reuses the memory.)
 
   int32_t* part = reinterpret_cast<int32_t*>(smem);
-  const int row = warp * 16 + g;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int tok = 8 * mt + 2 * t;
-    part[tok * kSmRows + row] = acc[4 * mt + 0];
-    part[(tok + 1) * kSmRows + row] = acc[4 * mt + 1];
-    part[tok * kSmRows + row + 8] = acc[4 * mt + 2];
-    part[(tok + 1) * kSmRows + row + 8] = acc[4 * mt + 3];
-  }
+  for (int mt = 0; mt < MT; ++mt)
+    store_c_tile(part, kSmRows, 8 * mt + 2 * t, warp * 16 + g, acc[4 * mt + 0], acc[4 * mt + 1],
+                 acc[4 * mt + 2], acc[4 * mt + 3]);
   cluster_reduce_epilogue<kN, 256>(p, part, epi);
 }
