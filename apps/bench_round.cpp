@@ -20,6 +20,7 @@ EngineConfig bench_engine_config(const EngineArgs& args, const RoundSpec& spec) 
   EngineConfig c;
   c.profile = spec.profile;
   c.cuda_graphs = !args.no_cuda_graphs;
+  c.overlap_steps = !args.no_overlap;
   c.max_num_seqs = spec.batch;
   // Every running sequence decodes in every step and, without chunked prefill, a whole
   // sequence must fit one step: the budget is at least both.
@@ -112,6 +113,7 @@ RoundResult run_round(const LlamaModel& model, const EngineArgs& args, const Rou
   }
   rr.ttft_mean = ttft_sum / static_cast<double>(spec.batch);
   rr.steps = engine->stats().steps;
+  rr.overlapped_steps = engine->stats().overlapped_steps;
   rr.preemptions = engine->stats().preemptions;
   rr.profile = engine->executor().profile_report();
   return rr;

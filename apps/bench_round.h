@@ -32,6 +32,7 @@ struct RoundResult {
   // steps after the prefill when there were none of those; 0 when there were no such steps).
   double prefill_seconds = 0.0, decode_step_median = 0.0;
   int64_t generated = 0, steps = 0, preemptions = 0;
+  int64_t overlapped_steps = 0;  // launched before the previous step was collected
   // Mean wall time per decode step (over the steps decode_step_median is taken over) of
   // Engine::step's phases (EngineStats): scheduling, input building, the executor call and, of
   // that, waiting for the device, accepting tokens and delivering outputs. Everything but the

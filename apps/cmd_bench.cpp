@@ -226,6 +226,7 @@ void add_round_fields(nlohmann::json& r, const RoundResult& rr) {
   r["prefill_s"] = rr.prefill_seconds;
   r["decode_step_median_ms"] = rr.decode_step_median * 1e3;
   r["steps"] = rr.steps;
+  r["overlapped_steps"] = rr.overlapped_steps;
   r["preemptions"] = rr.preemptions;
   r["output_tokens_per_s"] = static_cast<double>(rr.generated) / rr.seconds;
   if (rr.decode_step_median > 0.0) {
@@ -383,9 +384,10 @@ void run_bench(const BenchArgs& a) {
       const RoundResult::HostSplit& h = rr.decode_host;
       std::printf(
           "  decode step %.3f ms (median); per step, mean: schedule %.3f, prepare %.3f, executor "
-          "%.3f (waiting for the device %.3f), outputs %.3f ms\n",
+          "%.3f (waiting for the device %.3f), outputs %.3f ms; %lld of %lld steps overlapped\n",
           rr.decode_step_median * 1e3, h.schedule * 1e3, h.prepare * 1e3, h.execute * 1e3,
-          h.device_wait * 1e3, h.outputs * 1e3);
+          h.device_wait * 1e3, h.outputs * 1e3, static_cast<long long>(rr.overlapped_steps),
+          static_cast<long long>(rr.steps));
     }
     csv_rounds += "Round " + std::to_string(r) + " Throughput: " + std::to_string(tps) +
                   " tokens / second.\n";

@@ -17,6 +17,7 @@ EngineConfig EngineArgs::config(int64_t default_max_num_seqs) const {
   c.num_pages = num_pages;
   c.chunked_prefill = !no_chunked_prefill;
   c.cuda_graphs = !no_cuda_graphs;
+  c.overlap_steps = !no_overlap;
   return c;
 }
 
@@ -42,6 +43,9 @@ void add_engine_options(CLI::App* cmd, EngineArgs& a) {
   cmd->add_flag("--no-cuda-graphs", a.no_cuda_graphs,
                 "CUDA: launch decode steps kernel by kernel instead of replaying captured CUDA "
                 "graphs (same results; --profile always does)");
+  cmd->add_flag("--no-overlap", a.no_overlap,
+                "Wait for each decode step before scheduling the next, instead of launching "
+                "it while the previous one runs (same results; docs/engine.md)");
 }
 
 void add_qserve_numerics_option(CLI::App* cmd, std::optional<bool>& value) {

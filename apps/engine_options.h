@@ -22,6 +22,7 @@ struct EngineArgs {
   std::optional<int64_t> num_pages;
   bool no_chunked_prefill = false;
   bool no_cuda_graphs = false;  // --no-cuda-graphs: launch decode steps op by op
+  bool no_overlap = false;      // --no-overlap: EngineConfig::overlap_steps off
   std::string device = "auto";  // auto | cpu | cuda
   EngineConfig config(int64_t default_max_num_seqs) const;
 };

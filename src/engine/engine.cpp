@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <string>
 
 #include "core/error.h"
@@ -11,6 +12,22 @@
 namespace qserve {
 
 using Clock = std::chrono::steady_clock;
+
+namespace {
+// Overlap: the token a sequence holds, for the length of one step() call, where the in-flight
+// step's sample will go (never handed to an executor as a real id: launch() feeds that row).
+constexpr int32_t kPlaceholderToken = -1;
+}  // namespace
+
+// Adds the wall time since the previous lap to one of EngineStats' phase totals.
+struct Engine::PhaseClock {
+  Clock::time_point mark = Clock::now();
+  void lap(double& total) {
+    const Clock::time_point now = Clock::now();
+    total += std::chrono::duration<double>(now - mark).count();
+    mark = now;
+  }
+};
 
 struct Engine::Request {
   int64_t id = 0;
@@ -53,7 +70,15 @@ Engine::Engine(std::unique_ptr<ModelExecutor> executor, const Tokenizer* tokeniz
   for (int64_t s = cfg_.max_num_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  // A launched step still writes into the executor's buffers: wait for it first.
+  if (in_flight_) {
+    try {
+      executor_->collect(ids_);
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): nothing to report to
+    }
+  }
+}
 
 int64_t engine_max_model_len(const EngineConfig& cfg, const ModelConfig& model) {
   return cfg.max_model_len > 0 ? std::min(cfg.max_model_len, model.max_position_embeddings)
@@ -118,7 +143,7 @@ int64_t Engine::add_request(std::vector<int32_t> prompt_ids, const SamplingParam
 }
 
 bool Engine::has_unfinished() const {
-  return scheduler_->has_unfinished() || !pending_.empty();
+  return scheduler_->has_unfinished() || !pending_.empty() || in_flight_.has_value();
 }
 
 RequestOutput Engine::new_output(const Request& r) const {
@@ -157,10 +182,14 @@ bool Engine::abort(int64_t id) {
 
 // Where the next token of r is sampled: on the executor's device when it can and nothing
 // host-only is needed (logprobs, min-p, ids banned before min_tokens), else from the logits.
+bool Engine::device_row_ok(const Request& r) const {
+  const bool banning = r.seq.num_output() < r.params.min_tokens && !r.banned.empty();
+  return executor_->samples_on_device() && r.sampler.device_eligible() && !banning;
+}
+
 RowSample Engine::plan_row(Request& r) {
   RowSample row;
-  const bool banning = r.seq.num_output() < r.params.min_tokens && !r.banned.empty();
-  if (executor_->samples_on_device() && r.sampler.device_eligible() && !banning) {
+  if (device_row_ok(r)) {
     const Sampler::DeviceRow d = r.sampler.next_device_row();
     row.kind = RowSample::Kind::kDevice;
     row.temperature = d.temperature;
@@ -181,15 +210,26 @@ void Engine::sample_and_check(Request& r, std::span<const float> logits, Request
                out);
 }
 
-// Appends a sampled token to r and applies the stop rules.
 void Engine::accept_token(Request& r, const SampledToken& tok, RequestOutput& out) {
+  accept_token_at(r, r.seq.num_tokens(), tok, out);
+}
+
+void Engine::accept_token_at(Request& r, int64_t position, const SampledToken& tok,
+                             RequestOutput& out) {
   const SamplingParams& p = r.params;
-  const bool before_min = r.seq.num_output() < p.min_tokens;
+  if (r.seq.num_tokens() == position + 1) {
+    check(r.seq.tokens.back() == kPlaceholderToken, "engine: no placeholder where a token lands");
+    r.seq.tokens.back() = tok.id;
+  } else {
+    check(r.seq.num_tokens() == position, "engine: a sampled token for the wrong position");
+    r.seq.tokens.push_back(tok.id);
+  }
+  // Whether this token is one of the first min_tokens (stop ids and strings do not apply yet).
+  const bool before_min = r.seq.num_output() - 1 < p.min_tokens;
   if (!r.has_first_token) {
     r.has_first_token = true;
     r.first_token = Clock::now();
   }
-  r.seq.tokens.push_back(tok.id);
   out.token_ids.push_back(tok.id);
   if (p.logprobs) out.logprobs.push_back(tok);
   out.completion_tokens = r.seq.num_output();
@@ -239,72 +279,197 @@ void Engine::accept_token(Request& r, const SampledToken& tok, RequestOutput& ou
   }
 }
 
+void Engine::build_step(const SchedulerOutput& sched) {
+  tokens_.clear();
+  spans_.clear();
+  tables_.clear();
+  rows_.clear();
+  for (const ScheduledChunk& c : sched.chunks) {
+    Request& r = *requests_.at(c.seq->id);
+    if (r.slot < 0) {
+      check(!free_slots_.empty(), "engine: no free cache slot (scheduler over max_num_seqs)");
+      r.slot = free_slots_.back();
+      free_slots_.pop_back();
+    }
+    spans_.push_back({static_cast<int64_t>(tokens_.size()), c.num_tokens, c.context_len, r.slot});
+    tables_.push_back(&c.seq->pages);
+    tokens_.insert(tokens_.end(), c.seq->tokens.begin() + c.context_len,
+                   c.seq->tokens.begin() + c.context_len + c.num_tokens);
+    if (c.num_tokens == 1 && c.context_len > 0) {
+      ++stats_.decode_tokens;
+    } else {
+      stats_.prefill_tokens += c.num_tokens;
+    }
+  }
+  for (const ScheduledChunk& c : sched.chunks) {
+    rows_.push_back(c.samples ? plan_row(*requests_.at(c.seq->id)) : RowSample{});
+  }
+}
+
+// A step the executor may run while the engine goes on: pure decode, every row on the device.
+bool Engine::launchable(const SchedulerOutput& sched) const {
+  if (!cfg_.overlap_steps) return false;
+  for (size_t i = 0; i < sched.chunks.size(); ++i) {
+    const ScheduledChunk& c = sched.chunks[i];
+    if (c.num_tokens != 1 || c.context_len == 0 || !c.samples ||
+        rows_[i].kind != RowSample::Kind::kDevice) {
+      return false;
+    }
+  }
+  return executor_->can_launch(spans_, rows_);
+}
+
+Engine::InFlight Engine::in_flight_rows(const SchedulerOutput& sched) const {
+  InFlight rows;
+  rows.reserve(sched.chunks.size());
+  for (const ScheduledChunk& c : sched.chunks) {
+    rows.push_back({c.seq->id, c.context_len + c.num_tokens});
+  }
+  return rows;
+}
+
+// The step after the in-flight one is known before its tokens are when nothing but those tokens
+// could change it: no request waits for admission, every running sequence is a row of the
+// in-flight step, none needs a page the pool cannot give (so scheduling preempts nothing), and
+// every continuing row can be sampled on the device. The rows whose in-flight token is their
+// last by length are left out; rows that stop on a token or string are run once more and their
+// extra token discarded when the in-flight step is collected.
+std::optional<Engine::InFlight> Engine::launch_next(PhaseClock& clock) {
+  if (!cfg_.overlap_steps || scheduler_->num_waiting() > 0) return std::nullopt;
+  for (const Sequence* s : scheduler_->running()) {
+    if (s->num_pending() != 0) return std::nullopt;  // still prefilling: not in the step
+  }
+  std::vector<Request*> next;
+  feed_.clear();
+  const InFlight& cur = *in_flight_;
+  for (size_t i = 0; i < cur.size(); ++i) {
+    auto it = requests_.find(cur[i].request);
+    if (it == requests_.end() || it->second->seq.status != SeqStatus::kRunning) continue;
+    Request& r = *it->second;
+    check(r.seq.num_tokens() == cur[i].position, "engine: in-flight row out of step");
+    if (cur[i].position + 1 >= r.seq.max_total_len) continue;  // its last token is in flight
+    next.push_back(&r);
+    feed_.push_back(static_cast<int32_t>(i));
+  }
+  if (next.empty()) return std::nullopt;
+
+  // Tentatively: the placeholders, then whether the step qualifies (undone if not).
+  int64_t new_pages = 0;
+  bool ok = true;
+  spans_.clear();
+  rows_.clear();
+  for (Request* r : next) {
+    r->seq.tokens.push_back(kPlaceholderToken);
+    ok = ok && device_row_ok(*r);
+    new_pages += pages_for_tokens(r->seq.num_tokens()) > static_cast<int64_t>(r->seq.pages.size());
+    spans_.push_back({static_cast<int64_t>(spans_.size()), 1, r->seq.num_computed, r->slot});
+    rows_.push_back({RowSample::Kind::kDevice});
+  }
+  ok = ok && new_pages <= blocks_->num_free() && executor_->can_launch(spans_, rows_);
+  if (!ok) {
+    for (Request* r : next) r->seq.tokens.pop_back();
+    return std::nullopt;
+  }
+
+  const SchedulerOutput sched = scheduler_->schedule();
+  bool as_predicted = sched.preempted.empty() && sched.chunks.size() == next.size();
+  for (size_t i = 0; as_predicted && i < next.size(); ++i) {
+    const ScheduledChunk& c = sched.chunks[i];
+    as_predicted = c.seq == &next[i]->seq && c.num_tokens == 1 && c.samples;
+  }
+  check(as_predicted, "engine: the overlapped step was not scheduled as predicted");
+  clock.lap(stats_.schedule_s);
+  build_step(sched);
+  clock.lap(stats_.prepare_s);
+  executor_->launch(tokens_, feed_, spans_, tables_, rows_);
+  ++stats_.steps;
+  ++stats_.overlapped_steps;
+  scheduler_->on_step_done(sched);
+  clock.lap(stats_.execute_s);
+  return in_flight_rows(sched);
+}
+
+void Engine::collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& clock) {
+  executor_->collect(ids_);
+  clock.lap(stats_.execute_s);
+  const InFlight& cur = *in_flight_;
+  check(ids_.size() == cur.size(), "engine: executor returned ids of the wrong size");
+  const size_t vocab = static_cast<size_t>(executor_->vocab_size());
+  for (size_t i = 0; i < cur.size(); ++i) {
+    auto it = requests_.find(cur[i].request);
+    // Finished (a stop in the step before, or an abort): its extra token is discarded.
+    if (it == requests_.end() || it->second->seq.status != SeqStatus::kRunning) continue;
+    Request& r = *it->second;
+    const int32_t id = ids_[i];
+    check(id >= 0 && static_cast<size_t>(id) < vocab,
+          "engine: the executor sampled an id outside the vocabulary");
+    RequestOutput out = new_output(r);
+    accept_token_at(r, cur[i].position, SampledToken{id, 0.0f, {}}, out);
+    outputs.push_back(std::move(out));
+  }
+}
+
+// One step. Without a launched step: schedule, build the inputs, then either run the step and
+// accept its tokens, or (a launchable decode step) launch it. With a launched step in flight:
+// launch the next one if it is known (launch_next), then collect the in-flight one. Either way
+// the outputs of one model step come back, then go to the callbacks.
 std::vector<RequestOutput> Engine::step() {
-  const auto since = [](Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double>(b - a).count();
-  };
-  const Clock::time_point t0 = Clock::now();
+  PhaseClock clock;
   std::vector<RequestOutput> outputs = std::move(pending_);
   pending_.clear();
-  const SchedulerOutput sched = scheduler_->schedule();
-  stats_.preemptions += static_cast<int64_t>(sched.preempted.size());
-  for (Sequence* s : sched.preempted) {
-    Request& r = *requests_.at(s->id);
-    free_slots_.push_back(r.slot);
-    r.slot = -1;
+  if (!in_flight_) {
+    const SchedulerOutput sched = scheduler_->schedule();
+    stats_.preemptions += static_cast<int64_t>(sched.preempted.size());
+    for (Sequence* s : sched.preempted) {
+      Request& r = *requests_.at(s->id);
+      free_slots_.push_back(r.slot);
+      r.slot = -1;
+    }
+    clock.lap(stats_.schedule_s);
+    if (!sched.empty()) {
+      build_step(sched);
+      clock.lap(stats_.prepare_s);
+      if (launchable(sched)) {
+        executor_->launch(tokens_, {}, spans_, tables_, rows_);
+        ++stats_.steps;
+        scheduler_->on_step_done(sched);
+        in_flight_ = in_flight_rows(sched);
+        clock.lap(stats_.execute_s);
+      } else {
+        executor_->execute_rows(tokens_, spans_, tables_, rows_, logits_, ids_);
+        clock.lap(stats_.execute_s);
+        ++stats_.steps;
+        scheduler_->on_step_done(sched);
+        size_t n_logits = 0, n_ids = 0;
+        for (const RowSample& row : rows_) {
+          n_logits += row.kind == RowSample::Kind::kLogits;
+          n_ids += row.kind == RowSample::Kind::kDevice;
+        }
+        const size_t vocab = static_cast<size_t>(executor_->vocab_size());
+        check(logits_.size() == vocab * n_logits && ids_.size() == n_ids,
+              "engine: executor returned logits or ids of the wrong size");
+        size_t li = 0, di = 0;
+        for (size_t i = 0; i < sched.chunks.size(); ++i) {
+          if (rows_[i].kind == RowSample::Kind::kNone) continue;
+          Request& r = *requests_.at(sched.chunks[i].seq->id);
+          RequestOutput out = new_output(r);
+          if (rows_[i].kind == RowSample::Kind::kLogits) {
+            sample_and_check(r, {logits_.data() + vocab * li++, vocab}, out);
+          } else {
+            const int32_t id = ids_[di++];
+            check(id >= 0 && static_cast<size_t>(id) < vocab,
+                  "engine: the executor sampled an id outside the vocabulary");
+            accept_token(r, SampledToken{id, 0.0f, {}}, out);
+          }
+          outputs.push_back(std::move(out));
+        }
+      }
+    }
   }
-  Clock::time_point t1 = Clock::now(), t2 = t1, t3 = t1;
-  if (!sched.empty()) {
-    tokens_.clear();
-    spans_.clear();
-    tables_.clear();
-    for (const ScheduledChunk& c : sched.chunks) {
-      Request& r = *requests_.at(c.seq->id);
-      if (r.slot < 0) {
-        check(!free_slots_.empty(), "engine: no free cache slot (scheduler over max_num_seqs)");
-        r.slot = free_slots_.back();
-        free_slots_.pop_back();
-      }
-      spans_.push_back({static_cast<int64_t>(tokens_.size()), c.num_tokens, c.context_len, r.slot});
-      tables_.push_back(&c.seq->pages);
-      tokens_.insert(tokens_.end(), c.seq->tokens.begin() + c.context_len,
-                     c.seq->tokens.begin() + c.context_len + c.num_tokens);
-      if (c.num_tokens == 1 && c.context_len > 0) {
-        ++stats_.decode_tokens;
-      } else {
-        stats_.prefill_tokens += c.num_tokens;
-      }
-    }
-    rows_.clear();
-    size_t n_logits = 0, n_ids = 0;
-    for (const ScheduledChunk& c : sched.chunks) {
-      rows_.push_back(c.samples ? plan_row(*requests_.at(c.seq->id)) : RowSample{});
-      n_logits += rows_.back().kind == RowSample::Kind::kLogits;
-      n_ids += rows_.back().kind == RowSample::Kind::kDevice;
-    }
-    t2 = Clock::now();
-    executor_->execute_rows(tokens_, spans_, tables_, rows_, logits_, ids_);
-    t3 = Clock::now();
-    ++stats_.steps;
-    scheduler_->on_step_done(sched);
-    const size_t vocab = static_cast<size_t>(executor_->vocab_size());
-    check(logits_.size() == vocab * n_logits && ids_.size() == n_ids,
-          "engine: executor returned logits or ids of the wrong size");
-    size_t li = 0, di = 0;
-    for (size_t i = 0; i < sched.chunks.size(); ++i) {
-      if (rows_[i].kind == RowSample::Kind::kNone) continue;
-      Request& r = *requests_.at(sched.chunks[i].seq->id);
-      RequestOutput out = new_output(r);
-      if (rows_[i].kind == RowSample::Kind::kLogits) {
-        sample_and_check(r, {logits_.data() + vocab * li++, vocab}, out);
-      } else {
-        const int32_t id = ids_[di++];
-        check(id >= 0 && static_cast<size_t>(id) < vocab,
-              "engine: the executor sampled an id outside the vocabulary");
-        accept_token(r, SampledToken{id, 0.0f, {}}, out);
-      }
-      outputs.push_back(std::move(out));
-    }
+  if (in_flight_) {
+    std::optional<InFlight> next = launch_next(clock);
+    collect_in_flight(outputs, clock);
+    in_flight_ = std::move(next);
   }
   for (const RequestOutput& o : outputs) {
     auto it = requests_.find(o.id);
@@ -312,11 +477,7 @@ std::vector<RequestOutput> Engine::step() {
     if (it->second->on_output) it->second->on_output(o);
     if (o.finished) requests_.erase(it);
   }
-  const Clock::time_point t4 = Clock::now();
-  stats_.schedule_s += since(t0, t1);
-  stats_.prepare_s += since(t1, t2);
-  stats_.execute_s += since(t2, t3);
-  stats_.outputs_s += since(t3, t4);
+  clock.lap(stats_.outputs_s);
   return outputs;
 }
 

@@ -47,6 +47,12 @@ struct EngineConfig {
   // CUDA engine: replay pure-decode steps from captured CUDA graphs (docs/cuda.md); profile
   // forces eager steps. Other executors ignore it.
   bool cuda_graphs = true;
+  // Overlapped decode steps: while the executor runs decode step N, the engine schedules and
+  // launches step N + 1 (its input tokens fed on the device from step N's samples), then
+  // collects step N. Applies to pure decode steps whose rows are all sampled on the device
+  // (ModelExecutor::can_launch); the outputs are the same as without it, delivered by the same
+  // step() calls. See docs/engine.md, "Overlapped steps".
+  bool overlap_steps = true;
 };
 
 // What a request produced since its last output (and, when finished, how it ended).
@@ -77,6 +83,8 @@ struct EngineStats {
   // the device: ModelExecutor::device_wait_seconds), and accepting the sampled tokens and
   // delivering the outputs. What is not executor time is host time the device does not overlap.
   double schedule_s = 0.0, prepare_s = 0.0, execute_s = 0.0, outputs_s = 0.0;
+  // Steps launched while the previous one was still running (overlap_steps).
+  int64_t overlapped_steps = 0;
 };
 
 class Engine {
@@ -101,6 +109,7 @@ class Engine {
   // Aborts a queued or running request: its pages are freed now, and its final output
   // (finish_reason "abort") comes with the next step. False if unknown or already finished.
   bool abort(int64_t id);
+  // Queued, running, an output not yet delivered, or a launched step not yet collected.
   bool has_unfinished() const;
 
   const EngineStats& stats() const { return stats_; }
@@ -111,9 +120,32 @@ class Engine {
 
  private:
   struct Request;
+  // A step handed to ModelExecutor::launch and not collected yet: per row, the request and the
+  // index its sampled token takes in the request's tokens.
+  struct InFlightRow {
+    int64_t request = 0;
+    int64_t position = 0;
+  };
+  using InFlight = std::vector<InFlightRow>;
+
+  bool device_row_ok(const Request& r) const;
   RowSample plan_row(Request& r);
+  // tokens_ / spans_ / tables_ / rows_ for a scheduled step (claims cache slots, counts tokens).
+  void build_step(const SchedulerOutput& sched);
+  bool launchable(const SchedulerOutput& sched) const;
+  InFlight in_flight_rows(const SchedulerOutput& sched) const;
+  // Overlap: schedules and launches the step after the in-flight one, its tokens fed from the
+  // in-flight step's samples, when every running sequence is one of its continuing decode rows
+  // and nothing else could change the schedule. Returns the new step's rows, or nothing.
+  struct PhaseClock;
+  std::optional<InFlight> launch_next(PhaseClock& clock);
+  // Waits for the in-flight step and accepts its tokens into `outputs`.
+  void collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& clock);
   void sample_and_check(Request& r, std::span<const float> logits, RequestOutput& out);
+  // Appends tok to r (or fills the placeholder at `position` that overlap put there) and
+  // applies the stop rules.
   void accept_token(Request& r, const SampledToken& tok, RequestOutput& out);
+  void accept_token_at(Request& r, int64_t position, const SampledToken& tok, RequestOutput& out);
   void finish(Request& r, const std::string& reason, RequestOutput& out);
   RequestOutput new_output(const Request& r) const;
 
@@ -136,6 +168,8 @@ class Engine {
   std::vector<RowSample> rows_;
   std::vector<float> logits_;
   std::vector<int32_t> ids_;
+  std::vector<int32_t> feed_;
+  std::optional<InFlight> in_flight_;  // overlap: the launched step not collected yet
 };
 
 // Shared by every backend's engine factory (Engine::create, create_cuda_engine):

@@ -42,4 +42,18 @@ void ModelExecutor::execute_rows(std::span<const int32_t> tokens, std::span<cons
   logits = std::move(all);
 }
 
+bool ModelExecutor::can_launch(std::span<const SeqSpan>, std::span<const RowSample>) const {
+  return false;
+}
+
+void ModelExecutor::launch(std::span<const int32_t>, std::span<const int32_t>,
+                           std::span<const SeqSpan>, std::span<const PageTable* const>,
+                           std::span<const RowSample>) {
+  throw Error("this executor (" + describe() + ") cannot launch steps asynchronously");
+}
+
+void ModelExecutor::collect(std::vector<int32_t>&) {
+  throw Error("this executor (" + describe() + ") has no launched step to collect");
+}
+
 }  // namespace qserve

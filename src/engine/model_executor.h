@@ -57,6 +57,23 @@ class ModelExecutor {
                             std::span<const RowSample> rows, std::vector<float>& logits,
                             std::vector<int32_t>& ids);
   virtual bool samples_on_device() const { return false; }
+
+  // Overlapped decode steps (EngineConfig::overlap_steps, docs/engine.md "Overlapped steps"):
+  // the engine enqueues step N + 1 before it waits for step N, so the host's scheduling, input
+  // packing and output handling run while the device computes.
+  //
+  // Whether launch() takes this step: a pure decode step (every sequence one token after a
+  // non-empty context) whose rows are all kDevice, in a shape the executor runs without the host.
+  virtual bool can_launch(std::span<const SeqSpan> seqs, std::span<const RowSample> rows) const;
+  // Enqueues such a step and returns without waiting for it. feed is empty or one entry per
+  // sequence: feed[i] >= 0 makes sequence i's input token the feed[i]-th id sampled by the step
+  // launched just before this one (not collected yet, so the host does not know it; tokens[i]
+  // is then ignored). At most two launched steps may be outstanding.
+  virtual void launch(std::span<const int32_t> tokens, std::span<const int32_t> feed,
+                      std::span<const SeqSpan> seqs, std::span<const PageTable* const> pages,
+                      std::span<const RowSample> rows);
+  // Waits for the oldest outstanding launched step; its sampled ids, one per sequence in order.
+  virtual void collect(std::vector<int32_t>& ids);
   // With EngineConfig::profile: where the steps so far spent their time (a table per step
   // kind); empty when the executor does not profile.
   virtual std::string profile_report() const { return {}; }

@@ -70,6 +70,10 @@ SchedulerOutput Scheduler::schedule() {
   // 1. Running sequences, oldest first; preempt the newest when a page is missing.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence* s = running_[i];
+    if (s->num_pending() == 0) {  // overlap: its next token is still being sampled
+      ++i;
+      continue;
+    }
     const int64_t n = std::min(s->num_pending(), budget);
     bool preempted_self = false;
     while (!blocks_.grow(s->pages, s->num_computed + n)) {

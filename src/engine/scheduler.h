@@ -2,7 +2,8 @@
 //
 // Every step takes, within `max_num_batched_tokens` tokens and `max_num_seqs` sequences:
 //  1. the running sequences in arrival order - one token for those decoding, the next chunk
-//     for those still prefilling. When a page is missing, the newest running sequence is
+//     for those still prefilling, nothing for those whose next token is not known yet (the
+//     engine's overlapped steps). When a page is missing, the newest running sequence is
 //     preempted (its pages freed, its K/V to be recomputed later) until the page fits; a
 //     sequence that must preempt itself waits.
 //  2. then waiting sequences in arrival order (a preempted sequence keeps its place), each

@@ -142,9 +142,13 @@ std::string CudaExecutor::describe() const {
 }
 
 void CudaExecutor::validate(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
-                            std::span<const PageTable* const> pages) const {
+                            std::span<const PageTable* const> pages,
+                            std::span<const int32_t> feed) const {
   check(pages.size() == seqs.size() && !seqs.empty(), "cuda executor: bad batch");
-  for (int32_t t : tokens) {
+  check(feed.empty() || feed.size() == tokens.size(), "cuda executor: one feed entry per row");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (!feed.empty() && feed[i] >= 0) continue;  // produced on the device
+    const int32_t t = tokens[i];
     check(t >= 0 && t < cfg_.vocab_size,
           "cuda executor: token id " + std::to_string(t) + " outside the vocabulary");
   }
@@ -278,8 +282,14 @@ void CudaExecutor::finish_step() {
   if (prof_) prof_->end_step();
 }
 
+void CudaExecutor::check_nothing_launched(const char* what) const {
+  check(outstanding_.empty(), std::string("cuda executor: ") + what +
+                                  " while a launched step is outstanding (collect it first)");
+}
+
 void CudaExecutor::execute(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                            std::span<const PageTable* const> pages, std::vector<float>& logits) {
+  check_nothing_launched("execute");
   validate(tokens, seqs, pages);
   std::vector<int32_t> last_rows;
   for (const SeqSpan& s : seqs) {
@@ -296,8 +306,9 @@ void CudaExecutor::execute_rows(std::span<const int32_t> tokens, std::span<const
                                 std::span<const RowSample> rows, std::vector<float>& logits,
                                 std::vector<int32_t>& ids) {
   check(rows.size() == seqs.size(), "execute_rows: one RowSample per sequence is needed");
+  check_nothing_launched("execute_rows");
   validate(tokens, seqs, pages);
-  if (decode_eligible(tokens, seqs)) {
+  if (decode_eligible(seqs, tokens.size())) {
     decode_step(tokens, seqs, pages, rows, logits, ids);
     return;
   }
@@ -322,7 +333,49 @@ void CudaExecutor::execute_rows(std::span<const int32_t> tokens, std::span<const
   finish_step();
 }
 
+bool CudaExecutor::can_launch(std::span<const SeqSpan> seqs,
+                              std::span<const RowSample> rows) const {
+  if (prof_ || rows.size() != seqs.size() || !decode_eligible(seqs, seqs.size())) return false;
+  return std::all_of(rows.begin(), rows.end(),
+                     [](const RowSample& r) { return r.kind == RowSample::Kind::kDevice; });
+}
+
+void CudaExecutor::launch(std::span<const int32_t> tokens, std::span<const int32_t> feed,
+                          std::span<const SeqSpan> seqs, std::span<const PageTable* const> pages,
+                          std::span<const RowSample> rows) {
+  check(can_launch(seqs, rows) && tokens.size() == seqs.size(),
+        "cuda executor: launch of a step that is not an all-device decode step");
+  check(outstanding_.size() < 2, "cuda executor: two launched steps are already outstanding");
+  check(feed.empty() || !outstanding_.empty(),
+        "cuda executor: fed tokens need the step they come from to be outstanding");
+  validate(tokens, seqs, pages, feed);
+  // Buffer set k was last used by launch number launch_count_ - 2, collected by now (at most
+  // one is outstanding), so its staged inputs have been uploaded and its ids read.
+  const int k = static_cast<int>(launch_count_ % 2);
+  const DecodeRows n = enqueue_decode(tokens, feed, seqs, pages, rows, launch_staging_[k]);
+  const size_t bytes = static_cast<size_t>(n.device) * sizeof(int32_t);
+  cuda_check(cudaMemcpyAsync(launch_ids_[k].ensure(bytes), decode_buf_.ids, bytes,
+                             cudaMemcpyDeviceToHost, stream_.get()),
+             "cuda executor: launched step's ids to the host");
+  launch_done_[k].record(stream_.get());
+  outstanding_.push_back({k, n.device});
+  ++launch_count_;
+}
+
+void CudaExecutor::collect(std::vector<int32_t>& ids) {
+  check(!outstanding_.empty(), "cuda executor: collect without a launched step");
+  const Launched l = outstanding_.front();
+  outstanding_.erase(outstanding_.begin());
+  {
+    const WaitTimer wait(device_wait_s_);
+    launch_done_[l.k].synchronize();
+  }
+  const auto* h = reinterpret_cast<const int32_t*>(launch_ids_[l.k].data());
+  ids.assign(h, h + l.rows);
+}
+
 void CudaExecutor::score(std::span<const int32_t> tokens, std::vector<float>& logits) {
+  check_nothing_launched("score");
   const int64_t n = static_cast<int64_t>(tokens.size());
   check(n > 0 && n <= max_model_len_, "score: sequence length outside (0, max_model_len]");
   check(pages_for_tokens(n) <= num_pages_, "score: the cache has too few pages");

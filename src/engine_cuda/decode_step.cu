@@ -46,8 +46,9 @@ struct DecodeLayout {
   size_t num_tokens() const { return 28 * batch; }  // int32 [B] all 1
   size_t context() const { return 32 * batch; }     // int32 [B]
   size_t out_rows() const { return 36 * batch; }    // int32 [B] lm_head row order
-  size_t table() const { return 40 * batch; }       // int32 [B, stride]
-  size_t bytes() const { return 40 * batch + 4 * batch * stride; }
+  size_t feed() const { return 40 * batch; }        // int32 [B] StepInputs::feed (-1: tokens)
+  size_t table() const { return 44 * batch; }       // int32 [B, stride]
+  size_t bytes() const { return 44 * batch + 4 * batch * stride; }
 };
 
 template <typename T>
@@ -57,9 +58,8 @@ T* at(uint8_t* base, size_t off) {
 
 }  // namespace
 
-bool CudaExecutor::decode_eligible(std::span<const int32_t> tokens,
-                                   std::span<const SeqSpan> seqs) const {
-  if (!opts_.bucket_decode || tokens.size() != seqs.size() ||
+bool CudaExecutor::decode_eligible(std::span<const SeqSpan> seqs, size_t num_tokens) const {
+  if (!opts_.bucket_decode || num_tokens != seqs.size() ||
       static_cast<int64_t>(seqs.size()) > buckets_.back()) {
     return false;
   }
@@ -122,6 +122,17 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
                                std::span<const PageTable* const> pages,
                                std::span<const RowSample> rows, std::vector<float>& logits,
                                std::vector<int32_t>& ids) {
+  const DecodeRows n = enqueue_decode(tokens, {}, seqs, pages, rows, staging_);
+  copy_out(decode_buf_, n.device, n.device, n.logits, ids, logits);
+  finish_step();
+}
+
+CudaExecutor::DecodeRows CudaExecutor::enqueue_decode(std::span<const int32_t> tokens,
+                                                      std::span<const int32_t> feed,
+                                                      std::span<const SeqSpan> seqs,
+                                                      std::span<const PageTable* const> pages,
+                                                      std::span<const RowSample> rows,
+                                                      PinnedBuffer& staging) {
   const int64_t n = static_cast<int64_t>(seqs.size());
   const int32_t B = decode_batch_bucket(buckets_, n);
   int64_t max_total = 0;
@@ -133,7 +144,7 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
 
   // The packed inputs, written straight into pinned staging.
   const DecodeLayout L{static_cast<size_t>(B), static_cast<size_t>(stride)};
-  uint8_t* h = staging_.ensure(L.bytes());
+  uint8_t* h = staging.ensure(L.bytes());
   auto* uniform = at<double>(h, L.uniform());
   auto* temperature = at<float>(h, L.temperature());
   auto* top_p = at<float>(h, L.top_p());
@@ -143,6 +154,7 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
   auto* ntok = at<int32_t>(h, L.num_tokens());
   auto* ctx = at<int32_t>(h, L.context());
   auto* out = at<int32_t>(h, L.out_rows());
+  auto* fed = at<int32_t>(h, L.feed());
   auto* table = at<int32_t>(h, L.table());
 
   int64_t slot = 0;
@@ -177,7 +189,8 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
   }
   for (int64_t i = 0; i < B; ++i) {
     const bool real = i < n;
-    tok[i] = real ? tokens[static_cast<size_t>(i)] : 0;
+    fed[i] = real && !feed.empty() ? feed[static_cast<size_t>(i)] : -1;
+    tok[i] = real && fed[i] < 0 ? tokens[static_cast<size_t>(i)] : 0;
     offset[i] = static_cast<int32_t>(i);
     ntok[i] = 1;
     ctx[i] = real ? static_cast<int32_t>(seqs[static_cast<size_t>(i)].context_len) : 0;
@@ -195,6 +208,8 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
   StepInputs in;
   const uint8_t* d = decode_buf_.inputs;
   in.tokens = reinterpret_cast<const int32_t*>(d + L.tokens());
+  in.feed = reinterpret_cast<const int32_t*>(d + L.feed());
+  in.feed_ids = decode_buf_.ids;  // the previous decode step's samples, in row order
   in.rows = B;
   VarlenBatchDevice batch;
   batch.num_seqs = B;
@@ -243,8 +258,7 @@ void CudaExecutor::decode_step(std::span<const int32_t> tokens, std::span<const 
       }
     }
   }
-  copy_out(decode_buf_, n_dev, n_dev, n_log, ids, logits);
-  finish_step();
+  return {n_dev, n_log};
 }
 
 }  // namespace qserve::cuda

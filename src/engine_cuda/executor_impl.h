@@ -31,6 +31,10 @@ inline constexpr int64_t kPageTokens = 64;
 // The device-side inputs of one step (pointers into a StepBuffers' packed inputs).
 struct StepInputs {
   const int32_t* tokens = nullptr;  // [rows]
+  // Decode steps: row t's token is feed_ids[feed[t]] where feed[t] >= 0 (sampled by the step
+  // before; overlapped steps), else tokens[t]. Null on eager steps.
+  const int32_t* feed = nullptr;
+  const int32_t* feed_ids = nullptr;
   int64_t rows = 0;
   VarlenBatchDevice all, dec, pre;    // every sequence (RoPE/append); decode rows; prefill chunks
   const int32_t* out_rows = nullptr;  // [num_out] rows that go through the lm_head, in order
@@ -77,14 +81,25 @@ class CudaExecutor final : public ModelExecutor {
                     std::span<const PageTable* const> pages, std::span<const RowSample> rows,
                     std::vector<float>& logits, std::vector<int32_t>& ids) override;
   void score(std::span<const int32_t> tokens, std::vector<float>& logits) override;
+  // Overlapped decode steps: the bucketed decode path (graphs when on), its inputs staged in
+  // one of two pinned buffers and its ids copied back into one of two pinned buffers behind an
+  // event, so two steps can be outstanding. Not while profiling (the profile times each step).
+  bool can_launch(std::span<const SeqSpan> seqs, std::span<const RowSample> rows) const override;
+  void launch(std::span<const int32_t> tokens, std::span<const int32_t> feed,
+              std::span<const SeqSpan> seqs, std::span<const PageTable* const> pages,
+              std::span<const RowSample> rows) override;
+  void collect(std::vector<int32_t>& ids) override;
 
   CudaGraphStats graph_stats() const;
 
  private:
   // ---- cuda_executor.cu: eager steps
-  // Checks token ids and page tables (the same for both paths).
+  // Checks token ids (but those of fed rows) and page tables (the same for every path).
   void validate(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
-                std::span<const PageTable* const> pages) const;
+                std::span<const PageTable* const> pages, std::span<const int32_t> feed = {}) const;
+  // Synchronous entry points need no launched step outstanding (they share the stream's
+  // buffers and staging with it).
+  void check_nothing_launched(const char* what) const;
   // One step launched op by op, its inputs packed into one upload; the returned buffers hold
   // the logits of out_rows (and the ids of the first sample->temperature.size() of them).
   StepBuffers run_eager(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
@@ -110,10 +125,18 @@ class CudaExecutor final : public ModelExecutor {
   }
 
   // ---- decode_step.cu: pure-decode steps at bucketed shapes
-  bool decode_eligible(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs) const;
+  bool decode_eligible(std::span<const SeqSpan> seqs, size_t num_tokens) const;
   void decode_step(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                    std::span<const PageTable* const> pages, std::span<const RowSample> rows,
                    std::vector<float>& logits, std::vector<int32_t>& ids);
+  // Packs a decode step's inputs into `staging`, uploads them and enqueues the step (graph
+  // replay, or eager run + capture). Returns its kDevice and kLogits row counts.
+  struct DecodeRows {
+    int64_t device = 0, logits = 0;
+  };
+  DecodeRows enqueue_decode(std::span<const int32_t> tokens, std::span<const int32_t> feed,
+                            std::span<const SeqSpan> seqs, std::span<const PageTable* const> pages,
+                            std::span<const RowSample> rows, PinnedBuffer& staging);
   // Makes the shared decode buffers fit a context bucket (growing drops every graph).
   void ensure_decode_buffers(int64_t context);
   size_t decode_gemm_workspace_bytes() const;
@@ -143,7 +166,17 @@ class CudaExecutor final : public ModelExecutor {
   DecodeGraphCache graphs_;
   bool graphs_on_ = false;
   CudaGraphStats stats_;
-  double device_wait_s_ = 0.0;  // copy_out's and finish_step's waits (device_wait_seconds)
+  double device_wait_s_ = 0.0;  // copy_out's, finish_step's and collect's waits
+
+  // Launched steps (can_launch / launch / collect): buffer set k = launch number % 2.
+  struct Launched {
+    int k = 0;
+    int64_t rows = 0;
+  };
+  PinnedBuffer launch_staging_[2], launch_ids_[2];
+  Event launch_done_[2];
+  std::vector<Launched> outstanding_;  // oldest first, at most 2
+  int64_t launch_count_ = 0;
 };
 
 }  // namespace qserve::cuda

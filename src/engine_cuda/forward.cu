@@ -72,7 +72,7 @@ void CudaExecutor::forward(const StepInputs& in, const StepBuffers& b, const Gem
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   cudaStream_t s = stream_.get();
 
-  embedding_f32(w_.embed.data(), in.tokens, T, H, b.x, s);
+  embedding_f32_fed(w_.embed.data(), in.tokens, in.feed, in.feed_ids, T, H, b.x, s);
   mark(OpClass::kInput, {static_cast<double>(T * H) * 8.0, 0.0});
   // The step's RoPE table (cos/sin and each row's page slot), once for all layers, where the
   // layers' RoPE reads one (decode-sized steps; a step's shape is fixed, so graphs keep it).

@@ -134,6 +134,9 @@ TEST(EngineCli, BenchStaticAndIfbWriteResults) {
   EXPECT_GT(h["execute"].get<double>(), 0.0);
   EXPECT_LE(h["device_wait"].get<double>(), h["execute"].get<double>());
   EXPECT_NE(a.out.find("decode step "), std::string::npos) << a.out;
+  // The CPU executor runs every step itself (only device executors launch ahead).
+  EXPECT_EQ(j["results"][0]["overlapped_steps"], 0);
+  EXPECT_NE(a.out.find("0 of 6 steps overlapped"), std::string::npos) << a.out;
   std::ifstream c(csv);
   std::stringstream ss;
   ss << c.rdbuf();

@@ -70,6 +70,8 @@ class FakeExecutor final : public ModelExecutor {
   void execute_rows(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                     std::span<const PageTable* const> pages, std::span<const RowSample> rows,
                     std::vector<float>& logits, std::vector<int32_t>& ids) override {
+    check(sync_ok_ || outstanding_.empty(), "fake: a synchronous step while one is launched");
+    sync_ok_ = false;
     if (!device_sampling) {
       ModelExecutor::execute_rows(tokens, seqs, pages, rows, logits, ids);
       seen.insert(seen.end(), rows.begin(), rows.end());
@@ -94,7 +96,54 @@ class FakeExecutor final : public ModelExecutor {
     }
   }
 
+  // With launch_steps (and device_sampling), pure decode steps of kDevice rows are launched:
+  // computed at launch like a device would (fed tokens taken from the previous launch's ids),
+  // their ids held until collect(). Checks the engine's side of the contract: at most two
+  // outstanding, feed only from an outstanding step, no synchronous step while one is.
+  bool can_launch(std::span<const SeqSpan> seqs, std::span<const RowSample> rows) const override {
+    if (!launch_steps || !device_sampling || seqs.size() != rows.size()) return false;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i].num_tokens != 1 || seqs[i].context_len == 0 ||
+          seqs[i].token_offset != static_cast<int64_t>(i) ||
+          rows[i].kind != RowSample::Kind::kDevice) {
+        return false;
+      }
+    }
+    return true;
+  }
+  void launch(std::span<const int32_t> tokens, std::span<const int32_t> feed,
+              std::span<const SeqSpan> seqs, std::span<const PageTable* const> pages,
+              std::span<const RowSample> rows) override {
+    check(can_launch(seqs, rows), "fake: launch of a step it cannot launch");
+    check(outstanding_.size() < 2, "fake: a third outstanding step");
+    std::vector<int32_t> in(tokens.begin(), tokens.end());
+    if (!feed.empty()) {
+      check(feed.size() == seqs.size() && !outstanding_.empty(), "fake: feed without a step");
+      const std::vector<int32_t>& prev = outstanding_.back();
+      for (size_t i = 0; i < feed.size(); ++i) {
+        if (feed[i] < 0) continue;
+        check(static_cast<size_t>(feed[i]) < prev.size(), "fake: feed index out of range");
+        in[i] = prev[static_cast<size_t>(feed[i])];
+      }
+    }
+    for (int32_t t : in) check(t >= 0 && t < vocab_, "fake: launched token outside the vocabulary");
+    std::vector<float> logits;
+    std::vector<int32_t> ids;
+    sync_ok_ = true;
+    execute_rows(in, seqs, pages, rows, logits, ids);
+    outstanding_.push_back(std::move(ids));
+    ++launches;
+    max_outstanding = std::max<int64_t>(max_outstanding, static_cast<int64_t>(outstanding_.size()));
+  }
+  void collect(std::vector<int32_t>& ids) override {
+    check(!outstanding_.empty(), "fake: collect without a launched step");
+    ids = std::move(outstanding_.front());
+    outstanding_.erase(outstanding_.begin());
+  }
+
   bool device_sampling = false;
+  bool launch_steps = false;
+  int64_t launches = 0, max_outstanding = 0;
   std::vector<RowSample> seen;
   int64_t steps = 0;
   int32_t favour = -1;  // a token id to boost in every row (e.g. EOS), tests only
@@ -115,6 +164,8 @@ class FakeExecutor final : public ModelExecutor {
   int64_t vocab_, num_pages_, num_slots_;
   uint64_t seed_;
   std::vector<int32_t> kv_;
+  std::vector<std::vector<int32_t>> outstanding_;  // launched steps' ids, oldest first
+  bool sync_ok_ = false;                           // launch() running its step now
 };
 
 }  // namespace qserve::test

@@ -113,21 +113,24 @@ std::vector<GenerationRequest> request_mix(int n, uint64_t seed) {
 struct MixRun {
   std::vector<CompletedRequest> out;
   CudaGraphStats stats;
+  int64_t overlapped_steps = 0;
 };
 
 MixRun run_mix(const LlamaModel& model, const std::vector<GenerationRequest>& reqs,
-               const CudaExecutorOptions& opts) {
+               const CudaExecutorOptions& opts, bool overlap = true) {
   EngineConfig cfg;
   cfg.max_num_seqs = 128;
   cfg.max_model_len = 512;
   cfg.num_pages = 128 * 8;
   cfg.cuda_graphs = opts.cuda_graphs;
+  cfg.overlap_steps = overlap;
   Engine engine(
       make_cuda_executor(model, *cfg.num_pages, cfg.max_num_seqs, cfg.max_model_len, opts), nullptr,
       cfg, cfg.max_model_len, {});
   MixRun r;
   r.out = generate(engine, reqs);
   r.stats = cuda_graph_stats(engine.executor());
+  r.overlapped_steps = engine.stats().overlapped_steps;
   return r;
 }
 
@@ -217,6 +220,53 @@ TEST_P(GpuCudaGraphs, EngineGivesIdenticalTokensWithAndWithoutGraphs) {
 
 INSTANTIATE_TEST_SUITE_P(Precisions, GpuCudaGraphs,
                          ::testing::Values("w16a16kv16", "w4a8kv4-g128", "w4a8kv4", "w8a8kv8"));
+
+// ---- overlapped decode steps (EngineConfig::overlap_steps)
+
+// The engine launches decode step N + 1 (its tokens fed on the device from step N's samples)
+// before it collects step N: the same mixes give the same tokens and logprobs as one step at a
+// time, with graphs and without; a mix of plain requests, some stopping on a token (their
+// in-flight rows discarded), too.
+class GpuOverlap : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuOverlap, EngineGivesIdenticalTokensWithAndWithoutOverlap) {
+  SKIP_WITHOUT_GPU();
+  const std::string precision = GetParam();
+  auto model = load(precision);
+  std::vector<GenerationRequest> plain = request_mix(48, 5);
+  for (size_t i = 0; i < plain.size(); ++i) {
+    SamplingParams& p = plain[i].params;
+    p.logprobs = false;
+    p.min_tokens = 0;
+    p.ignore_eos = true;
+    // Every 4th stops at the first of 400 ids it samples (~5% of the 8,192 draws a token).
+    p.stop_token_ids.clear();
+    if (i % 4 == 1) {
+      for (int32_t t = 0; t < 400; ++t) p.stop_token_ids.push_back(t * 20);
+    }
+  }
+  for (const auto& [name, mix] :
+       {std::pair<std::string, std::vector<GenerationRequest>>{"mix of 64", request_mix(64, 64)},
+        {"plain mix of 48", plain}}) {
+    CudaExecutorOptions graphs, eager;
+    eager.cuda_graphs = false;
+    const MixRun on = run_mix(*model, mix, graphs, true);
+    const MixRun off = run_mix(*model, mix, graphs, false);
+    const MixRun on_eager = run_mix(*model, mix, eager, true);
+    const std::string tag = precision + " " + name;
+    expect_same(on, off, tag + ": overlap vs one step at a time");
+    expect_same(on_eager, off, tag + ": overlap without graphs vs one step at a time");
+    std::printf("GPU-GRAPHS %s: %lld steps overlapped (graphs), %lld (eager)\n", tag.c_str(),
+                static_cast<long long>(on.overlapped_steps),
+                static_cast<long long>(on_eager.overlapped_steps));
+    EXPECT_GT(on.overlapped_steps, 5);
+    EXPECT_EQ(on_eager.overlapped_steps, on.overlapped_steps);
+    EXPECT_EQ(off.overlapped_steps, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, GpuOverlap,
+                         ::testing::Values("w16a16kv16", "w4a8kv4", "w4a8kv4-g128"));
 
 // ---- padding rows and page ownership, at the executor
 

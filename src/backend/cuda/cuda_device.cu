@@ -21,10 +21,12 @@ __global__ void embedding_f16_kernel(const __half* table, const int32_t* ids, in
   }
 }
 
-__global__ void embedding_f32_kernel(const float* table, const int32_t* ids, int64_t hidden,
-                                     float* out) {
+__global__ void embedding_f32_kernel(const float* table, const int32_t* ids, const int32_t* feed,
+                                     const int32_t* feed_ids, int64_t hidden, float* out) {
   const int64_t t = blockIdx.x;
-  const float* row = table + static_cast<int64_t>(ids[t]) * hidden;
+  const int32_t f = feed != nullptr ? feed[t] : -1;
+  const int32_t id = f >= 0 ? feed_ids[f] : ids[t];
+  const float* row = table + static_cast<int64_t>(id) * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[t * hidden + i] = row[i];
 }
 
@@ -80,9 +82,16 @@ void embedding_f16(const uint16_t* table, const int32_t* ids, int64_t tokens, in
 
 void embedding_f32(const float* table, const int32_t* ids, int64_t tokens, int64_t hidden,
                    float* out, void* stream) {
+  embedding_f32_fed(table, ids, nullptr, nullptr, tokens, hidden, out, stream);
+}
+
+void embedding_f32_fed(const float* table, const int32_t* ids, const int32_t* feed,
+                       const int32_t* feed_ids, int64_t tokens, int64_t hidden, float* out,
+                       void* stream) {
   if (tokens == 0) return;
   embedding_f32_kernel<<<static_cast<unsigned>(tokens), 256, 0,
-                         static_cast<cudaStream_t>(stream)>>>(table, ids, hidden, out);
+                         static_cast<cudaStream_t>(stream)>>>(table, ids, feed, feed_ids, hidden,
+                                                              out);
   check_cuda(cudaGetLastError(), "embedding_f32 launch");
 }
 

@@ -23,5 +23,11 @@ void embedding_f16(const uint16_t* table, const int32_t* ids, int64_t tokens, in
 // its embedding in fp32); device pointers, exact copy. Ids must be in [0, vocab).
 void embedding_f32(const float* table, const int32_t* ids, int64_t tokens, int64_t hidden,
                    float* out, void* stream);
+// The same with some ids produced on the device: row t looks up feed_ids[feed[t]] where
+// feed[t] >= 0, else ids[t] (the engine's overlapped decode steps take a sequence's input token
+// from the previous step's samples without the host seeing it).
+void embedding_f32_fed(const float* table, const int32_t* ids, const int32_t* feed,
+                       const int32_t* feed_ids, int64_t tokens, int64_t hidden, float* out,
+                       void* stream);
 
 }  // namespace qserve::cuda
