@@ -70,14 +70,26 @@ Engine::Engine(std::unique_ptr<ModelExecutor> executor, const Tokenizer* tokeniz
   for (int64_t s = cfg_.max_num_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
 }
 
+// A launched step still writes into the executor's buffers: wait for it first.
 Engine::~Engine() {
-  // A launched step still writes into the executor's buffers: wait for it first.
-  if (in_flight_) {
+  abandon_launched();
+}
+
+void Engine::abandon_launched() noexcept {
+  in_flight_.reset();
+  while (launched_ > 0) {
+    --launched_;
     try {
       executor_->collect(ids_);
-    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): nothing to report to
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): the step is dropped
     }
   }
+}
+
+void Engine::launch(std::span<const int32_t> feed) {
+  executor_->launch(tokens_, feed, spans_, tables_, rows_);
+  ++launched_;
+  ++stats_.steps;
 }
 
 int64_t engine_max_model_len(const EngineConfig& cfg, const ModelConfig& model) {
@@ -381,8 +393,7 @@ std::optional<Engine::InFlight> Engine::launch_next(PhaseClock& clock) {
   clock.lap(stats_.schedule_s);
   build_step(sched);
   clock.lap(stats_.prepare_s);
-  executor_->launch(tokens_, feed_, spans_, tables_, rows_);
-  ++stats_.steps;
+  launch(feed_);
   ++stats_.overlapped_steps;
   scheduler_->on_step_done(sched);
   clock.lap(stats_.execute_s);
@@ -390,6 +401,7 @@ std::optional<Engine::InFlight> Engine::launch_next(PhaseClock& clock) {
 }
 
 void Engine::collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& clock) {
+  --launched_;  // consumed even if collecting throws
   executor_->collect(ids_);
   clock.lap(stats_.execute_s);
   const InFlight& cur = *in_flight_;
@@ -414,6 +426,28 @@ void Engine::collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& 
 // launch the next one if it is known (launch_next), then collect the in-flight one. Either way
 // the outputs of one model step come back, then go to the callbacks.
 std::vector<RequestOutput> Engine::step() {
+  try {
+    return step_once();
+  } catch (...) {
+    abandon_launched();
+    abort_lost();
+    throw;
+  }
+}
+
+void Engine::abort_lost() {
+  std::vector<int64_t> lost;
+  for (const auto& [id, r] : requests_) {
+    const Sequence& s = r->seq;
+    if (s.status == SeqStatus::kRunning &&
+        (s.num_pending() == 0 || s.tokens.back() == kPlaceholderToken)) {
+      lost.push_back(id);
+    }
+  }
+  for (const int64_t id : lost) abort(id);
+}
+
+std::vector<RequestOutput> Engine::step_once() {
   PhaseClock clock;
   std::vector<RequestOutput> outputs = std::move(pending_);
   pending_.clear();
@@ -430,8 +464,7 @@ std::vector<RequestOutput> Engine::step() {
       build_step(sched);
       clock.lap(stats_.prepare_s);
       if (launchable(sched)) {
-        executor_->launch(tokens_, {}, spans_, tables_, rows_);
-        ++stats_.steps;
+        launch({});
         scheduler_->on_step_done(sched);
         in_flight_ = in_flight_rows(sched);
         clock.lap(stats_.execute_s);

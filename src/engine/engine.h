@@ -104,7 +104,10 @@ class Engine {
   // can never fit the KV cache.
   int64_t add_request(std::vector<int32_t> prompt_ids, const SamplingParams& params,
                       OutputCallback on_output = {});
-  // Runs one step; returns the outputs produced (also delivered to the callbacks).
+  // Runs one step; returns the outputs produced (also delivered to the callbacks). If it throws
+  // (a device error), every launched step is collected and dropped first and the requests whose
+  // sampled tokens were lost with them are aborted (their final outputs come with the next step),
+  // so the engine goes on from no step in flight.
   std::vector<RequestOutput> step();
   // Aborts a queued or running request: its pages are freed now, and its final output
   // (finish_reason "abort") comes with the next step. False if unknown or already finished.
@@ -138,6 +141,12 @@ class Engine {
   // in-flight step's samples, when every running sequence is one of its continuing decode rows
   // and nothing else could change the schedule. Returns the new step's rows, or nothing.
   struct PhaseClock;
+  std::vector<RequestOutput> step_once();
+  void launch(std::span<const int32_t> feed);  // tokens_ / spans_ / tables_ / rows_
+  // Collects and drops every launched step (after an error; at destruction).
+  void abandon_launched() noexcept;
+  // After an error: aborts the running requests whose next token was in a dropped step.
+  void abort_lost();
   std::optional<InFlight> launch_next(PhaseClock& clock);
   // Waits for the in-flight step and accepts its tokens into `outputs`.
   void collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& clock);
@@ -170,6 +179,7 @@ class Engine {
   std::vector<int32_t> ids_;
   std::vector<int32_t> feed_;
   std::optional<InFlight> in_flight_;  // overlap: the launched step not collected yet
+  int64_t launched_ = 0;               // steps handed to the executor's launch(), not collected
 };
 
 // Shared by every backend's engine factory (Engine::create, create_cuda_engine):

@@ -248,5 +248,43 @@ TEST(EngineOverlap, AbortWhileAStepIsInFlight) {
   EXPECT_EQ(e.blocks().num_free(), e.blocks().num_pages());
 }
 
+// A device error while collecting: step() throws with nothing left launched, the requests whose
+// tokens were lost end with "abort" in the next step, and every page comes back.
+TEST(EngineOverlap, AFailedCollectLeavesNothingLaunched) {
+  EngineConfig cfg;
+  cfg.max_num_seqs = 4;
+  cfg.max_num_batched_tokens = 512;
+  auto exec = std::make_unique<test::FakeExecutor>(kVocab, 32, 4);
+  exec->device_sampling = true;
+  exec->launch_steps = true;
+  exec->fail_collect = 3;
+  test::FakeExecutor* fake = exec.get();
+  Engine e(std::move(exec), nullptr, cfg, 1024, {});
+  std::vector<int32_t> prompt(50, 9);
+  SamplingParams p;
+  p.max_tokens = 100;
+  std::vector<int64_t> ids = {e.add_request(prompt, p), e.add_request(prompt, p)};
+  bool threw = false;
+  for (int i = 0; i < 10 && !threw; ++i) {
+    try {
+      e.step();
+    } catch (const Error& err) {
+      threw = true;
+      EXPECT_NE(std::string(err.what()).find("device error"), std::string::npos);
+    }
+  }
+  ASSERT_TRUE(threw);
+  EXPECT_EQ(fake->outstanding(), 0);
+  EXPECT_TRUE(e.has_unfinished());
+  std::map<int64_t, std::string> reasons;
+  while (e.has_unfinished()) {
+    for (const RequestOutput& o : e.step()) {
+      if (o.finished) reasons[o.id] = o.finish_reason;
+    }
+  }
+  for (int64_t id : ids) EXPECT_EQ(reasons[id], "abort");
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_pages());
+}
+
 }  // namespace
 }  // namespace qserve

@@ -139,11 +139,14 @@ class FakeExecutor final : public ModelExecutor {
     check(!outstanding_.empty(), "fake: collect without a launched step");
     ids = std::move(outstanding_.front());
     outstanding_.erase(outstanding_.begin());
+    if (collects++ == fail_collect) throw Error("fake: device error while collecting");
   }
 
   bool device_sampling = false;
   bool launch_steps = false;
-  int64_t launches = 0, max_outstanding = 0;
+  int64_t launches = 0, max_outstanding = 0, collects = 0;
+  int64_t fail_collect = -1;  // the collect() (0-based) that throws, after dropping its step
+  int64_t outstanding() const { return static_cast<int64_t>(outstanding_.size()); }
   std::vector<RowSample> seen;
   int64_t steps = 0;
   int32_t favour = -1;  // a token id to boost in every row (e.g. EOS), tests only
