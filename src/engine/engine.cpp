@@ -341,13 +341,18 @@ Engine::InFlight Engine::in_flight_rows(const SchedulerOutput& sched) const {
 }
 
 // The step after the in-flight one is known before its tokens are when nothing but those tokens
-// could change it: no request waits for admission, every running sequence is a row of the
-// in-flight step, none needs a page the pool cannot give (so scheduling preempts nothing), and
-// every continuing row can be sampled on the device. The rows whose in-flight token is their
-// last by length are left out; rows that stop on a token or string are run once more and their
-// extra token discarded when the in-flight step is collected.
+// could change it: no request can be admitted (none waits, or every slot runs and none is freed
+// by length in the in-flight step), every running sequence is a row of the in-flight step, none
+// needs a page the pool cannot give (so scheduling preempts nothing), and every continuing row
+// can be sampled on the device. The rows whose in-flight token is their last by length are left
+// out; rows that stop on a token or string are run once more and their extra token discarded
+// when the in-flight step is collected (with a queue, their slot is refilled one step later than
+// without overlap: the only difference overlap makes to a schedule).
 std::optional<Engine::InFlight> Engine::launch_next(PhaseClock& clock) {
-  if (!cfg_.overlap_steps || scheduler_->num_waiting() > 0) return std::nullopt;
+  const bool queue = scheduler_->num_waiting() > 0;
+  if (!cfg_.overlap_steps || (queue && scheduler_->num_running() < cfg_.max_num_seqs)) {
+    return std::nullopt;
+  }
   for (const Sequence* s : scheduler_->running()) {
     if (s->num_pending() != 0) return std::nullopt;  // still prefilling: not in the step
   }
@@ -359,7 +364,10 @@ std::optional<Engine::InFlight> Engine::launch_next(PhaseClock& clock) {
     if (it == requests_.end() || it->second->seq.status != SeqStatus::kRunning) continue;
     Request& r = *it->second;
     check(r.seq.num_tokens() == cur[i].position, "engine: in-flight row out of step");
-    if (cur[i].position + 1 >= r.seq.max_total_len) continue;  // its last token is in flight
+    if (cur[i].position + 1 >= r.seq.max_total_len) {  // its last token is in flight
+      if (queue) return std::nullopt;                  // its slot goes to a waiting request
+      continue;
+    }
     next.push_back(&r);
     feed_.push_back(static_cast<int32_t>(i));
   }
