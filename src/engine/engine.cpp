@@ -429,10 +429,6 @@ void Engine::collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& 
   }
 }
 
-// One step. Without a launched step: schedule, build the inputs, then either run the step and
-// accept its tokens, or (a launchable decode step) launch it. With a launched step in flight:
-// launch the next one if it is known (launch_next), then collect the in-flight one. Either way
-// the outputs of one model step come back, then go to the callbacks.
 std::vector<RequestOutput> Engine::step() {
   try {
     return step_once();
@@ -455,6 +451,10 @@ void Engine::abort_lost() {
   for (const int64_t id : lost) abort(id);
 }
 
+// One step. Without a launched step: schedule, build the inputs, then either run the step and
+// accept its tokens, or (a launchable decode step) launch it. With a launched step in flight:
+// launch the next one if it is known (launch_next), then collect the in-flight one. Either way
+// the outputs of one model step come back, then go to the callbacks.
 std::vector<RequestOutput> Engine::step_once() {
   PhaseClock clock;
   std::vector<RequestOutput> outputs = std::move(pending_);

@@ -242,14 +242,27 @@ TEST(EngineOverlap, QueuedRequestsStillRunAhead) {
               static_cast<long long>(overlapped.stats.overlapped_steps));
 }
 
-TEST(EngineOverlap, AbortWhileAStepIsInFlight) {
+// An engine of 4 slots and 32 pages over a fake that launches steps.
+struct SmallEngine {
+  test::FakeExecutor* fake = nullptr;
+  std::unique_ptr<Engine> engine;
+};
+SmallEngine small_launching_engine() {
   EngineConfig cfg;
   cfg.max_num_seqs = 4;
   cfg.max_num_batched_tokens = 512;
   auto exec = std::make_unique<test::FakeExecutor>(kVocab, 32, 4);
   exec->device_sampling = true;
   exec->launch_steps = true;
-  Engine e(std::move(exec), nullptr, cfg, 1024, {});
+  SmallEngine s;
+  s.fake = exec.get();
+  s.engine = std::make_unique<Engine>(std::move(exec), nullptr, cfg, 1024, std::vector<int32_t>{});
+  return s;
+}
+
+TEST(EngineOverlap, AbortWhileAStepIsInFlight) {
+  SmallEngine small = small_launching_engine();
+  Engine& e = *small.engine;
   std::mt19937_64 rng(1);
   std::vector<int32_t> prompt(100);
   for (int32_t& t : prompt) t = static_cast<int32_t>(rng() % kVocab);
@@ -281,15 +294,10 @@ TEST(EngineOverlap, AbortWhileAStepIsInFlight) {
 // A device error while collecting: step() throws with nothing left launched, the requests whose
 // tokens were lost end with "abort" in the next step, and every page comes back.
 TEST(EngineOverlap, AFailedCollectLeavesNothingLaunched) {
-  EngineConfig cfg;
-  cfg.max_num_seqs = 4;
-  cfg.max_num_batched_tokens = 512;
-  auto exec = std::make_unique<test::FakeExecutor>(kVocab, 32, 4);
-  exec->device_sampling = true;
-  exec->launch_steps = true;
-  exec->fail_collect = 3;
-  test::FakeExecutor* fake = exec.get();
-  Engine e(std::move(exec), nullptr, cfg, 1024, {});
+  SmallEngine small = small_launching_engine();
+  Engine& e = *small.engine;
+  test::FakeExecutor* fake = small.fake;
+  fake->fail_collect = 3;
   std::vector<int32_t> prompt(50, 9);
   SamplingParams p;
   p.max_tokens = 100;
