@@ -226,6 +226,12 @@ void Engine::accept_token(Request& r, const SampledToken& tok, RequestOutput& ou
   accept_token_at(r, r.seq.num_tokens(), tok, out);
 }
 
+void Engine::accept_device_id(Request& r, int64_t position, int32_t id, RequestOutput& out) {
+  check(id >= 0 && id < executor_->vocab_size(),
+        "engine: the executor sampled an id outside the vocabulary");
+  accept_token_at(r, position, SampledToken{id, 0.0f, {}}, out);
+}
+
 void Engine::accept_token_at(Request& r, int64_t position, const SampledToken& tok,
                              RequestOutput& out) {
   const SamplingParams& p = r.params;
@@ -312,23 +318,14 @@ void Engine::build_step(const SchedulerOutput& sched) {
     } else {
       stats_.prefill_tokens += c.num_tokens;
     }
-  }
-  for (const ScheduledChunk& c : sched.chunks) {
-    rows_.push_back(c.samples ? plan_row(*requests_.at(c.seq->id)) : RowSample{});
+    rows_.push_back(c.samples ? plan_row(r) : RowSample{});
   }
 }
 
-// A step the executor may run while the engine goes on: pure decode, every row on the device.
-bool Engine::launchable(const SchedulerOutput& sched) const {
-  if (!cfg_.overlap_steps) return false;
-  for (size_t i = 0; i < sched.chunks.size(); ++i) {
-    const ScheduledChunk& c = sched.chunks[i];
-    if (c.num_tokens != 1 || c.context_len == 0 || !c.samples ||
-        rows_[i].kind != RowSample::Kind::kDevice) {
-      return false;
-    }
-  }
-  return executor_->can_launch(spans_, rows_);
+// A step the executor may run while the engine goes on (pure decode, every row on the device:
+// ModelExecutor::can_launch's contract).
+bool Engine::launchable() const {
+  return cfg_.overlap_steps && executor_->can_launch(spans_, rows_);
 }
 
 Engine::InFlight Engine::in_flight_rows(const SchedulerOutput& sched) const {
@@ -414,17 +411,13 @@ void Engine::collect_in_flight(std::vector<RequestOutput>& outputs, PhaseClock& 
   clock.lap(stats_.execute_s);
   const InFlight& cur = *in_flight_;
   check(ids_.size() == cur.size(), "engine: executor returned ids of the wrong size");
-  const size_t vocab = static_cast<size_t>(executor_->vocab_size());
   for (size_t i = 0; i < cur.size(); ++i) {
     auto it = requests_.find(cur[i].request);
     // Finished (a stop in the step before, or an abort): its extra token is discarded.
     if (it == requests_.end() || it->second->seq.status != SeqStatus::kRunning) continue;
     Request& r = *it->second;
-    const int32_t id = ids_[i];
-    check(id >= 0 && static_cast<size_t>(id) < vocab,
-          "engine: the executor sampled an id outside the vocabulary");
     RequestOutput out = new_output(r);
-    accept_token_at(r, cur[i].position, SampledToken{id, 0.0f, {}}, out);
+    accept_device_id(r, cur[i].position, ids_[i], out);
     outputs.push_back(std::move(out));
   }
 }
@@ -471,7 +464,7 @@ std::vector<RequestOutput> Engine::step_once() {
     if (!sched.empty()) {
       build_step(sched);
       clock.lap(stats_.prepare_s);
-      if (launchable(sched)) {
+      if (launchable()) {
         launch({});
         scheduler_->on_step_done(sched);
         in_flight_ = in_flight_rows(sched);
@@ -497,10 +490,7 @@ std::vector<RequestOutput> Engine::step_once() {
           if (rows_[i].kind == RowSample::Kind::kLogits) {
             sample_and_check(r, {logits_.data() + vocab * li++, vocab}, out);
           } else {
-            const int32_t id = ids_[di++];
-            check(id >= 0 && static_cast<size_t>(id) < vocab,
-                  "engine: the executor sampled an id outside the vocabulary");
-            accept_token(r, SampledToken{id, 0.0f, {}}, out);
+            accept_device_id(r, r.seq.num_tokens(), ids_[di++], out);
           }
           outputs.push_back(std::move(out));
         }

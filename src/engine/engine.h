@@ -135,7 +135,7 @@ class Engine {
   RowSample plan_row(Request& r);
   // tokens_ / spans_ / tables_ / rows_ for a scheduled step (claims cache slots, counts tokens).
   void build_step(const SchedulerOutput& sched);
-  bool launchable(const SchedulerOutput& sched) const;
+  bool launchable() const;  // the step in tokens_ / spans_ / tables_ / rows_
   InFlight in_flight_rows(const SchedulerOutput& sched) const;
   // Overlap: schedules and launches the step after the in-flight one, its tokens fed from the
   // in-flight step's samples, when every running sequence is one of its continuing decode rows
@@ -155,6 +155,8 @@ class Engine {
   // applies the stop rules.
   void accept_token(Request& r, const SampledToken& tok, RequestOutput& out);
   void accept_token_at(Request& r, int64_t position, const SampledToken& tok, RequestOutput& out);
+  // The same for an id sampled by the executor (checked against the vocabulary).
+  void accept_device_id(Request& r, int64_t position, int32_t id, RequestOutput& out);
   void finish(Request& r, const std::string& reason, RequestOutput& out);
   RequestOutput new_output(const Request& r) const;
 

@@ -308,7 +308,7 @@ void CudaExecutor::execute_rows(std::span<const int32_t> tokens, std::span<const
   check(rows.size() == seqs.size(), "execute_rows: one RowSample per sequence is needed");
   check_nothing_launched("execute_rows");
   validate(tokens, seqs, pages);
-  if (decode_eligible(seqs, tokens.size())) {
+  if (tokens.size() == seqs.size() && decode_eligible(seqs)) {
     decode_step(tokens, seqs, pages, rows, logits, ids);
     return;
   }
@@ -335,7 +335,7 @@ void CudaExecutor::execute_rows(std::span<const int32_t> tokens, std::span<const
 
 bool CudaExecutor::can_launch(std::span<const SeqSpan> seqs,
                               std::span<const RowSample> rows) const {
-  if (prof_ || rows.size() != seqs.size() || !decode_eligible(seqs, seqs.size())) return false;
+  if (prof_ || rows.size() != seqs.size() || !decode_eligible(seqs)) return false;
   return std::all_of(rows.begin(), rows.end(),
                      [](const RowSample& r) { return r.kind == RowSample::Kind::kDevice; });
 }

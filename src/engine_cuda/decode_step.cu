@@ -58,9 +58,8 @@ T* at(uint8_t* base, size_t off) {
 
 }  // namespace
 
-bool CudaExecutor::decode_eligible(std::span<const SeqSpan> seqs, size_t num_tokens) const {
-  if (!opts_.bucket_decode || num_tokens != seqs.size() ||
-      static_cast<int64_t>(seqs.size()) > buckets_.back()) {
+bool CudaExecutor::decode_eligible(std::span<const SeqSpan> seqs) const {
+  if (!opts_.bucket_decode || static_cast<int64_t>(seqs.size()) > buckets_.back()) {
     return false;
   }
   const int64_t window = cfg_.sliding_window.value_or(0);

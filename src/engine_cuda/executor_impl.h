@@ -125,7 +125,9 @@ class CudaExecutor final : public ModelExecutor {
   }
 
   // ---- decode_step.cu: pure-decode steps at bucketed shapes
-  bool decode_eligible(std::span<const SeqSpan> seqs, size_t num_tokens) const;
+  // Every sequence one token (row i) after a non-empty context, within the buckets and the window;
+  // the caller checks that the step has one token per sequence.
+  bool decode_eligible(std::span<const SeqSpan> seqs) const;
   void decode_step(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                    std::span<const PageTable* const> pages, std::span<const RowSample> rows,
                    std::vector<float>& logits, std::vector<int32_t>& ids);

@@ -27,22 +27,6 @@ uint8_t* PinnedBuffer::ensure(size_t bytes) {
   return data_;
 }
 
-Event::Event() {
-  cuda_check(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-}
-
-Event::~Event() {
-  if (e_ != nullptr) (void)cudaEventDestroy(e_);
-}
-
-void Event::record(cudaStream_t stream) {
-  cuda_check(cudaEventRecord(e_, stream), "cudaEventRecord");
-}
-
-void Event::synchronize() const {
-  cuda_check(cudaEventSynchronize(e_), "waiting for a launched step");
-}
-
 void upload_staging(const uint8_t* staging, size_t bytes, void* device, cudaStream_t stream) {
   if (bytes == 0) return;
   cuda_check(cudaMemcpyAsync(device, staging, bytes, cudaMemcpyHostToDevice, stream),

@@ -33,22 +33,6 @@ class PinnedBuffer {
   size_t bytes_ = 0;
 };
 
-// An owning CUDA event without timing: marks where a stream has got to (a launched step's ids
-// copied back), so the host can wait for that point and no further.
-class Event {
- public:
-  Event();
-  ~Event();
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-
-  void record(cudaStream_t stream);
-  void synchronize() const;  // throws qserve::Error with the stream's error, if any
-
- private:
-  cudaEvent_t e_ = nullptr;
-};
-
 // A packed image of several arrays, built on the host: add() appends an array at a 16-byte
 // aligned offset and returns that offset; upload() copies the image to pinned staging and from
 // there to `device` in one asynchronous copy. The host side is free again once the stream has

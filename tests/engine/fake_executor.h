@@ -70,30 +70,8 @@ class FakeExecutor final : public ModelExecutor {
   void execute_rows(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
                     std::span<const PageTable* const> pages, std::span<const RowSample> rows,
                     std::vector<float>& logits, std::vector<int32_t>& ids) override {
-    check(sync_ok_ || outstanding_.empty(), "fake: a synchronous step while one is launched");
-    sync_ok_ = false;
-    if (!device_sampling) {
-      ModelExecutor::execute_rows(tokens, seqs, pages, rows, logits, ids);
-      seen.insert(seen.end(), rows.begin(), rows.end());
-      return;
-    }
-    std::vector<float> all;
-    execute(tokens, seqs, pages, all);
-    logits.clear();
-    ids.clear();
-    for (size_t i = 0; i < rows.size(); ++i) {
-      seen.push_back(rows[i]);
-      const float* row = all.data() + i * static_cast<size_t>(vocab_);
-      if (rows[i].kind == RowSample::Kind::kLogits) {
-        logits.insert(logits.end(), row, row + vocab_);
-      } else if (rows[i].kind == RowSample::Kind::kDevice) {
-        if (rows[i].temperature == 0.0f) {
-          ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab_) - row));
-        } else {
-          ids.push_back(static_cast<int32_t>(rows[i].uniform * static_cast<double>(vocab_)));
-        }
-      }
-    }
+    check(outstanding_.empty(), "fake: a synchronous step while one is launched");
+    run_rows(tokens, seqs, pages, rows, logits, ids);
   }
 
   // With launch_steps (and device_sampling), pure decode steps of kDevice rows are launched:
@@ -129,8 +107,7 @@ class FakeExecutor final : public ModelExecutor {
     for (int32_t t : in) check(t >= 0 && t < vocab_, "fake: launched token outside the vocabulary");
     std::vector<float> logits;
     std::vector<int32_t> ids;
-    sync_ok_ = true;
-    execute_rows(in, seqs, pages, rows, logits, ids);
+    run_rows(in, seqs, pages, rows, logits, ids);
     outstanding_.push_back(std::move(ids));
     ++launches;
     max_outstanding = std::max<int64_t>(max_outstanding, static_cast<int64_t>(outstanding_.size()));
@@ -153,6 +130,34 @@ class FakeExecutor final : public ModelExecutor {
   float favour_bonus = 0.0f;
 
  private:
+  // One step's rows: the logits of kLogits rows, the ids of kDevice rows (see execute_rows).
+  void run_rows(std::span<const int32_t> tokens, std::span<const SeqSpan> seqs,
+                std::span<const PageTable* const> pages, std::span<const RowSample> rows,
+                std::vector<float>& logits, std::vector<int32_t>& ids) {
+    if (!device_sampling) {
+      ModelExecutor::execute_rows(tokens, seqs, pages, rows, logits, ids);
+      seen.insert(seen.end(), rows.begin(), rows.end());
+      return;
+    }
+    std::vector<float> all;
+    execute(tokens, seqs, pages, all);
+    logits.clear();
+    ids.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      seen.push_back(rows[i]);
+      const float* row = all.data() + i * static_cast<size_t>(vocab_);
+      if (rows[i].kind == RowSample::Kind::kLogits) {
+        logits.insert(logits.end(), row, row + vocab_);
+      } else if (rows[i].kind == RowSample::Kind::kDevice) {
+        if (rows[i].temperature == 0.0f) {
+          ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab_) - row));
+        } else {
+          ids.push_back(static_cast<int32_t>(rows[i].uniform * static_cast<double>(vocab_)));
+        }
+      }
+    }
+  }
+
   static constexpr int64_t kPageTokens = 64;
   static uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -168,7 +173,6 @@ class FakeExecutor final : public ModelExecutor {
   uint64_t seed_;
   std::vector<int32_t> kv_;
   std::vector<std::vector<int32_t>> outstanding_;  // launched steps' ids, oldest first
-  bool sync_ok_ = false;                           // launch() running its step now
 };
 
 }  // namespace qserve::test

@@ -117,4 +117,20 @@ void Stream::synchronize() const {
   cuda_check(cudaStreamSynchronize(s_), "Stream::synchronize");
 }
 
+Event::Event() {
+  cuda_check(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+}
+
+Event::~Event() {
+  if (e_ != nullptr) (void)cudaEventDestroy(e_);
+}
+
+void Event::record(cudaStream_t stream) {
+  cuda_check(cudaEventRecord(e_, stream), "cudaEventRecord");
+}
+
+void Event::synchronize() const {
+  cuda_check(cudaEventSynchronize(e_), "Event::synchronize");
+}
+
 }  // namespace qserve::cuda

@@ -180,4 +180,20 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
+// An owning CUDA event without timing: marks where a stream has got to (e.g. the CUDA executor's
+// launched step, its ids copied back), so the host can wait for that point and no further.
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  void record(cudaStream_t stream);
+  void synchronize() const;  // throws qserve::Error with the stream's error, if any
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 }  // namespace qserve::cuda
